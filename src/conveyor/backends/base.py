@@ -1,0 +1,311 @@
+"""The backend protocol: the seam between Conveyor's core and its storage engines.
+
+The seam is cut at **state transitions over opaque bytes**. Each method below is one atomic
+transition inside the backend (one SQL transaction, one Lua script, one lock); policy (retry
+timing, timeouts, serialization, middleware) is decided in the core and passed in as values.
+
+Time: every method takes ``now`` (epoch seconds) or ``None``. ``None`` means "use the store's
+own clock" (PostgreSQL ``clock_timestamp()``, Redis ``TIME``, the host clock for SQLite and
+memory); tests pass an explicit value from a fake clock, so nothing sleeps.
+
+Fencing: a claim returns a ``fence`` token that grows with every claim of that job. Every later
+call about the running job (complete, fail, heartbeat, release, progress) presents it, and is a
+no-op returning ``False``/``None`` when the job is no longer running under that token (its lease
+expired and it was recovered, or it was re-claimed). That is how a zombie worker is kept from
+overwriting a newer attempt.
+
+Ordering: within a queue jobs are claimed by (priority descending, run-at ascending, id
+ascending); ids are time-sortable, so equal priority and run-at means enqueue order. When a
+worker consumes several queues, they are passed in precedence order and earlier queues are
+drained first.
+
+The :mod:`conveyor.backends.memory` backend is the reference implementation of these rules;
+the contract suite in ``tests/contract`` holds every backend to it.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Any
+
+from conveyor.domain.job import (
+    ClaimedJob,
+    CountRow,
+    EnqueueResult,
+    ErrorInfo,
+    JobFilter,
+    JobRecord,
+    LeaseStatus,
+    LogEntry,
+    NewJob,
+    RecoveredJob,
+    WorkerInfo,
+)
+from conveyor.domain.states import JobState
+
+
+class CancelOutcome(StrEnum):
+    """Result of :meth:`Backend.cancel`."""
+
+    CANCELLED = "cancelled"  # was waiting; now cancelled
+    REQUESTED = "requested"  # is running; its worker is told and finishes the cancellation
+    NOT_CANCELLABLE = "not_cancellable"  # already finished
+    NOT_FOUND = "not_found"
+
+
+class Backend(ABC):
+    """One client of one store, used from one event loop.
+
+    A backend object is created per event loop by :class:`BackendFactory`; all clients of one
+    factory see the same data.
+    """
+
+    #: True when enqueue can join a caller's database transaction (the outbox pattern).
+    supports_transactions: bool = False
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect; called once before first use."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the backend is unusable afterwards."""
+
+    # -- producer -----------------------------------------------------------------------
+    @abstractmethod
+    async def enqueue(self, jobs: Sequence[NewJob], now: float | None = None) -> list[EnqueueResult]:
+        """Store jobs atomically, in order, honouring idempotency keys; one result per job.
+
+        A job whose ``idempotency_key`` is held by an existing job (see
+        :data:`~conveyor.domain.states.KEY_HOLDING_STATES`) is not stored; its result carries
+        the existing id and ``created=False``. Two jobs with the same key in one batch: the
+        first wins.
+        """
+
+    # -- worker ---------------------------------------------------------------------------
+    @abstractmethod
+    async def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        now: float | None = None,
+        *,
+        tasks: Sequence[str] | None = None,
+        exclude_tasks: Sequence[str] = (),
+    ) -> list[ClaimedJob]:
+        """Lease up to ``limit`` jobs, atomically.
+
+        In the same transition: scheduled jobs whose run-at has come become queued; waiting jobs
+        whose ``expires_at`` has passed become ``expired`` (error code ``expired``). Then queued
+        jobs of ``queues`` (in precedence order) whose task matches one of the ``tasks``
+        patterns (``*`` matches any run of characters; ``None`` matches all) and is not in
+        ``exclude_tasks`` are taken in strict order, moved to ``running`` with
+        ``attempts + 1``, a new ``fence``, ``lease_owner = worker_id``,
+        ``lease_until = now + lease`` and ``started_at = now``.
+        """
+
+    @abstractmethod
+    async def complete(
+        self, job_id: str, fence: int, result: bytes | None, now: float | None = None
+    ) -> bool:
+        """Running → completed, storing ``result``; ``False`` if the lease is not held."""
+
+    @abstractmethod
+    async def fail(
+        self,
+        job_id: str,
+        fence: int,
+        error: ErrorInfo,
+        *,
+        retry_delay: float | None,
+        now: float | None = None,
+        terminal: JobState = JobState.FAILED,
+        dead_letter_queue: str | None = None,
+    ) -> JobState | None:
+        """Record a failed attempt; returns the new state, or ``None`` if the lease is not held.
+
+        ``retry_delay`` ``None``: the job moves to ``terminal`` (``failed`` — the dead-letter
+        set, optionally labelled with ``dead_letter_queue`` — or ``cancelled``). Otherwise it
+        moves to ``queued`` (delay ≤ 0) or ``scheduled`` with ``run_at = now + retry_delay``.
+        ``error`` becomes the job's last error and is appended to its error history.
+        """
+
+    @abstractmethod
+    async def release(self, job_id: str, fence: int, now: float | None = None) -> bool:
+        """Hand a running job back (graceful shutdown): queued again at once, lease cleared, the
+        attempt not counted (``attempts - 1``), run-at unchanged so it keeps its place."""
+
+    @abstractmethod
+    async def heartbeat(
+        self,
+        worker_id: str,
+        leases: Sequence[tuple[str, int]],
+        lease: float,
+        now: float | None = None,
+    ) -> list[LeaseStatus]:
+        """Extend the leases ``(job_id, fence)`` still held to ``now + lease``; report each one,
+        including whether a cancellation was requested for it."""
+
+    @abstractmethod
+    async def recover_expired(
+        self, max_stalls: int, now: float | None = None, limit: int = 1000
+    ) -> list[RecoveredJob]:
+        """Recover running jobs whose lease expired (their worker died or hung).
+
+        Each gets ``stalls + 1``; a job with a pending cancellation becomes ``cancelled``; one
+        whose stalls now exceed ``max_stalls`` becomes ``failed`` with code
+        ``poison_message``; the rest become ``queued`` again with run-at unchanged. Attempts are
+        not reduced: the stalled run counts. Any live worker may call this.
+        """
+
+    @abstractmethod
+    async def set_progress(
+        self, job_id: str, fence: int, progress: bytes, now: float | None = None
+    ) -> bool:
+        """Store the running job's progress (opaque bytes); ``False`` if the lease is not held."""
+
+    @abstractmethod
+    async def append_logs(self, job_id: str, entries: Sequence[LogEntry]) -> None:
+        """Append handler log lines to the job (ignored if the job no longer exists)."""
+
+    @abstractmethod
+    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when a job may have become claimable in ``queues``, or after ``timeout``.
+
+        A hint, never a promise: callers claim after it returns either way. Implementations
+        also return early when the next scheduled job in ``queues`` comes due.
+        """
+
+    # -- operating the queue --------------------------------------------------------------
+    @abstractmethod
+    async def cancel(
+        self, job_id: str, reason: str | None = None, now: float | None = None
+    ) -> CancelOutcome:
+        """Cancel a job: waiting states → ``cancelled`` at once; running → flag it for its
+        worker (``REQUESTED``); finished → ``NOT_CANCELLABLE``."""
+
+    @abstractmethod
+    async def retry_jobs(
+        self,
+        flt: JobFilter,
+        *,
+        reset_attempts: bool = False,
+        now: float | None = None,
+        limit: int = 1000,
+    ) -> list[str]:
+        """Move matching ``failed``/``cancelled``/``expired`` jobs back to ``queued`` (run-at
+        now, error history kept, ``attempts`` zeroed when ``reset_attempts``); returns their ids.
+        Jobs in other states are never touched, whatever the filter says."""
+
+    @abstractmethod
+    async def delete_jobs(self, flt: JobFilter, *, limit: int = 1000) -> int:
+        """Delete matching jobs in terminal states (never waiting or running ones); the count."""
+
+    # -- reading --------------------------------------------------------------------------
+    @abstractmethod
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        """The full record, or ``None``."""
+
+    @abstractmethod
+    async def list_jobs(
+        self, flt: JobFilter, *, limit: int = 50, offset: int = 0
+    ) -> list[JobRecord]:
+        """Matching jobs, newest first (id descending)."""
+
+    @abstractmethod
+    async def count_jobs(self) -> list[CountRow]:
+        """Job counts grouped by queue, task and state (zero rows omitted)."""
+
+    async def wait_for_finish(self, job_id: str, timeout: float) -> JobRecord | None:
+        """Wait until the job is terminal (or ``timeout`` passes); return its latest record.
+
+        The default polls with a growing interval; backends with push notifications override it.
+        """
+        import asyncio
+        import time
+
+        deadline = time.monotonic() + timeout
+        interval = 0.005
+        while True:
+            record = await self.get_job(job_id)
+            if record is None or record.state.is_terminal:
+                return record
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return record
+            await asyncio.sleep(min(interval, remaining))
+            interval = min(interval * 1.5, 0.25)
+
+    # -- worker registry ------------------------------------------------------------------
+    @abstractmethod
+    async def register_worker(self, info: WorkerInfo) -> None:
+        """Insert or replace a worker's registry entry."""
+
+    @abstractmethod
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Remove a worker's registry entry (clean shutdown)."""
+
+    @abstractmethod
+    async def list_workers(self) -> list[WorkerInfo]:
+        """Every registered worker (callers judge liveness from ``heartbeat_at``)."""
+
+    @abstractmethod
+    async def prune_workers(self, heartbeat_before: float) -> int:
+        """Forget workers whose last heartbeat is older than ``heartbeat_before``."""
+
+
+class BackendFactory(ABC):
+    """Makes backend clients that all share one store; one factory per App."""
+
+    url: str
+
+    @abstractmethod
+    def create(self) -> Backend:
+        """A new client for the calling event loop."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the store for ``conveyor info`` (never secrets)."""
+        return {"url": redact_url(self.url)}
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def pattern_to_regex(pattern: str) -> re.Pattern[str]:
+    """A task-name pattern (``*`` matches any run of characters, all else literal) as a regex."""
+    return re.compile("^" + ".*".join(re.escape(part) for part in pattern.split("*")) + "$", re.S)
+
+
+def matches_any(name: str, patterns: Sequence[str] | None) -> bool:
+    """Whether ``name`` matches one of ``patterns`` (``None`` matches everything)."""
+    if patterns is None:
+        return True
+    return any(pattern_to_regex(p).match(name) is not None for p in patterns)
+
+
+def filter_matches(record: JobRecord, flt: JobFilter) -> bool:
+    """Whether one record satisfies a :class:`JobFilter` (used by the memory backend and by
+    backends that filter in Python)."""
+    if flt.states is not None and record.state not in flt.states:
+        return False
+    if flt.queue is not None and record.queue != flt.queue:
+        return False
+    if flt.task is not None and record.task != flt.task:
+        return False
+    if flt.error_code is not None and (record.error is None or record.error.code != flt.error_code):
+        return False
+    if flt.finished_before is not None and (
+        record.finished_at is None or record.finished_at >= flt.finished_before
+    ):
+        return False
+    if flt.workflow_id is not None and record.workflow_id != flt.workflow_id:
+        return False
+    return not (flt.ids is not None and record.id not in flt.ids)
+
+
+RETRYABLE_STATES = (JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED)
