@@ -266,6 +266,16 @@ class BackendFactory(ABC):
     def create(self) -> Backend:
         """A new client for the calling event loop."""
 
+    async def migrate(self) -> list[str]:
+        """Create or upgrade the stored schema; returns the names of the steps applied.
+
+        ``conveyor db migrate`` calls this. Backends without a schema return ``[]``.
+        """
+        return []
+
+    async def destroy(self) -> None:  # noqa: B027 - optional hook
+        """Drop everything this factory stores (its file, schema or key prefix). For tests."""
+
     def describe(self) -> dict[str, Any]:
         """Facts about the store for ``conveyor info`` (never secrets)."""
         return {"url": redact_url(self.url)}
