@@ -1,0 +1,263 @@
+"""Enqueue: what is stored, in which state, and idempotency keys."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conveyor.backends import Backend
+from conveyor.domain.job import EnqueueResult, JobFilter, JobRecord
+from conveyor.domain.states import JobState
+
+from ._support import T, approx_t, error, job, normalized
+
+
+async def test_enqueue_stores_every_field_verbatim(backend: Backend) -> None:
+    new = job(
+        "mail.send",
+        "emails",
+        b"\x00\x01payload\xff",
+        priority=7,
+        max_attempts=5,
+        timeout=30.5,
+        expires_at=T + 3600,
+        idempotency_key="welcome:42",
+        concurrency_key="user:42",
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        metadata={"int": 1, "list": [1, "x", None, 2.5], "nested": {"flag": True, "s": "é"}},
+        workflow_id="wf-1",
+        parents=("parent-a", "parent-b"),
+        payload_version=3,
+    )
+    assert await backend.enqueue([new], now=T) == [EnqueueResult(new.id, True, JobState.QUEUED)]
+
+    record = await backend.get_job(new.id)
+    assert record is not None
+    expected = JobRecord(
+        id=new.id,
+        task="mail.send",
+        queue="emails",
+        state=JobState.QUEUED,
+        payload=b"\x00\x01payload\xff",
+        priority=7,
+        run_at=T,
+        attempts=0,
+        max_attempts=5,
+        created_at=T,
+        timeout=30.5,
+        expires_at=T + 3600,
+        idempotency_key="welcome:42",
+        concurrency_key="user:42",
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        metadata={"int": 1, "list": [1, "x", None, 2.5], "nested": {"flag": True, "s": "é"}},
+        workflow_id="wf-1",
+        parents=("parent-a", "parent-b"),
+        payload_version=3,
+    )
+    assert normalized(record) == normalized(expected)
+
+
+async def test_enqueue_defaults_leave_optional_fields_empty(backend: Backend) -> None:
+    new = job()
+    await backend.enqueue([new], now=T)
+    record = await backend.get_job(new.id)
+    assert record is not None
+    assert (record.priority, record.max_attempts, record.payload_version) == (0, 1, 1)
+    assert record.timeout is None and record.expires_at is None
+    assert record.idempotency_key is None and record.concurrency_key is None
+    assert record.trace_id is None and record.workflow_id is None
+    assert record.metadata == {} and record.parents == ()
+    assert record.result is None and record.error is None and record.errors == ()
+    assert record.progress is None and record.logs == ()
+    assert record.lease_owner is None and record.lease_until is None
+    assert record.started_at is None and record.finished_at is None
+    assert record.stalls == 0 and not record.cancel_requested and record.cancel_reason is None
+    assert record.dead_letter_queue is None
+
+
+@pytest.mark.parametrize(
+    ("run_at", "blocked", "state"),
+    [
+        (None, False, JobState.QUEUED),
+        (T - 60, False, JobState.QUEUED),
+        (T, False, JobState.QUEUED),
+        (T + 0.5, False, JobState.SCHEDULED),
+        (T + 86400, False, JobState.SCHEDULED),
+        (None, True, JobState.BLOCKED),
+        (T + 60, True, JobState.BLOCKED),
+    ],
+    ids=["now", "past", "exactly-now", "half-second", "tomorrow", "blocked", "blocked-later"],
+)
+async def test_enqueue_initial_state_follows_run_at(
+    backend: Backend, run_at: float | None, blocked: bool, state: JobState
+) -> None:
+    new = job(run_at=run_at, blocked=blocked)
+    [result] = await backend.enqueue([new], now=T)
+    assert result == EnqueueResult(new.id, True, state)
+    record = await backend.get_job(new.id)
+    assert record is not None
+    assert record.state is state
+    assert record.run_at == approx_t(T if run_at is None else run_at)
+    assert record.created_at == approx_t(T)
+
+
+async def test_enqueue_with_store_clock_uses_real_time(backend: Backend) -> None:
+    before = time.time()
+    now_job, later_job = job(), job(run_at=before + 3600)
+    results = await backend.enqueue([now_job, later_job])
+    after = time.time()
+    assert [r.state for r in results] == [JobState.QUEUED, JobState.SCHEDULED]
+    record = await backend.get_job(now_job.id)
+    assert record is not None
+    # The store's clock (same host) may differ from ours by a little; never by minutes.
+    assert before - 1.0 <= record.created_at <= after + 1.0
+    assert before - 1.0 <= record.run_at <= after + 1.0
+
+
+async def test_enqueue_batch_returns_one_result_per_job_in_order(backend: Backend) -> None:
+    batch = [
+        job(run_at=T + 10),
+        job(),
+        job(blocked=True),
+        job(queue="other", priority=-3),
+    ]
+    results = await backend.enqueue(batch, now=T)
+    assert results == [
+        EnqueueResult(batch[0].id, True, JobState.SCHEDULED),
+        EnqueueResult(batch[1].id, True, JobState.QUEUED),
+        EnqueueResult(batch[2].id, True, JobState.BLOCKED),
+        EnqueueResult(batch[3].id, True, JobState.QUEUED),
+    ]
+    listed = await backend.list_jobs(JobFilter(), limit=10)
+    assert sorted(r.id for r in listed) == sorted(j.id for j in batch)
+
+
+async def test_enqueue_empty_batch(backend: Backend) -> None:
+    assert await backend.enqueue([], now=T) == []
+    assert await backend.list_jobs(JobFilter()) == []
+
+
+async def test_enqueue_same_id_twice_keeps_the_first(backend: Backend) -> None:
+    first = job(payload=b"first")
+    await backend.enqueue([first], now=T)
+    again = job(payload=b"second", id=first.id, run_at=T + 100)
+    assert await backend.enqueue([again], now=T + 1) == [
+        EnqueueResult(first.id, False, JobState.QUEUED)
+    ]
+    record = await backend.get_job(first.id)
+    assert record is not None
+    assert record.payload == b"first"
+    assert record.created_at == approx_t(T)
+    assert len(await backend.list_jobs(JobFilter())) == 1
+
+
+# -- idempotency keys ------------------------------------------------------------------------
+
+
+async def _bring_to(backend: Backend, key: str, state: JobState) -> str:
+    """Enqueue a job holding ``key`` and move it to ``state``; its id."""
+    holder = job(
+        idempotency_key=key,
+        run_at=T + 100 if state is JobState.SCHEDULED else None,
+        blocked=state is JobState.BLOCKED,
+        expires_at=T + 1 if state is JobState.EXPIRED else None,
+    )
+    await backend.enqueue([holder], now=T)
+    if state is JobState.EXPIRED:
+        assert await backend.claim("w", ["default"], 1, 30, now=T + 2) == []
+    elif state in (JobState.RUNNING, JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED):
+        [claimed] = await backend.claim("w", ["default"], 1, 30, now=T)
+        if state is JobState.COMPLETED:
+            assert await backend.complete(holder.id, claimed.fence, b"r", now=T + 1)
+        elif state is not JobState.RUNNING:
+            outcome = await backend.fail(
+                holder.id, claimed.fence, error(), retry_delay=None, now=T + 1, terminal=state
+            )
+            assert outcome is state
+    record = await backend.get_job(holder.id)
+    assert record is not None and record.state is state
+    return holder.id
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        JobState.QUEUED,
+        JobState.SCHEDULED,
+        JobState.BLOCKED,
+        JobState.RUNNING,
+        JobState.COMPLETED,
+    ],
+)
+async def test_key_held_by_a_live_or_completed_job_returns_it(
+    backend: Backend, state: JobState
+) -> None:
+    holder_id = await _bring_to(backend, "order:1", state)
+    duplicate = job(idempotency_key="order:1", payload=b"dup")
+    assert await backend.enqueue([duplicate], now=T + 5) == [EnqueueResult(holder_id, False, state)]
+    assert await backend.get_job(duplicate.id) is None
+    assert [r.id for r in await backend.list_jobs(JobFilter())] == [holder_id]
+
+
+@pytest.mark.parametrize("state", [JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED])
+async def test_key_of_a_dead_job_is_free_again(backend: Backend, state: JobState) -> None:
+    holder_id = await _bring_to(backend, "order:1", state)
+    fresh = job(idempotency_key="order:1")
+    assert await backend.enqueue([fresh], now=T + 5) == [
+        EnqueueResult(fresh.id, True, JobState.QUEUED)
+    ]
+    # The new job holds the key now.
+    third = job(idempotency_key="order:1")
+    assert await backend.enqueue([third], now=T + 6) == [
+        EnqueueResult(fresh.id, False, JobState.QUEUED)
+    ]
+    old = await backend.get_job(holder_id)
+    assert old is not None and old.state is state
+
+
+async def test_key_is_global_across_queues_and_tasks(backend: Backend) -> None:
+    first = job("a", "q1", idempotency_key="k")
+    other = job("b", "q2", idempotency_key="k")
+    results = await backend.enqueue([first], now=T) + await backend.enqueue([other], now=T)
+    assert results == [
+        EnqueueResult(first.id, True, JobState.QUEUED),
+        EnqueueResult(first.id, False, JobState.QUEUED),
+    ]
+
+
+async def test_same_key_twice_in_one_batch_first_wins(backend: Backend) -> None:
+    a = job(idempotency_key="k", payload=b"a")
+    plain = job()
+    b = job(idempotency_key="k", payload=b"b", run_at=T + 50)
+    c = job(idempotency_key="other")
+    results = await backend.enqueue([a, plain, b, c], now=T)
+    assert results == [
+        EnqueueResult(a.id, True, JobState.QUEUED),
+        EnqueueResult(plain.id, True, JobState.QUEUED),
+        EnqueueResult(a.id, False, JobState.QUEUED),
+        EnqueueResult(c.id, True, JobState.QUEUED),
+    ]
+    assert await backend.get_job(b.id) is None
+
+
+async def test_key_of_a_deleted_job_is_free_again(backend: Backend) -> None:
+    holder_id = await _bring_to(backend, "k", JobState.COMPLETED)
+    assert await backend.delete_jobs(JobFilter(ids=(holder_id,))) == 1
+    fresh = job(idempotency_key="k")
+    assert await backend.enqueue([fresh], now=T + 5) == [
+        EnqueueResult(fresh.id, True, JobState.QUEUED)
+    ]
+
+
+async def test_retried_job_keeps_its_key_even_if_another_job_took_it(backend: Backend) -> None:
+    old_id = await _bring_to(backend, "k", JobState.FAILED)
+    newer = job(idempotency_key="k")
+    assert (await backend.enqueue([newer], now=T + 5))[0].created
+    # Retrying from the dead-letter set is never refused because of the key.
+    assert await backend.retry_jobs(JobFilter(ids=(old_id,)), now=T + 6) == [old_id]
+    old = await backend.get_job(old_id)
+    assert old is not None and old.state is JobState.QUEUED and old.idempotency_key == "k"
+    # The key stays taken: a third enqueue is deduplicated onto one of the two live holders.
+    [third] = await backend.enqueue([job(idempotency_key="k")], now=T + 7)
+    assert not third.created and third.id in (old_id, newer.id)
