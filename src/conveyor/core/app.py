@@ -1,0 +1,391 @@
+"""The App: the one composition root that owns tasks, queues, the backend, events and middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, ParamSpec, TypeVar, overload
+
+from conveyor.backends import DEFAULT_URL, factory_from_url
+from conveyor.backends.base import Backend, BackendFactory, CancelOutcome
+from conveyor.core.events import EventHub, JobEvent, Listener
+from conveyor.core.handle import JobHandle
+from conveyor.core.middleware import EnqueueCall, Middleware, compose_enqueue
+from conveyor.core.options import (
+    EnqueueOptions,
+    Executor,
+    QueueConfig,
+    Retention,
+    coerce_retry,
+)
+from conveyor.core.portal import Portal
+from conveyor.core.serialization import JSONSerializer, Serializer, encode_call
+from conveyor.core.task import JobSpec, Task, TaskConfig, spec_list
+from conveyor.domain.clock import Clock
+from conveyor.domain.durations import Duration, optional_duration, parse_duration
+from conveyor.domain.ids import new_job_id
+from conveyor.domain.job import NewJob
+from conveyor.domain.priority import parse_priority
+from conveyor.domain.retry import NO_RETRY, RetryPolicy
+from conveyor.errors import ConfigurationError, InvalidArgumentsError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def default_task_name(fn: Callable[..., Any]) -> str:
+    """``module.qualname``; for ``__main__`` the module's real import name when known."""
+    module = fn.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if spec is not None and spec.name:
+            module = spec.name
+    return f"{module}.{fn.__qualname__}"
+
+
+class Conveyor:
+    """A Conveyor application.
+
+    ``url`` picks the store: ``sqlite:///jobs.db`` (the default when ``None``),
+    ``postgresql://…``, ``redis://…`` or ``memory://``. The App never reads environment
+    variables; the CLI passes ``CONVEYOR_URL`` in when it is set.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        default_queue: str = "default",
+        retry: RetryPolicy | int | None = None,
+        timeout: Duration | None = None,
+        lease: Duration = 30.0,
+        heartbeat_interval: Duration = 1.0,
+        max_stalls: int = 3,
+        retention: Retention | None = None,
+        serializer: Serializer | None = None,
+        clock: Clock | None = None,
+        backend_options: dict[str, Any] | None = None,
+        backend_factory: BackendFactory | None = None,
+    ) -> None:
+        self.url = url or DEFAULT_URL
+        self.factory = backend_factory or factory_from_url(self.url, **(backend_options or {}))
+        self.default_queue = default_queue
+        self.retry = coerce_retry(retry) or NO_RETRY
+        self.timeout = optional_duration(timeout, field="timeout")
+        self.lease = parse_duration(lease, field="lease")
+        self.heartbeat_interval = parse_duration(heartbeat_interval, field="heartbeat_interval")
+        if self.lease <= 0 or self.heartbeat_interval <= 0:
+            raise ConfigurationError("lease and heartbeat_interval must be positive")
+        if self.heartbeat_interval * 2 > self.lease:
+            raise ConfigurationError(
+                f"heartbeat_interval ({self.heartbeat_interval}s) must be at most half the "
+                f"lease ({self.lease}s), or healthy jobs would be recovered as stalled"
+            )
+        if max_stalls < 0:
+            raise ConfigurationError("max_stalls must be >= 0")
+        self.max_stalls = max_stalls
+        self.retention = retention or Retention()
+        self.serializer: Serializer = serializer or JSONSerializer()
+        self.clock = clock
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.queues: dict[str, QueueConfig] = {}
+        self.middleware: list[Middleware] = []
+        self.events = EventHub()
+        self.portal = Portal()
+        self._backends: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Backend] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._opening: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, asyncio.Future[Backend]
+        ] = weakref.WeakKeyDictionary()
+        from conveyor.core.inspect import DeadLetters, Inspector
+
+        self.inspect = Inspector(self)
+        self.dead_letters = DeadLetters(self)
+
+    def __repr__(self) -> str:
+        return f"<Conveyor {self.factory.describe()['url']} tasks={len(self.tasks)}>"
+
+    # -- time ---------------------------------------------------------------------------------
+    def now(self) -> float:
+        """The app's notion of now (the fake clock in tests)."""
+        return self.clock.now() if self.clock is not None else time.time()
+
+    def backend_now(self) -> float | None:
+        """What to pass to backends: ``None`` (the store's clock) unless a clock is injected."""
+        return self.clock.now() if self.clock is not None else None
+
+    # -- declaring ----------------------------------------------------------------------------
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int | str = 0,
+        retry: RetryPolicy | int | None = None,
+        timeout: Duration | None = None,
+        concurrency: int | None = None,
+        ttl: Duration | None = None,
+        executor: Executor | None = None,
+        metadata: dict[str, Any] | None = None,
+        middleware: Sequence[Middleware] = (),
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int | str = 0,
+        retry: RetryPolicy | int | None = None,
+        timeout: Duration | None = None,
+        concurrency: int | None = None,
+        ttl: Duration | None = None,
+        executor: Executor | None = None,
+        metadata: dict[str, Any] | None = None,
+        middleware: Sequence[Middleware] = (),
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Declare a task (decorator, with or without options).
+
+        ``executor``: ``"async"`` (default for ``async def``), ``"thread"`` (default for plain
+        functions) or ``"process"`` (CPU-bound; runs in a child process that is killed on
+        timeout). ``concurrency``: most jobs of this task one worker runs at once.
+        """
+
+        def decorate(func: Callable[P, R]) -> Task[P, R]:
+            import inspect as _inspect
+
+            is_async = _inspect.iscoroutinefunction(func)
+            chosen: Executor = executor or ("async" if is_async else "thread")
+            if chosen not in ("async", "thread", "process"):
+                raise ConfigurationError(f"executor must be async, thread or process, not {chosen!r}")
+            if chosen == "async" and not is_async:
+                raise ConfigurationError(f"executor='async' needs an async def function ({func!r})")
+            if chosen == "process" and is_async:
+                raise ConfigurationError("executor='process' needs a plain (def) function")
+            if concurrency is not None and concurrency < 1:
+                raise ConfigurationError("task concurrency must be >= 1")
+            try:
+                prio = parse_priority(priority)
+                config = TaskConfig(
+                    name=name or default_task_name(func),
+                    queue=queue,
+                    priority=prio,
+                    retry=coerce_retry(retry),
+                    timeout=optional_duration(timeout, field="timeout"),
+                    concurrency=concurrency,
+                    ttl=optional_duration(ttl, field="ttl"),
+                    executor=chosen,
+                    metadata=dict(metadata or {}),
+                    middleware=tuple(middleware),
+                )
+            except (ValueError, InvalidArgumentsError) as exc:
+                raise ConfigurationError(f"task {func.__qualname__}: {exc}") from None
+            if config.name in self.tasks:
+                raise ConfigurationError(f"a task named {config.name!r} is already declared")
+            task: Task[P, R] = Task(self, func, config)
+            self.tasks[config.name] = task
+            return task
+
+        return decorate(fn) if fn is not None else decorate
+
+    def queue(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        priority: int | str = 0,
+        retry: RetryPolicy | int | None = None,
+        dead_letter: str | None = None,
+    ) -> QueueConfig:
+        """Declare a queue's settings (queues without a declaration use defaults)."""
+        if not name:
+            raise ConfigurationError("a queue needs a name")
+        if concurrency is not None and concurrency < 1:
+            raise ConfigurationError("queue concurrency must be >= 1")
+        try:
+            prio = parse_priority(priority)
+        except ValueError as exc:
+            raise ConfigurationError(f"queue {name}: {exc}") from None
+        config = QueueConfig(name, concurrency, prio, coerce_retry(retry), dead_letter)
+        self.queues[name] = config
+        return config
+
+    def queue_config(self, name: str) -> QueueConfig:
+        return self.queues.get(name) or QueueConfig(name)
+
+    def use(self, middleware: Middleware) -> Conveyor:
+        """Add app-wide middleware (outermost first)."""
+        self.middleware.append(middleware)
+        return self
+
+    def on(self, kind: str, listener: Listener) -> Callable[[], None]:
+        """Listen for lifecycle events of every task; returns an unsubscribe function."""
+        return self.events.on(kind, listener)
+
+    def retry_policy_for(self, task: Task[Any, Any] | None, queue: str) -> RetryPolicy:
+        if task is not None and task.config.retry is not None:
+            return task.config.retry
+        qcfg = self.queues.get(queue)
+        if qcfg is not None and qcfg.retry is not None:
+            return qcfg.retry
+        return self.retry
+
+    # -- backend ------------------------------------------------------------------------------
+    async def backend(self) -> Backend:
+        """The opened backend client for the running event loop."""
+        loop = asyncio.get_running_loop()
+        backend = self._backends.get(loop)
+        if backend is not None:
+            return backend
+        pending = self._opening.get(loop)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Backend] = loop.create_future()
+        self._opening[loop] = future
+        try:
+            client = self.factory.create()
+            await client.open()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()
+            del self._opening[loop]
+            raise
+        self._backends[loop] = client
+        future.set_result(client)
+        del self._opening[loop]
+        return client
+
+    async def close(self) -> None:
+        """Close the backend client of this loop (and of the sync portal)."""
+        loop = asyncio.get_running_loop()
+        backend = self._backends.pop(loop, None)
+        if backend is not None:
+            await backend.close()
+        portal_loop = self.portal.loop
+        if portal_loop is not None and portal_loop is not loop:
+            portal_backend = self._backends.pop(portal_loop, None)
+            if portal_backend is not None:
+                asyncio.run_coroutine_threadsafe(portal_backend.close(), portal_loop).result(10)
+            self.portal.stop()
+
+    def close_sync(self) -> None:
+        """Blocking :meth:`close` for synchronous code."""
+        portal_loop = self.portal.loop
+        if portal_loop is not None:
+            backend = self._backends.pop(portal_loop, None)
+            if backend is not None:
+                asyncio.run_coroutine_threadsafe(backend.close(), portal_loop).result(10)
+        self.portal.stop()
+
+    # -- enqueueing ---------------------------------------------------------------------------
+    def build_job(self, spec: JobSpec[Any], options: EnqueueOptions, now: float) -> NewJob:
+        """Resolve a call's options against task, queue and app defaults."""
+        task = spec.task
+        cfg = task.config
+        queue = options.queue or cfg.queue or self.default_queue
+        retry = self.retry_policy_for(task, queue)
+        run_at = options.run_at
+        if run_at is None and options.delay:
+            run_at = now + options.delay
+        ttl = options.ttl if options.ttl is not None else cfg.ttl
+        return NewJob(
+            id=options.job_id or new_job_id(),
+            task=task.name,
+            queue=queue,
+            payload=encode_call(self.serializer, spec.args, spec.kwargs),
+            priority=options.priority if options.priority is not None else cfg.priority,
+            run_at=run_at,
+            max_attempts=options.max_attempts or retry.attempts,
+            timeout=options.timeout if options.timeout is not None else (cfg.timeout or self.timeout),
+            expires_at=None if ttl is None else max(run_at or now, now) + ttl,
+            idempotency_key=options.idempotency_key,
+            trace_id=options.trace_id,
+            metadata={**cfg.metadata, **options.metadata},
+        )
+
+    async def enqueue_many(self, specs: Sequence[JobSpec[Any]]) -> list[JobHandle[Any]]:
+        """Enqueue many calls in one round trip (``[task.call(...), ...]``)."""
+        items = spec_list(specs)
+        if not items:
+            return []
+        calls = [
+            EnqueueCall(s.task.name, tuple(s.args), dict(s.kwargs), s.options) for s in items
+        ]
+        by_name = {s.task.name: s.task for s in items}
+
+        async def store(final: list[EnqueueCall]) -> list[JobHandle[Any]]:
+            now = self.now()
+            jobs = [
+                self.build_job(JobSpec(by_name[c.task], c.args, c.kwargs, c.options), c.options, now)
+                for c in final
+            ]
+            connection = final[0].options.connection if final else None
+            backend = await self.backend()
+            if connection is not None:
+                enqueue_on = getattr(backend, "enqueue_on", None)
+                if enqueue_on is None:
+                    raise ConfigurationError(
+                        f"enqueue with connection= needs a SQL backend that supports "
+                        f"transactions; {self.factory.describe()['url']} does not"
+                    )
+                results = await enqueue_on(connection, jobs, self.backend_now())
+            else:
+                results = await backend.enqueue(jobs, self.backend_now())
+            handles: list[JobHandle[Any]] = []
+            for job, res in zip(jobs, results, strict=True):
+                handles.append(JobHandle(self, res.id, job.task, created=res.created))
+                if res.created and self.events.has_listeners("enqueued", job.task):
+                    await self.events.emit(
+                        JobEvent("enqueued", res.id, job.task, job.queue, at=now, trace_id=job.trace_id)
+                    )
+            return handles
+
+        chain = compose_enqueue(self.middleware, store)
+        return await chain(calls)
+
+    def enqueue_many_sync(self, specs: Sequence[JobSpec[Any]]) -> list[JobHandle[Any]]:
+        """Blocking :meth:`enqueue_many`."""
+        return self.portal.run(self.enqueue_many(specs))
+
+    def enqueue_on_connection_sync(
+        self, connection: Any, specs: Sequence[JobSpec[Any]]
+    ) -> list[JobHandle[Any]]:
+        """Enqueue inside a synchronous DB connection's open transaction (outbox pattern)."""
+        enqueue_on_sync = getattr(self.factory, "enqueue_on_sync", None)
+        if enqueue_on_sync is None:
+            raise ConfigurationError(
+                f"enqueue with connection= needs a SQL backend that supports transactions; "
+                f"{self.factory.describe()['url']} does not"
+            )
+        now = self.now()
+        items = spec_list(specs)
+        jobs = [self.build_job(s, s.options, now) for s in items]
+        results = enqueue_on_sync(connection, jobs, self.backend_now())
+        return [
+            JobHandle(self, r.id, j.task, created=r.created)
+            for j, r in zip(jobs, results, strict=True)
+        ]
+
+    # -- operating ----------------------------------------------------------------------------
+    async def cancel(self, job_id: str, reason: str | None = None) -> CancelOutcome:
+        """Cancel a job by id (see :meth:`JobHandle.cancel`)."""
+        backend = await self.backend()
+        return await backend.cancel(job_id, reason, self.backend_now())
+
+    def handle(self, job_id: str) -> JobHandle[Any]:
+        """A handle for an existing job id."""
+        return JobHandle(self, job_id, "")
+
+    async def migrate(self) -> list[str]:
+        """Create or upgrade the store's schema (``conveyor db migrate``)."""
+        return await self.factory.migrate()

@@ -1,0 +1,296 @@
+"""Inspection and the dead-letter manager: read-side views over any backend.
+
+``app.inspect`` answers "what is happening": counts per queue and task, a job by id with its
+timeline, jobs by state with paging, live workers with their stats, per-task duration
+percentiles; and renders them in seed 000's protocol shapes. ``app.dead_letters`` lists, retries
+and purges failed jobs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from conveyor.backends.base import RETRYABLE_STATES
+from conveyor.core.handle import JobInfo, decode_record
+from conveyor.domain.job import JobFilter, WorkerInfo
+from conveyor.domain.priority import priority_name
+from conveyor.domain.states import SEED000_STATUS, JobState
+from conveyor.errors import InvalidStateError, JobNotFoundError
+
+if TYPE_CHECKING:
+    from conveyor.core.app import Conveyor
+
+
+def _iso(ts: float | None) -> str | None:
+    from datetime import UTC, datetime
+
+    return None if ts is None else datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of an ascending list (``None`` when empty)."""
+    if not sorted_values:
+        return None
+    rank = max(1, min(len(sorted_values), round(q / 100.0 * len(sorted_values) + 0.5)))
+    return sorted_values[rank - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Job counts by state, per queue and per task."""
+
+    by_queue: dict[str, dict[str, int]] = field(default_factory=dict)
+    by_task: dict[str, dict[str, int]] = field(default_factory=dict)
+    total: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"queues": self.by_queue, "tasks": self.by_task, "total": self.total}
+
+
+class Inspector:
+    """Read-side API (``app.inspect``)."""
+
+    def __init__(self, app: Conveyor) -> None:
+        self.app = app
+
+    async def job(self, job_id: str) -> JobInfo | None:
+        """A job by id, decoded, or ``None``."""
+        backend = await self.app.backend()
+        record = await backend.get_job(job_id)
+        return None if record is None else decode_record(self.app.serializer, record)
+
+    async def jobs(
+        self,
+        *,
+        state: JobState | str | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        error_code: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[JobInfo]:
+        """Jobs matching the filters, newest first, ``limit`` per page from ``offset``."""
+        states = None if state is None else (JobState(state),)
+        flt = JobFilter(states=states, queue=queue, task=task, error_code=error_code)
+        backend = await self.app.backend()
+        records = await backend.list_jobs(flt, limit=limit, offset=offset)
+        return [decode_record(self.app.serializer, r) for r in records]
+
+    async def counts(self) -> Counts:
+        """Counts by state per queue and per task (every state present, zeros included)."""
+        backend = await self.app.backend()
+        rows = await backend.count_jobs()
+        states = [s.value for s in JobState]
+        by_queue: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(states, 0))
+        by_task: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(states, 0))
+        total = dict.fromkeys(states, 0)
+        for row in rows:
+            by_queue[row.queue][row.state.value] += row.count
+            by_task[row.task][row.state.value] += row.count
+            total[row.state.value] += row.count
+        for name in self.app.queues:
+            by_queue[name]  # noqa: B018 - declared queues show up with zero counts
+        return Counts(dict(by_queue), dict(by_task), total)
+
+    async def workers(self, *, include_stale: bool = False) -> list[WorkerInfo]:
+        """Registered workers; by default only those that heartbeated within three leases."""
+        backend = await self.app.backend()
+        workers = await backend.list_workers()
+        if include_stale:
+            return workers
+        cutoff = self.app.now() - 3 * self.app.lease
+        return [w for w in workers if w.heartbeat_at >= cutoff]
+
+    async def task_metrics(self, *, sample: int = 1000) -> dict[str, dict[str, Any]]:
+        """Per task: success/failure/retry/dead counters (summed over live workers) and
+        duration percentiles (p50/p95/p99, seconds) over its last ``sample`` completed jobs."""
+        metrics: dict[str, dict[str, Any]] = {}
+        for worker in await self.workers(include_stale=True):
+            for name, counters in (worker.stats.get("tasks") or {}).items():
+                entry = metrics.setdefault(
+                    name, {"succeeded": 0, "failed": 0, "retried": 0, "dead": 0}
+                )
+                for key in ("succeeded", "failed", "retried", "dead"):
+                    entry[key] += int(counters.get(key, 0))
+        backend = await self.app.backend()
+        names = set(metrics) | {row.task for row in await backend.count_jobs()}
+        for name in sorted(names):
+            records = await backend.list_jobs(
+                JobFilter(states=(JobState.COMPLETED,), task=name), limit=sample
+            )
+            durations = sorted(
+                r.finished_at - r.started_at
+                for r in records
+                if r.finished_at is not None and r.started_at is not None
+            )
+            entry = metrics.setdefault(name, {"succeeded": 0, "failed": 0, "retried": 0, "dead": 0})
+            entry["sampled"] = len(durations)
+            entry["p50"] = percentile(durations, 50)
+            entry["p95"] = percentile(durations, 95)
+            entry["p99"] = percentile(durations, 99)
+        return metrics
+
+    # -- seed 000 protocol shapes ------------------------------------------------------------
+    def as_seed000_task(self, info: JobInfo) -> dict[str, Any]:
+        """Render a job as seed 000's ``Task``."""
+        r = info.record
+        task = self.app.tasks.get(r.task)
+        retry = self.app.retry_policy_for(task, r.queue)
+        out: dict[str, Any] = {
+            "id": r.id,
+            "type": r.task,
+            "payload": {"args": info.args, "kwargs": info.kwargs},
+            "queue": r.queue,
+            "priority": priority_name(r.priority),
+            "attempts": r.attempts,
+            "status": "timeout" if r.error is not None and r.error.code == "timeout"
+            and r.state is JobState.FAILED else SEED000_STATUS[r.state],
+            "metadata": {**r.metadata, "priorityValue": r.priority, "traceId": r.trace_id},
+            "retryPolicy": retry.to_seed000() | {"maxRetries": max(r.max_attempts - 1, 0)},
+        }
+        if r.timeout is not None:
+            out["timeoutMs"] = int(r.timeout * 1000)
+        if r.run_at > r.created_at:
+            out["scheduledAt"] = _iso(r.run_at)
+        return out
+
+    def as_seed000_result(self, info: JobInfo) -> dict[str, Any]:
+        """Render a job's latest attempt as seed 000's ``TaskExecutionResult``."""
+        r = info.record
+        status = self.as_seed000_task(info)["status"]
+        out: dict[str, Any] = {
+            "taskId": r.id,
+            "status": status,
+            "startedAt": _iso(r.started_at or r.created_at),
+            "attempt": max(r.attempts, 1),
+            "willRetry": r.state in (JobState.SCHEDULED, JobState.QUEUED) and r.attempts > 0,
+        }
+        if r.state is JobState.COMPLETED:
+            out["result"] = info.result
+        if r.error is not None and r.state is not JobState.COMPLETED:
+            out["error"] = {"code": r.error.code, "type": r.error.type, "message": r.error.message}
+        if info.duration is not None:
+            out["durationMs"] = int(info.duration * 1000)
+        if r.finished_at is not None:
+            out["completedAt"] = _iso(r.finished_at)
+        return out
+
+    @staticmethod
+    def as_seed000_worker(worker: WorkerInfo) -> dict[str, Any]:
+        """Render a worker's stats as seed 000's ``WorkerStats``."""
+        stats = worker.stats
+        out: dict[str, Any] = {
+            "workerName": worker.id,
+            "totalProcessed": int(stats.get("processed", 0)),
+            "succeeded": int(stats.get("succeeded", 0)),
+            "failed": int(stats.get("failed", 0)),
+            "active": int(stats.get("active", 0)),
+            "uptimeMs": int(max(worker.heartbeat_at - worker.started_at, 0) * 1000),
+            "queues": stats.get("queues", {}),
+        }
+        if stats.get("avg_duration") is not None:
+            out["avgExecutionMs"] = float(stats["avg_duration"]) * 1000
+        return out
+
+
+class DeadLetters:
+    """The dead-letter set (``app.dead_letters``): jobs in ``failed``, kept until acted on."""
+
+    def __init__(self, app: Conveyor) -> None:
+        self.app = app
+
+    @staticmethod
+    def _filter(
+        task: str | None, queue: str | None, error_code: str | None, older_than: float | None,
+        now: float, states: tuple[JobState, ...] = (JobState.FAILED,),
+    ) -> JobFilter:
+        return JobFilter(
+            states=states,
+            task=task,
+            queue=queue,
+            error_code=error_code,
+            finished_before=None if older_than is None else now - older_than,
+        )
+
+    async def list(
+        self,
+        *,
+        task: str | None = None,
+        queue: str | None = None,
+        error_code: str | None = None,
+        older_than: float | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[JobInfo]:
+        """Failed jobs, newest first, with filters (``older_than`` in seconds)."""
+        backend = await self.app.backend()
+        flt = self._filter(task, queue, error_code, older_than, self.app.now())
+        records = await backend.list_jobs(flt, limit=limit, offset=offset)
+        return [decode_record(self.app.serializer, r) for r in records]
+
+    async def retry(self, job_id: str, *, reset_attempts: bool = False) -> None:
+        """Re-queue one failed, cancelled or expired job.
+
+        Raises :class:`JobNotFoundError` or :class:`InvalidStateError` (nothing changes).
+        """
+        backend = await self.app.backend()
+        record = await backend.get_job(job_id)
+        if record is None:
+            raise JobNotFoundError(job_id)
+        if record.state not in RETRYABLE_STATES:
+            raise InvalidStateError(
+                f"job {job_id} is {record.state.value}; only failed, cancelled or expired jobs "
+                "can be retried"
+            )
+        ids = await backend.retry_jobs(
+            JobFilter(ids=(job_id,)), reset_attempts=reset_attempts, now=self.app.backend_now()
+        )
+        if not ids:
+            raise InvalidStateError(f"job {job_id} changed state before it could be retried")
+
+    async def retry_all(
+        self,
+        *,
+        task: str | None = None,
+        queue: str | None = None,
+        error_code: str | None = None,
+        older_than: float | None = None,
+        reset_attempts: bool = False,
+        batch: int = 500,
+    ) -> int:
+        """Re-queue every matching failed job; returns how many."""
+        backend = await self.app.backend()
+        flt = self._filter(task, queue, error_code, older_than, self.app.now())
+        total = 0
+        while True:
+            ids = await backend.retry_jobs(
+                flt, reset_attempts=reset_attempts, now=self.app.backend_now(), limit=batch
+            )
+            total += len(ids)
+            if len(ids) < batch:
+                return total
+
+    async def purge(
+        self,
+        *,
+        task: str | None = None,
+        queue: str | None = None,
+        error_code: str | None = None,
+        older_than: float | None = None,
+        ids: tuple[str, ...] | None = None,
+        batch: int = 500,
+    ) -> int:
+        """Delete matching failed jobs for good; returns how many."""
+        backend = await self.app.backend()
+        flt = self._filter(task, queue, error_code, older_than, self.app.now())
+        if ids is not None:
+            flt = JobFilter(states=flt.states, task=task, queue=queue, error_code=error_code,
+                            finished_before=flt.finished_before, ids=ids)
+        total = 0
+        while True:
+            n = await backend.delete_jobs(flt, limit=batch)
+            total += n
+            if n < batch:
+                return total

@@ -1,0 +1,184 @@
+"""Configuration values: queue settings, task settings, per-call enqueue options, retention."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from conveyor.domain.clock import to_timestamp
+from conveyor.domain.durations import Duration, optional_duration
+from conveyor.domain.priority import parse_priority
+from conveyor.domain.retry import RetryPolicy
+from conveyor.errors import InvalidArgumentsError
+
+Executor = Literal["async", "thread", "process"]
+
+
+def coerce_retry(value: RetryPolicy | int | None, *, field_name: str = "retry") -> RetryPolicy | None:
+    """Accept a policy or a plain number of total attempts."""
+    if value is None or isinstance(value, RetryPolicy):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return RetryPolicy.build(value)
+    raise InvalidArgumentsError(f"{field_name} must be a RetryPolicy or an int (total attempts)")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    """A named lane (seed 000's ``QueueConfig``).
+
+    ``concurrency``: most jobs of this queue one worker runs at once (``None``: the worker's
+    limit). ``priority``: precedence among the queues one worker consumes — higher is drained
+    first. ``retry``: default policy for tasks of this queue that set none. ``dead_letter``:
+    label stored on jobs of this queue when they fail permanently, so operators can list them
+    as one dead-letter queue.
+    """
+
+    name: str
+    concurrency: int | None = None
+    priority: int = 0
+    retry: RetryPolicy | None = None
+    dead_letter: str | None = None
+
+    def to_seed000(self) -> dict[str, Any]:
+        """Render as seed 000's ``QueueConfig`` (whose priority is "lower = higher")."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "concurrency": self.concurrency if self.concurrency is not None else 0,
+            "priority": -self.priority,
+        }
+        if self.retry is not None:
+            out["defaultRetryPolicy"] = self.retry.to_seed000()
+        if self.dead_letter is not None:
+            out["deadLetterQueue"] = self.dead_letter
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long finished jobs are kept before pruning (``None`` = forever).
+
+    Failed jobs (the dead-letter set) are kept forever unless ``failed`` is set explicitly.
+    """
+
+    completed: float | None = 24 * 3600.0
+    cancelled: float | None = 7 * 24 * 3600.0
+    expired: float | None = 7 * 24 * 3600.0
+    failed: float | None = None
+
+    @classmethod
+    def build(
+        cls,
+        completed: Duration | None = timedelta(days=1),
+        cancelled: Duration | None = timedelta(days=7),
+        expired: Duration | None = timedelta(days=7),
+        failed: Duration | None = None,
+    ) -> Retention:
+        return cls(
+            completed=optional_duration(completed, field="retention completed"),
+            cancelled=optional_duration(cancelled, field="retention cancelled"),
+            expired=optional_duration(expired, field="retention expired"),
+            failed=optional_duration(failed, field="retention failed"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueOptions:
+    """Per-call options, validated when built so bad values fail at the call site."""
+
+    delay: float | None = None
+    run_at: float | None = None
+    priority: int | None = None
+    queue: str | None = None
+    idempotency_key: str | None = None
+    max_attempts: int | None = None
+    timeout: float | None = None
+    ttl: float | None = None
+    trace_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    job_id: str | None = None
+    connection: Any = None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        delay: Duration | None = None,
+        run_at: datetime | None = None,
+        priority: int | str | None = None,
+        queue: str | None = None,
+        idempotency_key: str | None = None,
+        max_attempts: int | None = None,
+        timeout: Duration | None = None,
+        ttl: Duration | None = None,
+        trace_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        job_id: str | None = None,
+        connection: Any = None,
+    ) -> EnqueueOptions:
+        """Validate and normalise; raises :class:`InvalidArgumentsError` naming the option."""
+        try:
+            delay_s = optional_duration(delay, field="delay")
+            timeout_s = optional_duration(timeout, field="timeout")
+            ttl_s = optional_duration(ttl, field="ttl")
+            prio = None if priority is None else parse_priority(priority)
+        except ValueError as exc:
+            raise InvalidArgumentsError(str(exc)) from None
+        if delay_s is not None and run_at is not None:
+            raise InvalidArgumentsError("pass either delay or run_at, not both")
+        run_at_ts: float | None = None
+        if run_at is not None:
+            if not isinstance(run_at, datetime):
+                raise InvalidArgumentsError("run_at must be a timezone-aware datetime")
+            try:
+                run_at_ts = to_timestamp(run_at)
+            except ValueError as exc:
+                raise InvalidArgumentsError(f"run_at: {exc}") from None
+        if timeout_s is not None and timeout_s <= 0:
+            raise InvalidArgumentsError("timeout must be greater than zero")
+        if ttl_s is not None and ttl_s <= 0:
+            raise InvalidArgumentsError("ttl must be greater than zero")
+        if max_attempts is not None and (
+            not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1
+        ):
+            raise InvalidArgumentsError("max_attempts must be an integer >= 1 (total runs)")
+        for name, value in (("queue", queue), ("idempotency_key", idempotency_key),
+                            ("trace_id", trace_id), ("job_id", job_id)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise InvalidArgumentsError(f"{name} must be a non-empty string")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise InvalidArgumentsError("metadata must be a dict")
+        for value in (delay_s, timeout_s, ttl_s):
+            if value is not None and not math.isfinite(value):
+                raise InvalidArgumentsError("durations must be finite")
+        return cls(
+            delay=delay_s,
+            run_at=run_at_ts,
+            priority=prio,
+            queue=queue,
+            idempotency_key=idempotency_key,
+            max_attempts=max_attempts,
+            timeout=timeout_s,
+            ttl=ttl_s,
+            trace_id=trace_id,
+            metadata=dict(metadata or {}),
+            job_id=job_id,
+            connection=connection,
+        )
+
+    def merged(self, other: EnqueueOptions) -> EnqueueOptions:
+        """These options overridden by every field ``other`` sets."""
+        values: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if name == "metadata":
+                values[name] = {**mine, **theirs}
+            else:
+                values[name] = theirs if theirs is not None else mine
+        if other.delay is not None:
+            values["run_at"] = None
+        if other.run_at is not None:
+            values["delay"] = None
+        return EnqueueOptions(**values)

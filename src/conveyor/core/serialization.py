@@ -1,0 +1,88 @@
+"""Serialization of arguments and results to the opaque bytes backends store.
+
+The default serializer is JSON (stdlib ``json``): ``None``, booleans, integers, floats
+(including NaN and ±infinity), strings, lists and dicts with string keys. Tuples arrive as
+lists. Anything else is refused at the call site with :class:`~conveyor.errors.SerializationError`
+naming where the bad value sits, so nothing half-valid is ever stored.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from conveyor.errors import SerializationError
+
+
+class Serializer(Protocol):
+    """Turns values into bytes and back; one per App, used for payloads, results, progress."""
+
+    name: str
+
+    def dumps(self, value: Any) -> bytes: ...
+
+    def loads(self, data: bytes) -> Any: ...
+
+
+def _find_bad(value: Any, path: str, depth: int = 0) -> str | None:
+    if depth > 200:
+        return f"{path} (nested deeper than 200 levels)"
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            bad = _find_bad(item, f"{path}[{i}]", depth + 1)
+            if bad:
+                return bad
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path} has a non-string key {key!r}"
+            bad = _find_bad(item, f"{path}[{key!r}]", depth + 1)
+            if bad:
+                return bad
+        return None
+    return f"{path} is a {type(value).__name__}"
+
+
+class JSONSerializer:
+    """The default: compact UTF-8 JSON."""
+
+    name = "json"
+
+    def __init__(self) -> None:
+        self._encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True)
+        self._decoder = json.JSONDecoder()
+
+    def dumps(self, value: Any) -> bytes:
+        try:
+            return self._encoder.encode(value).encode("utf-8", "surrogatepass")
+        except (TypeError, ValueError, RecursionError) as exc:
+            where = _find_bad(value, "value") or str(exc)
+            raise SerializationError(
+                f"cannot serialize {where}: JSON supports None, bool, int, float, str, "
+                "list and dict with str keys; convert other values (e.g. datetime.isoformat(), "
+                "a model's .model_dump()) before enqueueing"
+            ) from None
+
+    def loads(self, data: bytes) -> Any:
+        try:
+            return self._decoder.decode(bytes(data).decode("utf-8", "surrogatepass"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise SerializationError(f"cannot decode stored JSON: {exc}") from None
+
+
+def encode_call(serializer: Serializer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """The payload for one call: ``{"a": args, "k": kwargs}``."""
+    return serializer.dumps({"a": list(args), "k": kwargs})
+
+
+def decode_call(serializer: Serializer, payload: bytes) -> tuple[list[Any], dict[str, Any]]:
+    """Inverse of :func:`encode_call`; raises ``SerializationError`` on a malformed payload."""
+    data = serializer.loads(payload)
+    if not isinstance(data, dict) or not isinstance(data.get("a", []), list) or not isinstance(
+        data.get("k", {}), dict
+    ):
+        raise SerializationError("payload is not a Conveyor call (expected {'a': [...], 'k': {...}})")
+    return list(data.get("a", [])), dict(data.get("k", {}))

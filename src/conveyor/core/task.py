@@ -1,0 +1,161 @@
+"""Typed task handles: ``Task[P, R]`` checks enqueue arguments against the function's signature."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from conveyor.core.events import Listener
+from conveyor.core.middleware import Middleware
+from conveyor.core.options import EnqueueOptions, Executor
+from conveyor.domain.retry import RetryPolicy
+from conveyor.errors import InvalidArgumentsError
+
+if TYPE_CHECKING:
+    from conveyor.core.app import Conveyor
+    from conveyor.core.handle import JobHandle
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskConfig:
+    """A task's declared settings (``None``: inherit from the queue, then the app)."""
+
+    name: str
+    queue: str | None
+    priority: int
+    retry: RetryPolicy | None
+    timeout: float | None
+    concurrency: int | None
+    ttl: float | None
+    executor: Executor
+    metadata: dict[str, Any]
+    middleware: tuple[Middleware, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec(Generic[R]):
+    """One call of a task, checked and ready to enqueue (``task.call(...)``)."""
+
+    task: Task[Any, R]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    options: EnqueueOptions
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(fn)
+
+
+class Task(Generic[P, R]):
+    """A declared task. Call ``await task.enqueue(...)`` (or ``task.enqueue_sync(...)``)."""
+
+    def __init__(self, app: Conveyor, fn: Callable[P, R], config: TaskConfig) -> None:
+        self.app = app
+        self.fn = fn
+        self.config = config
+        self.name = config.name
+        self._signature = _signature(fn)
+        self.is_async = inspect.iscoroutinefunction(fn)
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function directly, in this process (no job is created)."""
+        return self.fn(*args, **kwargs)
+
+    def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise :class:`InvalidArgumentsError` if the call does not fit the signature."""
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArgumentsError(f"{self.name}{self._signature}: {exc}") from None
+
+    # -- building calls -----------------------------------------------------------------------
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> JobSpec[R]:
+        """A checked call for :meth:`Conveyor.enqueue_many`."""
+        self.check_arguments(args, kwargs)
+        return JobSpec(self, args, dict(kwargs), EnqueueOptions())
+
+    def options(self, **options: Any) -> TaskCall[P, R]:
+        """Per-call options: ``delay``, ``run_at``, ``priority``, ``queue``,
+        ``idempotency_key``, ``max_attempts``, ``timeout``, ``ttl``, ``trace_id``,
+        ``metadata``, ``job_id``, ``connection`` (enqueue inside that DB transaction)."""
+        try:
+            opts = EnqueueOptions.build(**options)
+        except TypeError as exc:
+            raise InvalidArgumentsError(f"unknown enqueue option: {exc}") from None
+        return TaskCall(self, opts)
+
+    # -- enqueueing ---------------------------------------------------------------------------
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        """Enqueue one job; returns its handle once it is stored."""
+        return await TaskCall(self, EnqueueOptions()).enqueue(*args, **kwargs)
+
+    def enqueue_sync(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        """Blocking :meth:`enqueue` for synchronous code."""
+        return TaskCall(self, EnqueueOptions()).enqueue_sync(*args, **kwargs)
+
+    # -- events -------------------------------------------------------------------------------
+    def on(self, kind: str, listener: Listener) -> Callable[[], None]:
+        """Listen for ``kind`` events of this task only; returns an unsubscribe function."""
+        return self.app.events.on(kind, listener, task=self.name)
+
+
+class TaskCall(Generic[P, R]):
+    """A task with per-call options bound (``task.options(priority="high")``)."""
+
+    def __init__(self, task: Task[P, R], options: EnqueueOptions) -> None:
+        self.task = task
+        self._options = options
+
+    def options(self, **options: Any) -> TaskCall[P, R]:
+        """Add or override options."""
+        return TaskCall(self.task, self._options.merged(EnqueueOptions.build(**options)))
+
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> JobSpec[R]:
+        self.task.check_arguments(args, kwargs)
+        return JobSpec(self.task, args, dict(kwargs), self._options)
+
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        self.task.check_arguments(args, kwargs)
+        spec: JobSpec[R] = JobSpec(self.task, args, dict(kwargs), self._options)
+        (handle,) = await self.task.app.enqueue_many([spec])
+        return handle
+
+    def enqueue_sync(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        self.task.check_arguments(args, kwargs)
+        spec: JobSpec[R] = JobSpec(self.task, args, dict(kwargs), self._options)
+        if self._options.connection is not None:
+            (handle,) = self.task.app.enqueue_on_connection_sync(self._options.connection, [spec])
+            return handle
+        (handle,) = self.task.app.enqueue_many_sync([spec])
+        return handle
+
+
+def is_running_in_loop() -> bool:
+    """Whether the calling thread runs an asyncio loop (sync calls would block it)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def spec_list(specs: Sequence[JobSpec[Any]]) -> list[JobSpec[Any]]:
+    """Validate a list of specs for bulk enqueue."""
+    out = list(specs)
+    for spec in out:
+        if not isinstance(spec, JobSpec):
+            raise InvalidArgumentsError(
+                "enqueue_many takes task.call(...) / task.options(...).call(...) specs"
+            )
+    return out

@@ -1,0 +1,165 @@
+"""Process-mode tasks: CPU-bound handlers run in child processes that can be killed.
+
+Each child imports the task's module by name, runs one call at a time and sends back the result
+(or the error, or a retry request). On timeout or cancellation the child is killed with SIGKILL
+and replaced on next use; a child that dies on its own (out of memory, a segfault) fails the
+attempt with :class:`ChildProcessDied` and the pool carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import multiprocessing
+import os
+import sys
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from conveyor.errors import Retry
+
+
+class ChildProcessDied(Exception):
+    """The child running a process-mode job exited without answering (killed, OOM, crash)."""
+
+
+class RemoteError(Exception):
+    """An exception raised inside a child process, carried back by type name and traceback."""
+
+    def __init__(self, type_name: str, message: str, tb: str) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.remote_traceback = tb
+
+
+def _resolve(module: str, qualname: str) -> Any:
+    target: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return getattr(target, "fn", target)
+
+
+def _child_main(conn: Connection, paths: list[str]) -> None:
+    sys.path[:0] = [p for p in paths if p not in sys.path]
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        module, qualname, args, kwargs = message
+        try:
+            fn = _resolve(module, qualname)
+            result = fn(*args, **kwargs)
+        except Retry as exc:
+            conn.send(("retry", exc.reason, exc.delay))
+        except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+            conn.send(("error", type(exc).__name__, str(exc), traceback.format_exc()))
+        else:
+            try:
+                conn.send(("ok", result))
+            except Exception as exc:  # noqa: BLE001 - an unpicklable result
+                conn.send(("error", type(exc).__name__, f"result cannot be sent back: {exc}", ""))
+
+
+class _Child:
+    def __init__(self, ctx: multiprocessing.context.BaseContext) -> None:
+        parent, child = ctx.Pipe()
+        self.conn = parent
+        self.process = ctx.Process(  # type: ignore[attr-defined]
+            target=_child_main, args=(child, list(sys.path)), daemon=True, name="conveyor-proc"
+        )
+        self.process.start()
+        child.close()
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5)
+        self.conn.close()
+
+
+class ProcessPool:
+    """Up to ``size`` child processes, started on demand, one call each at a time."""
+
+    def __init__(self, size: int | None = None, start_method: str = "spawn") -> None:
+        self._size = max(1, size or os.cpu_count() or 1)
+        self._ctx = multiprocessing.get_context(start_method)
+        self._idle: list[_Child] = []
+        self._count = 0
+        self._available: asyncio.Condition | None = None
+
+    async def _acquire(self) -> _Child:
+        if self._available is None:
+            self._available = asyncio.Condition()
+        async with self._available:
+            while not self._idle and self._count >= self._size:
+                await self._available.wait()
+            if self._idle:
+                child = self._idle.pop()
+                if child.process.is_alive():
+                    return child
+                child.kill()
+                self._count -= 1
+            self._count += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, _Child, self._ctx)
+        except BaseException:
+            await self._forget()
+            raise
+
+    async def _forget(self) -> None:
+        assert self._available is not None
+        async with self._available:
+            self._count -= 1
+            self._available.notify()
+
+    async def _give_back(self, child: _Child) -> None:
+        assert self._available is not None
+        async with self._available:
+            self._idle.append(child)
+            self._available.notify()
+
+    async def call(self, module: str, qualname: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Run ``module.qualname(*args, **kwargs)`` in a child; cancelling kills the child."""
+        child = await self._acquire()
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[Any] = loop.create_future()
+
+        def readable() -> None:
+            if reply.done():
+                return
+            try:
+                reply.set_result(child.conn.recv())
+            except (EOFError, OSError) as exc:
+                reply.set_exception(ChildProcessDied(f"child process exited: {exc!r}"))
+
+        fd = child.conn.fileno()
+        try:
+            child.conn.send((module, qualname, args, kwargs))
+            loop.add_reader(fd, readable)
+            try:
+                message = await reply
+            finally:
+                loop.remove_reader(fd)
+        except BaseException:
+            child.kill()
+            await self._forget()
+            if not child.process.is_alive() and child.process.exitcode not in (None, 0, -9):
+                raise ChildProcessDied(
+                    f"child process exited with code {child.process.exitcode}"
+                ) from None
+            raise
+        await self._give_back(child)
+        kind = message[0]
+        if kind == "ok":
+            return message[1]
+        if kind == "retry":
+            raise Retry(message[1], delay=message[2])
+        raise RemoteError(message[1], message[2], message[3])
+
+    def shutdown(self) -> None:
+        """Kill every idle child."""
+        for child in self._idle:
+            child.kill()
+        self._idle.clear()

@@ -1,0 +1,431 @@
+"""Running one claimed job: decode, middleware, handler with timeout, then a fenced outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from conveyor.core.context import JobContext, reset_current, set_current
+from conveyor.core.events import JobEvent
+from conveyor.core.middleware import ExecuteCall, ExecuteNext, compose_execute
+from conveyor.core.serialization import decode_call
+from conveyor.domain.job import ErrorInfo, RecoveredJob
+from conveyor.domain.states import JobState
+from conveyor.errors import Cancelled, ErrorCode, JobTimeout, Retry, SerializationError
+from conveyor.worker.processes import ChildProcessDied, ProcessPool, RemoteError
+from conveyor.worker.threads import DaemonThreadPool
+
+if TYPE_CHECKING:
+    from conveyor.core.task import Task
+    from conveyor.worker.worker import ActiveJob, Worker
+
+log = logging.getLogger("conveyor.job")
+T = TypeVar("T")
+
+
+class _Permanent(Exception):
+    """A failure that must not be retried (unknown task, undecodable payload)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Interrupted(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _module_name(fn: Any) -> str:
+    module: str = fn.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if spec is not None and spec.name:
+            return str(spec.name)
+    return module
+
+
+class JobRunner:
+    """Executes jobs for one worker and reports their outcome to the backend."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.app = worker.app
+        self.threads = DaemonThreadPool(worker.config.concurrency)
+        self._processes: ProcessPool | None = None
+        self._chains: dict[str, ExecuteNext] = {}
+        self._progress: dict[str, Any] = {}
+
+    def shutdown(self) -> None:
+        self.threads.shutdown()
+        if self._processes is not None:
+            self._processes.shutdown()
+
+    @property
+    def processes(self) -> ProcessPool:
+        if self._processes is None:
+            self._processes = ProcessPool(self.worker.config.process_pool_size)
+        return self._processes
+
+    def _fields(self, active: ActiveJob, **more: Any) -> dict[str, Any]:
+        job = active.job
+        return {
+            "worker_id": self.worker.id,
+            "job_id": job.id,
+            "task": job.task,
+            "queue": job.queue,
+            "attempt": job.attempt,
+            "trace_id": job.trace_id,
+            **more,
+        }
+
+    # -- ContextHost --------------------------------------------------------------------------
+    def report_progress(self, ctx: JobContext, value: Any) -> None:
+        loop = ctx._loop
+        if loop is None:
+            return
+        first = ctx.job_id not in self._progress
+
+        def schedule() -> None:
+            self._progress[ctx.job_id] = value
+            if first:
+                asyncio.ensure_future(self._flush_progress(ctx))
+
+        loop.call_soon_threadsafe(schedule)
+
+    async def _flush_progress(self, ctx: JobContext) -> None:
+        while ctx.job_id in self._progress:
+            value = self._progress[ctx.job_id]
+            try:
+                data = self.app.serializer.dumps(value)
+                await self.worker.backend.set_progress(ctx.job_id, ctx.fence, data, self.app.backend_now())
+            except Exception as exc:  # noqa: BLE001 - progress is best effort
+                log.warning("progress update failed: %s", exc, extra={"job_id": ctx.job_id})
+            if self.app.events.has_listeners("progress", ctx.task):
+                await self.app.events.emit(
+                    JobEvent("progress", ctx.job_id, ctx.task, ctx.queue, ctx.attempt,
+                             at=self.app.now(), progress=value, worker_id=self.worker.id)
+                )
+            if self._progress.get(ctx.job_id) is value:
+                del self._progress[ctx.job_id]
+
+    async def heartbeat_now(self, ctx: JobContext) -> bool:
+        statuses = await self.worker.backend.heartbeat(
+            self.worker.id, [(ctx.job_id, ctx.fence)], self.app.lease, self.app.backend_now()
+        )
+        return bool(statuses and statuses[0].held)
+
+    def is_shutting_down(self) -> bool:
+        return self.worker.stopping
+
+    # -- interruption -------------------------------------------------------------------------
+    def interrupt(self, active: ActiveJob, reason: str, cancel_reason: str | None = None) -> None:
+        """Stop a running handler: ``cancel``, ``timeout``, ``shutdown`` or ``lease_lost``."""
+        if active.stop_reason is None:
+            active.stop_reason = reason
+            active.cancel_reason = cancel_reason
+        if active.ctx is not None:
+            active.ctx._request_cancel(cancel_reason or reason)
+        inner = active.extra.get("inner")
+        if inner is not None and not inner.done():
+            inner.cancel()
+
+    # -- running ------------------------------------------------------------------------------
+    def _chain(self, task: Task[Any, Any]) -> ExecuteNext:
+        chain = self._chains.get(task.name)
+        if chain is None:
+            chain = compose_execute([*self.app.middleware, *task.config.middleware], self._invoker(task))
+            self._chains[task.name] = chain
+        return chain
+
+    def _invoker(self, task: Task[Any, Any]) -> ExecuteNext:
+        executor = task.config.executor
+        fn = task.fn
+
+        if executor == "async":
+
+            async def run_async(call: ExecuteCall) -> Any:
+                token = set_current(call.ctx)
+                try:
+                    return await fn(*call.args, **call.kwargs)
+                finally:
+                    reset_current(token)
+
+            return run_async
+
+        if executor == "thread":
+
+            def in_thread(ctx: JobContext, args: list[Any], kwargs: dict[str, Any]) -> Any:
+                token = set_current(ctx)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    reset_current(token)
+                    ctx._thread_done()  # type: ignore[attr-defined]
+
+            async def run_thread(call: ExecuteCall) -> Any:
+                return await self.threads.submit(in_thread, call.ctx, call.args, call.kwargs)
+
+            return run_thread
+
+        module, qualname = _module_name(fn), fn.__qualname__
+
+        async def run_process(call: ExecuteCall) -> Any:
+            return await self.processes.call(module, qualname, call.args, call.kwargs)
+
+        return run_process
+
+    async def run(self, active: ActiveJob) -> None:
+        """Run one claimed job to a fenced outcome. Never raises."""
+        job = active.job
+        loop = asyncio.get_running_loop()
+        ctx = JobContext(
+            job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
+            max_attempts=job.max_attempts, trace_id=job.trace_id,
+            idempotency_key=job.idempotency_key, metadata=job.metadata,
+            worker_id=self.worker.id, enqueued_at=job.created_at, fence=job.fence,
+            payload_version=job.payload_version, _host=self, _loop=loop,
+        )
+        active.ctx = ctx
+        self._install_thread_hook(active, ctx)
+        task = self.app.tasks.get(job.task)
+        started = time.monotonic()
+        if self.app.events.has_listeners("started", job.task):
+            await self.app.events.emit(
+                JobEvent("started", job.id, job.task, job.queue, job.attempt, at=self.app.now(),
+                         trace_id=job.trace_id, worker_id=self.worker.id)
+            )
+        try:
+            result = await self._execute(active, task, ctx)
+        except _Interrupted as exc:
+            await self._interrupted(active, exc.reason, time.monotonic() - started)
+        except BaseException as exc:  # noqa: BLE001 - every failure is recorded
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            if isinstance(exc, asyncio.CancelledError):
+                await self._interrupted(active, active.stop_reason or "shutdown", time.monotonic() - started)
+                return
+            await self._failed(active, task, exc, time.monotonic() - started)
+        else:
+            if active.stop_reason == "cancel":
+                await self._interrupted(active, "cancel", time.monotonic() - started)
+            else:
+                await self._succeeded(active, result, time.monotonic() - started)
+
+    def _install_thread_hook(self, active: ActiveJob, ctx: JobContext) -> None:
+        worker = self.worker
+        loop = asyncio.get_running_loop()
+
+        def finished_on_loop() -> None:
+            if active.extra.pop("zombie", False):
+                worker.zombie_threads -= 1
+                worker.slot_freed()
+
+        def thread_done() -> None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(finished_on_loop)
+
+        ctx._thread_done = thread_done  # type: ignore[attr-defined]
+
+    async def _execute(self, active: ActiveJob, task: Task[Any, Any] | None, ctx: JobContext) -> Any:
+        job = active.job
+        if task is None:
+            raise _Permanent(
+                ErrorCode.UNKNOWN_TASK,
+                f"no task named {job.task!r} is registered in this worker; deploy the code that "
+                "declares it, then retry the job from the dead-letter set",
+            )
+        try:
+            args, kwargs = decode_call(self.app.serializer, job.payload)
+            task.check_arguments(tuple(args), kwargs)
+        except (SerializationError, TypeError) as exc:
+            raise _Permanent(ErrorCode.INVALID_PAYLOAD, str(exc)) from None
+        inner = asyncio.ensure_future(self._chain(task)(ExecuteCall(ctx, args, kwargs)))
+        active.extra["inner"] = inner
+        if active.stop_reason is not None:
+            inner.cancel()
+        done, _ = await asyncio.wait({inner}, timeout=job.timeout)
+        if not done:
+            self.interrupt(active, "timeout", f"timed out after {job.timeout}s")
+            with contextlib.suppress(BaseException):
+                await inner
+        if active.stop_reason is not None and (inner.cancelled() or active.stop_reason != "cancel"):
+            if task.config.executor == "thread" and inner.cancelled():
+                active.extra["zombie"] = True
+                self.worker.zombie_threads += 1
+            raise _Interrupted(active.stop_reason)
+        return inner.result()
+
+    # -- outcomes -----------------------------------------------------------------------------
+    async def _flush_logs(self, active: ActiveJob) -> None:
+        entries = active.ctx._take_logs() if active.ctx is not None else []
+        if entries:
+            with contextlib.suppress(Exception):
+                await self.worker.backend.append_logs(active.job.id, entries)
+
+    async def _succeeded(self, active: ActiveJob, result: Any, duration: float) -> None:
+        job = active.job
+        try:
+            data = None if result is None else self.app.serializer.dumps(result)
+        except SerializationError as exc:
+            await self._failed(active, self.app.tasks.get(job.task), exc, duration, permanent=True)
+            return
+        await self._flush_logs(active)
+        ok = await self._store(lambda: self.worker.backend.complete(job.id, job.fence, data, self.app.backend_now()))
+        if not ok:
+            self._lease_lost(active)
+            return
+        self.worker.stats.record(job.task, job.queue, "succeeded", duration)
+        log.debug("job %s completed in %.3fs", job.id, duration, extra=self._fields(active, duration=duration))
+        if self.app.events.has_listeners("completed", job.task):
+            await self.app.events.emit(
+                JobEvent("completed", job.id, job.task, job.queue, job.attempt, at=self.app.now(),
+                         duration=duration, result=result, trace_id=job.trace_id,
+                         worker_id=self.worker.id)
+            )
+
+    async def _store(self, op: Callable[[], Awaitable[T]]) -> T | None:
+        """Run a backend write, retrying with backoff while the store is unreachable.
+
+        Writes are fenced, so repeating one is safe. After the last try the outcome is dropped
+        and the job's lease expiry hands it to recovery: nothing is lost, it may run again.
+        """
+        delay = 0.05
+        for attempt in range(10):
+            try:
+                return await op()
+            except Exception as exc:  # noqa: BLE001
+                if attempt == 9:
+                    log.error("giving up on a backend write: %s (lease recovery will rerun the job)", exc)
+                    return None
+                log.warning("backend write failed (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        return None
+
+    def _lease_lost(self, active: ActiveJob) -> None:
+        self.worker.stats.lease_lost += 1
+        log.warning(
+            "job %s: lease lost before the outcome was stored; the newer attempt wins",
+            active.job.id, extra=self._fields(active),
+        )
+
+    async def _interrupted(self, active: ActiveJob, reason: str, duration: float) -> None:
+        job = active.job
+        backend = self.worker.backend
+        await self._flush_logs(active)
+        if reason == "timeout":
+            await self._failed(active, self.app.tasks.get(job.task),
+                               JobTimeout(f"timed out after {job.timeout}s"), duration)
+            return
+        if reason == "lease_lost":
+            return
+        if reason == "shutdown":
+            await self._store(lambda: backend.release(job.id, job.fence, self.app.backend_now()))
+            log.info("job %s handed back to the queue at shutdown", job.id, extra=self._fields(active))
+            return
+        error = ErrorInfo(ErrorCode.CANCELLED, "Cancelled", active.cancel_reason or "cancelled",
+                          attempt=job.attempt, at=self.app.now())
+        state = await self._store(lambda: backend.fail(
+            job.id, job.fence, error, retry_delay=None, now=self.app.backend_now(),
+            terminal=JobState.CANCELLED,
+        ))
+        if state is None:
+            self._lease_lost(active)
+            return
+        self.worker.stats.record(job.task, job.queue, "cancelled", duration)
+        log.info("job %s cancelled", job.id, extra=self._fields(active, duration=duration))
+        if self.app.events.has_listeners("cancelled", job.task):
+            await self.app.events.emit(
+                JobEvent("cancelled", job.id, job.task, job.queue, job.attempt, at=self.app.now(),
+                         duration=duration, error_message=active.cancel_reason,
+                         trace_id=job.trace_id, worker_id=self.worker.id)
+            )
+
+    async def _failed(
+        self,
+        active: ActiveJob,
+        task: Task[Any, Any] | None,
+        exc: BaseException,
+        duration: float,
+        *,
+        permanent: bool = False,
+    ) -> None:
+        job = active.job
+        if isinstance(exc, Cancelled):
+            active.cancel_reason = active.cancel_reason or str(exc)
+            await self._interrupted(active, "cancel", duration)
+            return
+        code: str = ErrorCode.ERROR
+        type_name = type(exc).__name__
+        tb = "".join(traceback.format_exception(exc))
+        if isinstance(exc, _Permanent):
+            code, permanent, type_name, tb = exc.code, True, "Permanent", ""
+            type_name = {"unknown_task": "UnknownTask", "invalid_payload": "InvalidPayload"}.get(code, type_name)
+        elif isinstance(exc, JobTimeout):
+            code = ErrorCode.TIMEOUT
+        elif isinstance(exc, RemoteError):
+            type_name, tb = exc.type_name, exc.remote_traceback
+        elif isinstance(exc, ChildProcessDied):
+            code = "process_died"
+        policy = self.app.retry_policy_for(task, job.queue)
+        will_retry = (
+            task is not None and not permanent and policy.should_retry(exc, job.attempt, job.max_attempts)
+        )
+        delay: float | None = None
+        if will_retry:
+            delay = exc.delay if isinstance(exc, Retry) and exc.delay is not None else policy.delay_for(job.attempt)
+        now = self.app.now()
+        error = ErrorInfo(code, type_name, str(exc) or type_name, tb or None, attempt=job.attempt, at=now)
+        await self._flush_logs(active)
+        state = await self._store(lambda: self.worker.backend.fail(
+            job.id, job.fence, error, retry_delay=delay, now=self.app.backend_now(),
+            dead_letter_queue=self.app.queue_config(job.queue).dead_letter,
+        ))
+        if state is None:
+            self._lease_lost(active)
+            return
+        outcome = "retried" if will_retry else "dead"
+        self.worker.stats.record(job.task, job.queue, outcome, duration)
+        events = self.app.events
+        listened = events.has_listeners("failed", job.task)
+        fields = self._fields(active, duration=duration, error_code=code)
+        if not listened:
+            log.error(
+                "job %s (%s) failed on attempt %d/%d [%s] %s: %s%s",
+                job.id, job.task, job.attempt, job.max_attempts, code, type_name, exc,
+                f" — retrying in {delay:.2f}s" if will_retry and delay is not None else " — dead-lettered",
+                exc_info=exc if not isinstance(exc, (_Permanent, Retry)) and not tb == "" else None,
+                extra=fields,
+            )
+        event = JobEvent(
+            "failed", job.id, job.task, job.queue, job.attempt, at=now, will_retry=will_retry,
+            duration=duration, error_code=code, error_type=type_name, error_message=str(exc),
+            traceback=tb or None, retry_delay=delay, trace_id=job.trace_id, worker_id=self.worker.id,
+        )
+        if listened:
+            await events.emit(event)
+        follow = "retrying" if will_retry else "dead"
+        if events.has_listeners(follow, job.task):
+            from dataclasses import replace
+
+            await events.emit(replace(event, kind=follow))
+
+    async def emit_stalled(self, job: RecoveredJob) -> None:
+        events = self.app.events
+        action = "recovered" if job.state is JobState.QUEUED else job.state.value
+        if events.has_listeners("stalled", job.task):
+            await events.emit(JobEvent("stalled", job.id, job.task, job.queue, job.attempt,
+                                       at=self.app.now(), action=action, worker_id=self.worker.id,
+                                       extra={"stalls": job.stalls}))
+        if job.state is JobState.FAILED and events.has_listeners("dead", job.task):
+            await events.emit(JobEvent("dead", job.id, job.task, job.queue, job.attempt,
+                                       at=self.app.now(), error_code=ErrorCode.POISON_MESSAGE,
+                                       worker_id=self.worker.id))

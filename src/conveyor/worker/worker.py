@@ -1,0 +1,385 @@
+"""The worker: claims jobs up to its free slots, runs them, keeps their leases alive.
+
+One asyncio loop per worker process. The claim loop leases at most as many jobs as there are
+free slots; each job runs in its own asyncio task (async handlers on the loop, sync handlers in
+daemon threads, process-mode handlers in killable child processes). A heartbeat task extends
+every held lease in one backend call and learns about cancellations; a maintenance task
+recovers expired leases (any live worker does it) and prunes finished jobs by the retention
+policy. Shutdown stops claiming, waits up to the grace period and hands the rest back at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from conveyor.domain.ids import new_job_id
+from conveyor.domain.job import ClaimedJob, JobFilter, WorkerInfo
+from conveyor.domain.states import JobState
+from conveyor.worker.runner import JobRunner
+from conveyor.worker.stats import WorkerStatsCollector
+
+if TYPE_CHECKING:
+    from conveyor.backends.base import Backend
+    from conveyor.core.app import Conveyor
+
+log = logging.getLogger("conveyor.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """How one worker process runs.
+
+    ``queues``: queues to consume (``None``: every declared queue plus the default), drained in
+    order of their declared priority. ``tasks``: task-name patterns with ``*`` wildcards to
+    accept (``None``: all). ``concurrency``: jobs run at once. ``grace``: seconds running jobs
+    get to finish on shutdown before they are handed back. ``burst``: exit once no job is
+    claimable and none is running.
+    """
+
+    queues: tuple[str, ...] | None = None
+    tasks: tuple[str, ...] | None = None
+    concurrency: int = 10
+    grace: float = 30.0
+    poll_interval: float = 1.0
+    maintenance_interval: float = 5.0
+    retention_interval: float = 60.0
+    process_pool_size: int | None = None
+    burst: bool = False
+    worker_id: str | None = None
+
+
+@dataclass(eq=False)
+class ActiveJob:
+    """A job this worker holds."""
+
+    job: ClaimedJob
+    started: float
+    task: asyncio.Task[None] | None = None
+    stop_reason: str | None = None  # "cancel" | "timeout" | "shutdown" | "lease_lost"
+    cancel_reason: str | None = None
+    ctx: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Worker:
+    """Runs jobs of one app. ``await worker.run()``; ``worker.stop()`` from a signal handler."""
+
+    def __init__(self, app: Conveyor, config: WorkerConfig | None = None) -> None:
+        self.app = app
+        self.config = config or WorkerConfig()
+        if self.config.concurrency < 1:
+            raise ValueError("worker concurrency must be >= 1")
+        host = socket.gethostname()
+        self.id = self.config.worker_id or f"{host}:{os.getpid()}:{new_job_id()[-8:]}"
+        self.host = host
+        self.queues = self._resolve_queues()
+        self.active: dict[str, ActiveJob] = {}
+        self.per_task: dict[str, int] = {}
+        self.per_queue: dict[str, int] = {}
+        self.stats = WorkerStatsCollector()
+        self.runner = JobRunner(self)
+        self._stopping = False
+        self._forced = False
+        self._stop_event: asyncio.Event | None = None
+        self._slot_freed: asyncio.Event | None = None
+        self._backend: Backend | None = None
+        self._started_at = time.time()
+        self.zombie_threads = 0
+
+    def _resolve_queues(self) -> tuple[str, ...]:
+        names = list(self.config.queues) if self.config.queues else [
+            self.app.default_queue, *self.app.queues
+        ]
+        unique = list(dict.fromkeys(names))
+        # Higher queue priority first; declaration order breaks ties (stable sort).
+        unique.sort(key=lambda q: -self.app.queue_config(q).priority)
+        return tuple(unique)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def stop(self, *, force: bool = False) -> None:
+        """Stop claiming; with ``force`` (or a second call) hand running jobs back at once."""
+        if self._stopping:
+            force = True
+        self._stopping = True
+        self._forced = self._forced or force
+        if self._stop_event is not None:
+            self._stop_event.set()
+        if self._forced:
+            for active in list(self.active.values()):
+                self.runner.interrupt(active, "shutdown")
+
+    @property
+    def backend(self) -> Backend:
+        assert self._backend is not None, "the worker is not running"
+        return self._backend
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            id=self.id,
+            host=self.host,
+            pid=os.getpid(),
+            started_at=self._started_at,
+            heartbeat_at=self.app.now(),
+            queues=self.queues,
+            concurrency=self.config.concurrency,
+            stats=self.stats.snapshot(len(self.active), self._started_at),
+        )
+
+    async def run(self) -> None:
+        """Run until :meth:`stop` (or, in burst mode, until idle)."""
+        self._stop_event = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._backend = await self.app.backend()
+        await self.backend.register_worker(self.info())
+        log.info(
+            "worker %s started: queues=%s concurrency=%d tasks=%s",
+            self.id, ",".join(self.queues), self.config.concurrency,
+            ",".join(self.config.tasks) if self.config.tasks else "*",
+            extra={"worker_id": self.id},
+        )
+        helpers = [
+            asyncio.create_task(self._heartbeat_loop(), name="conveyor-heartbeat"),
+            asyncio.create_task(self._maintenance_loop(), name="conveyor-maintenance"),
+        ]
+        try:
+            await self._claim_loop()
+            await self._drain()
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            for helper in helpers:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await helper
+            self.runner.shutdown()
+            with contextlib.suppress(Exception):
+                await self.backend.unregister_worker(self.id)
+            log.info(
+                "worker %s stopped: processed=%d succeeded=%d failed=%d",
+                self.id, self.stats.processed, self.stats.succeeded, self.stats.failed,
+                extra={"worker_id": self.id},
+            )
+
+    # -- claiming -----------------------------------------------------------------------------
+    def free_slots(self) -> int:
+        return self.config.concurrency - len(self.active) - self.zombie_threads
+
+    def _excluded_tasks(self) -> list[str]:
+        out = []
+        for name, running in self.per_task.items():
+            task = self.app.tasks.get(name)
+            if task is not None and task.config.concurrency is not None and (
+                running >= task.config.concurrency
+            ):
+                out.append(name)
+        return out
+
+    def _open_queues(self) -> list[str]:
+        out = []
+        for queue in self.queues:
+            limit = self.app.queue_config(queue).concurrency
+            if limit is None or self.per_queue.get(queue, 0) < limit:
+                out.append(queue)
+        return out
+
+    async def _claim_loop(self) -> None:
+        assert self._stop_event is not None and self._slot_freed is not None
+        idle_claims = 0
+        while not self._stopping:
+            free = self.free_slots()
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._wait_any(self._slot_freed.wait(), None)
+                continue
+            queues = self._open_queues()
+            jobs: list[ClaimedJob] = []
+            if queues:
+                try:
+                    jobs = await self.backend.claim(
+                        self.id,
+                        queues,
+                        free,
+                        self.app.lease,
+                        self.app.backend_now(),
+                        tasks=self.config.tasks,
+                        exclude_tasks=self._excluded_tasks(),
+                    )
+                except Exception as exc:  # noqa: BLE001 - the store is down: back off, retry
+                    log.warning("claim failed (%s); retrying", exc, extra={"worker_id": self.id})
+                    await self._wait_any(self._stop_event.wait(), min(self.config.poll_interval, 1.0))
+                    continue
+            for job in jobs:
+                self._start(job)
+            if jobs:
+                idle_claims = 0
+                continue
+            if self.config.burst and not self.active:
+                return
+            idle_claims += 1
+            self._slot_freed.clear()
+            if idle_claims > 1 and (not queues or self.active):
+                # Work may exist that we cannot take (limits): wait for a slot or a tick.
+                await self._wait_any(self._slot_freed.wait(), self.config.poll_interval)
+            else:
+                await self._wait_any(
+                    self.backend.wait_for_jobs(queues or list(self.queues), self.config.poll_interval),
+                    None,
+                )
+
+    async def _wait_any(self, coro: Any, timeout: float | None) -> None:
+        """Await ``coro`` but return early on stop, a freed slot (if burst) or ``timeout``."""
+        assert self._stop_event is not None
+        waiter = asyncio.ensure_future(coro)
+        stopper = asyncio.ensure_future(self._stop_event.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in (waiter, stopper):
+                if not fut.done():
+                    fut.cancel()
+            for fut in (waiter, stopper):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await fut
+
+    def _start(self, job: ClaimedJob) -> None:
+        active = ActiveJob(job=job, started=time.monotonic())
+        self.active[job.id] = active
+        self.per_task[job.task] = self.per_task.get(job.task, 0) + 1
+        self.per_queue[job.queue] = self.per_queue.get(job.queue, 0) + 1
+        active.task = asyncio.create_task(self._run_one(active), name=f"conveyor-job-{job.id}")
+
+    async def _run_one(self, active: ActiveJob) -> None:
+        try:
+            await self.runner.run(active)
+        finally:
+            job = active.job
+            self.active.pop(job.id, None)
+            self.per_task[job.task] -= 1
+            self.per_queue[job.queue] -= 1
+            if self._slot_freed is not None:
+                self._slot_freed.set()
+
+    def slot_freed(self) -> None:
+        if self._slot_freed is not None:
+            self._slot_freed.set()
+
+    async def _drain(self) -> None:
+        """Let running jobs finish within the grace period, then hand the rest back."""
+        if not self.active:
+            return
+        pending = [a.task for a in self.active.values() if a.task is not None]
+        if not self._forced:
+            log.info(
+                "draining %d running job(s) for up to %.0fs", len(pending), self.config.grace,
+                extra={"worker_id": self.id},
+            )
+            await asyncio.wait(pending, timeout=self.config.grace)
+        for active in list(self.active.values()):
+            self.runner.interrupt(active, "shutdown")
+        remaining = [a.task for a in self.active.values() if a.task is not None]
+        if remaining:
+            await asyncio.wait(remaining, timeout=10)
+
+    # -- background loops ---------------------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        assert self._stop_event is not None
+        interval = self.app.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval)
+            await self.heartbeat()
+
+    async def heartbeat(self) -> None:
+        """Extend every held lease, learn cancellations, refresh the registry entry."""
+        leases = [(a.job.id, a.job.fence) for a in self.active.values()]
+        try:
+            if leases:
+                statuses = await self.backend.heartbeat(
+                    self.id, leases, self.app.lease, self.app.backend_now()
+                )
+                for status in statuses:
+                    active = self.active.get(status.id)
+                    if active is None:
+                        continue
+                    if not status.held:
+                        log.warning(
+                            "lost the lease on job %s; abandoning it", status.id,
+                            extra={"worker_id": self.id, "job_id": status.id},
+                        )
+                        self.stats.lease_lost += 1
+                        self.runner.interrupt(active, "lease_lost")
+                    elif status.cancel_requested and active.stop_reason is None:
+                        record = await self.backend.get_job(status.id)
+                        reason = record.cancel_reason if record is not None else None
+                        self.runner.interrupt(active, "cancel", reason)
+            await self.backend.register_worker(self.info())
+        except Exception as exc:  # noqa: BLE001 - keep beating; leases cover the gap
+            log.warning("heartbeat failed: %s", exc, extra={"worker_id": self.id})
+
+    async def _maintenance_loop(self) -> None:
+        last_retention = 0.0
+        while True:
+            await asyncio.sleep(self.config.maintenance_interval)
+            await self.recover()
+            if time.monotonic() - last_retention >= self.config.retention_interval:
+                last_retention = time.monotonic()
+                await self.prune()
+
+    async def recover(self) -> int:
+        """Recover jobs whose lease expired (their worker died); returns how many."""
+        try:
+            recovered = await self.backend.recover_expired(
+                self.app.max_stalls, self.app.backend_now()
+            )
+        except Exception as exc:  # noqa: BLE001
+            log.warning("stall recovery failed: %s", exc, extra={"worker_id": self.id})
+            return 0
+        for job in recovered:
+            failed = job.state is not JobState.QUEUED
+            log.warning(
+                "job %s (%s) stalled %d time(s): %s", job.id, job.task, job.stalls,
+                "recovered" if not failed else job.state.value,
+                extra={"worker_id": self.id, "job_id": job.id, "task": job.task,
+                       "attempt": job.attempt},
+            )
+            await self.runner.emit_stalled(job)
+        return len(recovered)
+
+    async def prune(self) -> int:
+        """Delete finished jobs older than the retention policy allows (never failed ones
+        unless the policy says so)."""
+        retention = self.app.retention
+        now = self.app.now()
+        total = 0
+        rules: Sequence[tuple[JobState, float | None]] = (
+            (JobState.COMPLETED, retention.completed),
+            (JobState.CANCELLED, retention.cancelled),
+            (JobState.EXPIRED, retention.expired),
+            (JobState.FAILED, retention.failed),
+        )
+        for state, keep in rules:
+            if keep is None:
+                continue
+            flt = JobFilter(states=(state,), finished_before=now - keep)
+            try:
+                while True:
+                    n = await self.backend.delete_jobs(flt, limit=500)
+                    total += n
+                    if n < 500:
+                        break
+            except Exception as exc:  # noqa: BLE001
+                log.warning("retention pruning failed: %s", exc, extra={"worker_id": self.id})
+                break
+        with contextlib.suppress(Exception):
+            await self.backend.prune_workers(now - 10 * self.app.lease)
+        return total
