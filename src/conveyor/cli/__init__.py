@@ -1,0 +1,1 @@
+"""The ``conveyor`` command line: the only place besides ``from_env`` that reads env vars."""

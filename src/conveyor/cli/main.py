@@ -1,0 +1,216 @@
+"""``conveyor`` — run workers and operate queues from the shell.
+
+Exit statuses: 0 success, 1 error, 2 usage error, 3 job not found, 4 action not valid in the
+job's state, 5 aborted at a confirmation prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from conveyor.backends.base import redact_url
+from conveyor.cli.common import (
+    app_options,
+    console,
+    emit_json,
+    fmt_age,
+    fmt_duration,
+    load_app,
+    parse_json_option,
+    run,
+    table,
+)
+from conveyor.cli.dlq import dlq
+from conveyor.cli.jobs import jobs
+from conveyor.cli.worker_cmd import worker
+from conveyor.domain.states import JobState
+from conveyor.errors import ConveyorError, InvalidArgumentsError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="conveyor")
+def cli() -> None:
+    """Conveyor: background jobs for Python.
+
+    Most commands take --app MODULE:APP (or $CONVEYOR_APP) to load your app, or --url URL
+    (or $CONVEYOR_URL) to talk to a store directly. Add --json for scripts.
+    """
+
+
+cli.add_command(worker)
+cli.add_command(jobs)
+cli.add_command(dlq)
+
+
+@cli.command()
+@click.argument("task_name", metavar="TASK")
+@click.option("--args", "args_json", metavar="JSON", help='Positional arguments, e.g. \'[1, "x"]\'.')
+@click.option("--kwargs", "kwargs_json", metavar="JSON", help='Keyword arguments, e.g. \'{"to": "a@b"}\'.')
+@click.option("--delay", metavar="DURATION", help="Run after this long (30s, 5m, 2h).")
+@click.option("--priority", metavar="INT|NAME", help="Higher runs first; or critical/high/normal/low/background.")
+@click.option("--queue", metavar="NAME", help="Override the task's queue.")
+@click.option("--key", "idempotency_key", metavar="KEY", help="Idempotency key.")
+@click.option("--max-attempts", type=int, help="Total runs allowed.")
+@click.option("--timeout", metavar="DURATION", help="Per-job timeout.")
+@click.option("--ttl", metavar="DURATION", help="Expire if not started within this long.")
+@click.option("--trace-id", metavar="ID")
+@click.option("--wait", "wait_for", type=float, metavar="SECONDS", help="Wait for the result.")
+@app_options
+def enqueue(
+    task_name: str, args_json: str | None, kwargs_json: str | None, delay: str | None,
+    priority: str | None, queue: str | None, idempotency_key: str | None,
+    max_attempts: int | None, timeout: str | None, ttl: str | None, trace_id: str | None,
+    wait_for: float | None, app_path: str | None, url: str | None, as_json: bool,
+) -> None:
+    """Enqueue one job of TASK (needs --app so the task and its defaults are known)."""
+    app = load_app(app_path, url)
+    task = app.tasks.get(task_name)
+    if task is None:
+        known = ", ".join(sorted(app.tasks)) or "(none)"
+        raise click.UsageError(f"no task named {task_name!r}; known tasks: {known}")
+    args = parse_json_option(args_json, "--args") or []
+    kwargs = parse_json_option(kwargs_json, "--kwargs") or {}
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise click.UsageError("--args must be a JSON list and --kwargs a JSON object")
+    prio: int | str | None = None
+    if priority is not None:
+        prio = int(priority) if priority.lstrip("-").isdigit() else priority
+    try:
+        call = task.options(
+            delay=delay, priority=prio, queue=queue, idempotency_key=idempotency_key,
+            max_attempts=max_attempts, timeout=timeout, ttl=ttl, trace_id=trace_id,
+        )
+    except InvalidArgumentsError as exc:
+        raise click.UsageError(str(exc)) from None
+
+    async def go() -> dict[str, Any]:
+        handle = await call.enqueue(*args, **kwargs)
+        out: dict[str, Any] = {"id": handle.id, "task": task_name, "created": handle.created}
+        if wait_for is not None:
+            try:
+                out["result"] = await handle.result(timeout=wait_for)
+                out["state"] = "completed"
+            except ConveyorError as exc:
+                out["state"] = (await handle.state()).value
+                out["error"] = str(exc)
+        else:
+            out["state"] = (await handle.state()).value
+        return out
+
+    try:
+        out = run(app, go)
+    except InvalidArgumentsError as exc:
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        emit_json(out)
+        return
+    note = "" if out["created"] else " (idempotency key matched an existing job)"
+    console.print(f"enqueued [bold]{task_name}[/] as job [cyan]{out['id']}[/] — {out['state']}{note}")
+    if "result" in out:
+        console.print(f"result: {out['result']!r}")
+    elif "error" in out:
+        console.print(f"[red]{out['error']}[/]")
+
+
+@cli.command()
+@app_options
+def stats(app_path: str | None, url: str | None, as_json: bool) -> None:
+    """Job counts per queue and per task, with per-task outcome counters and durations."""
+    app = load_app(app_path, url)
+
+    async def go() -> tuple[Any, Any]:
+        return await app.inspect.counts(), await app.inspect.task_metrics()
+
+    counts, metrics = run(app, go)
+    if as_json:
+        emit_json({**counts.to_dict(), "metrics": metrics})
+        return
+    states = [s.value for s in JobState]
+    shown = [s for s in states if counts.total.get(s) or s in ("queued", "running", "failed")]
+    console.print(table("Queues", ["queue", *shown],
+                        [[q, *[c.get(s, 0) for s in shown]] for q, c in sorted(counts.by_queue.items())]))
+    rows = []
+    for name, c in sorted(counts.by_task.items()):
+        m = metrics.get(name, {})
+        rows.append([name, *[c.get(s, 0) for s in shown], fmt_duration(m.get("p50")),
+                     fmt_duration(m.get("p95")), fmt_duration(m.get("p99"))])
+    console.print(table("Tasks", ["task", *shown, "p50", "p95", "p99"], rows))
+    console.print("total: " + ", ".join(f"{s} {counts.total.get(s, 0)}" for s in shown))
+
+
+@cli.command()
+@click.option("--all", "include_stale", is_flag=True, help="Include workers that stopped heartbeating.")
+@app_options
+def workers(include_stale: bool, app_path: str | None, url: str | None, as_json: bool) -> None:
+    """Live workers with their stats (seed-000 WorkerStats shape with --json)."""
+    app = load_app(app_path, url)
+    found = run(app, lambda: app.inspect.workers(include_stale=include_stale))
+    if as_json:
+        emit_json([{**app.inspect.as_seed000_worker(w), "host": w.host, "pid": w.pid,
+                    "heartbeatAt": w.heartbeat_at, "concurrency": w.concurrency,
+                    "queueNames": list(w.queues)} for w in found])
+        return
+    if not found:
+        console.print("no live workers")
+        return
+    rows = []
+    for w in found:
+        s = w.stats
+        rows.append([w.id, ",".join(w.queues), f"{s.get('active', 0)}/{w.concurrency}",
+                     s.get("processed", 0), s.get("succeeded", 0), s.get("failed", 0),
+                     fmt_duration(s.get("avg_duration")), fmt_age(w.heartbeat_at),
+                     f"{max(time.time() - w.started_at, 0):.0f}s"])
+    console.print(table("Workers", ["worker", "queues", "active", "processed", "succeeded",
+                                    "failed", "avg", "heartbeat", "uptime"], rows))
+
+
+@cli.command()
+@app_options
+def queues(app_path: str | None, url: str | None, as_json: bool) -> None:
+    """Declared queues and their settings (seed-000 QueueConfig shape with --json)."""
+    app = load_app(app_path, url)
+    configs = [app.queue_config(app.default_queue), *[q for n, q in app.queues.items()
+                                                      if n != app.default_queue]]
+    if as_json:
+        emit_json([q.to_seed000() for q in configs])
+        return
+    rows = [[q.name, q.priority, q.concurrency or "-", q.retry.attempts if q.retry else "-",
+             q.dead_letter or "-"] for q in configs]
+    console.print(table("Queues", ["queue", "priority", "concurrency", "attempts", "dead letter"], rows))
+    task_rows = [[t.name, t.config.queue or app.default_queue, t.config.priority,
+                  app.retry_policy_for(t, t.config.queue or app.default_queue).attempts,
+                  fmt_duration(t.config.timeout), t.config.executor] for t in app.tasks.values()]
+    if task_rows:
+        console.print(table("Tasks", ["task", "queue", "priority", "attempts", "timeout", "executor"],
+                            task_rows))
+
+
+@cli.group()
+def db() -> None:
+    """Schema management for stores that have one."""
+
+
+@db.command("migrate")
+@app_options
+def db_migrate(app_path: str | None, url: str | None, as_json: bool) -> None:
+    """Create or upgrade the store's schema (safe to run repeatedly)."""
+    app = load_app(app_path, url)
+    applied = run(app, app.migrate)
+    if as_json:
+        emit_json({"url": redact_url(app.url), "applied": applied})
+    elif applied:
+        console.print(f"applied {len(applied)} migration(s) to {redact_url(app.url)}: {', '.join(applied)}")
+    else:
+        console.print(f"{redact_url(app.url)} is up to date")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="conveyor")
+
+
+if __name__ == "__main__":
+    main()

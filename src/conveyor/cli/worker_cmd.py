@@ -1,0 +1,202 @@
+"""``conveyor worker APP``: run a worker (or a supervised group of worker processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import click
+
+from conveyor.cli.common import console, load_app
+from conveyor.core.app import Conveyor
+from conveyor.domain.states import JobState
+from conveyor.worker.worker import Worker, WorkerConfig
+
+JOB_FIELDS = ("worker_id", "job_id", "task", "queue", "attempt", "duration", "error_code", "trace_id")
+
+
+class _TextFormatter(logging.Formatter):
+    """``time level logger message key=value…`` with the job fields every line carries."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        extras = [f"{k}={getattr(record, k)}" for k in JOB_FIELDS
+                  if getattr(record, k, None) is not None]
+        if extras:
+            first, _, rest = base.partition("\n")
+            base = f"{first} [{' '.join(extras)}]" + (f"\n{rest}" if rest else "")
+        return base
+
+
+class _JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": record.created, "level": record.levelname.lower(), "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in JOB_FIELDS:
+            value = getattr(record, key, None)
+            if value is not None:
+                data[key] = value
+        if record.exc_info:
+            data["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JSONFormatter())
+    else:
+        handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger("conveyor")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def _split(values: tuple[str, ...]) -> tuple[str, ...] | None:
+    items = [v.strip() for value in values for v in value.split(",") if v.strip()]
+    return tuple(items) or None
+
+
+@click.command()
+@click.argument("app_path", metavar="APP", envvar="CONVEYOR_APP")
+@click.option("--queues", "-Q", "queues", multiple=True, metavar="NAMES",
+              help="Queues to consume, comma-separated or repeated (default: all declared).")
+@click.option("--tasks", "-T", "tasks", multiple=True, metavar="PATTERNS",
+              help="Only tasks matching these patterns ('email.*'), comma-separated or repeated.")
+@click.option("--concurrency", "-c", default=10, show_default=True, help="Jobs run at once per process.")
+@click.option("--processes", "-p", default=1, show_default=True,
+              help="Worker processes to run (supervised; crashed ones are restarted).")
+@click.option("--grace", default=30.0, show_default=True,
+              help="Seconds running jobs get to finish on SIGTERM before they are handed back.")
+@click.option("--burst", is_flag=True, help="Exit when no job is left to claim.")
+@click.option("--progress", "show_progress", is_flag=True, help="With --burst: show a progress bar.")
+@click.option("--poll-interval", default=1.0, show_default=True, help="Fallback poll, seconds.")
+@click.option("--url", help="Must match the app's URL if given (or $CONVEYOR_URL).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]))
+@click.option("--worker-id", help="Stable id for this worker (default host:pid:random).")
+def worker(app_path: str, queues: tuple[str, ...], tasks: tuple[str, ...], concurrency: int,
+           processes: int, grace: float, burst: bool, show_progress: bool, poll_interval: float,
+           url: str | None, log_level: str, log_format: str, worker_id: str | None) -> None:
+    """Run a worker for APP (module:attribute, e.g. myproject.tasks:app).
+
+    SIGTERM or Ctrl-C stops claiming, lets running jobs finish within --grace seconds and hands
+    the rest back to the queue at once; a second signal hands them back immediately.
+    """
+    setup_logging(log_level, log_format)
+    if processes > 1:
+        raise SystemExit(_supervise(processes))
+    app = load_app(app_path, url)
+    config = WorkerConfig(
+        queues=_split(queues), tasks=_split(tasks), concurrency=concurrency, grace=grace,
+        poll_interval=poll_interval, burst=burst, worker_id=worker_id,
+    )
+    asyncio.run(_run_worker(app, config, show_progress and burst))
+
+
+async def _run_worker(app: Conveyor, config: WorkerConfig, show_progress: bool) -> None:
+    w = Worker(app, config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, w.stop)
+    progress_task = asyncio.create_task(_progress(app, w)) if show_progress else None
+    try:
+        await w.run()
+    finally:
+        if progress_task is not None:
+            progress_task.cancel()
+            try:
+                await progress_task
+            except asyncio.CancelledError:
+                pass
+        await app.close()
+
+
+async def _progress(app: Conveyor, w: Worker) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]processing"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console,
+                  transient=False) as bar:
+        handle = bar.add_task("jobs", total=None, detail="")
+        while True:
+            counts = await app.inspect.counts()
+            waiting = sum(counts.total.get(s.value, 0) for s in (JobState.QUEUED, JobState.RUNNING,
+                                                                JobState.SCHEDULED))
+            done = w.stats.processed
+            bar.update(handle, total=done + waiting, completed=done,
+                       detail=f"ok {w.stats.succeeded}  failed {w.stats.failed}  "
+                              f"retries {w.stats.retried}  scheduled "
+                              f"{counts.total.get('scheduled', 0)}")
+            await asyncio.sleep(0.2)
+
+
+def _supervise(n: int) -> int:
+    """Run ``n`` single-process workers as children; restart crashes; forward signals."""
+    args = [a for a in sys.argv[1:]]
+    base = [sys.executable, "-m", "conveyor.cli.main", *_without_processes(args), "--processes", "1"]
+    log = logging.getLogger("conveyor.supervisor")
+    children: dict[int, subprocess.Popen[bytes]] = {}
+    stopping = {"signals": 0}
+
+    def start(i: int) -> None:
+        children[i] = subprocess.Popen(base, env={**os.environ, "CONVEYOR_WORKER_INDEX": str(i)})
+        log.info("started worker process %d (pid %d)", i, children[i].pid)
+
+    def forward(signum: int, _frame: Any) -> None:
+        # Each signal is passed on once: the first drains, a second forces the hand-back.
+        stopping["signals"] += 1
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for i in range(n):
+        start(i)
+    restarts: dict[int, list[float]] = {i: [] for i in range(n)}
+    while True:
+        alive = False
+        for i, child in list(children.items()):
+            code = child.poll()
+            if code is None:
+                alive = True
+                continue
+            if stopping["signals"] or "--burst" in args:
+                continue
+            recent = [t for t in restarts[i] if time.monotonic() - t < 60]
+            restarts[i] = [*recent, time.monotonic()]
+            log.warning("worker process %d exited with %s; restarting", i, code)
+            time.sleep(min(0.5 * len(recent), 5.0))
+            start(i)
+            alive = True
+        if not alive:
+            return max((c.returncode or 0) for c in children.values()) if not stopping["signals"] else 0
+        time.sleep(0.2)
+
+
+def _without_processes(args: list[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--processes", "-p"):
+            skip = True
+            continue
+        if arg.startswith("--processes="):
+            continue
+        out.append(arg)
+    return out
