@@ -39,8 +39,14 @@ async def run_until_idle(
     """
     worker = Worker(
         app,
-        WorkerConfig(queues=queues, tasks=tasks, concurrency=concurrency, burst=True,
-                     poll_interval=0.05, maintenance_interval=3600.0),
+        WorkerConfig(
+            queues=queues,
+            tasks=tasks,
+            concurrency=concurrency,
+            burst=True,
+            poll_interval=0.05,
+            maintenance_interval=3600.0,
+        ),
     )
     await worker.run()
     return worker

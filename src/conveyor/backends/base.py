@@ -74,7 +74,9 @@ class Backend(ABC):
 
     # -- producer -----------------------------------------------------------------------
     @abstractmethod
-    async def enqueue(self, jobs: Sequence[NewJob], now: float | None = None) -> list[EnqueueResult]:
+    async def enqueue(
+        self, jobs: Sequence[NewJob], now: float | None = None
+    ) -> list[EnqueueResult]:
         """Store jobs atomically, in order, honouring idempotency keys; one result per job.
 
         A job whose ``idempotency_key`` is held by an existing job (see

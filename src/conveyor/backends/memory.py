@@ -81,7 +81,9 @@ class MemoryBackend(Backend):
         return time.time() if now is None else now
 
     # -- producer ---------------------------------------------------------------------------
-    async def enqueue(self, jobs: Sequence[NewJob], now: float | None = None) -> list[EnqueueResult]:
+    async def enqueue(
+        self, jobs: Sequence[NewJob], now: float | None = None
+    ) -> list[EnqueueResult]:
         t = self._now(now)
         out: list[EnqueueResult] = []
         with self.store.lock:
@@ -334,12 +336,19 @@ class MemoryBackend(Backend):
                 cleared = {"stalls": stalls, "lease_owner": None, "lease_until": None}
                 if job.cancel_requested:
                     error = ErrorInfo(
-                        ErrorCode.CANCELLED, "Cancelled", job.cancel_reason or "cancelled",
-                        attempt=job.attempts, at=t,
+                        ErrorCode.CANCELLED,
+                        "Cancelled",
+                        job.cancel_reason or "cancelled",
+                        attempt=job.attempts,
+                        at=t,
                     )
                     new = replace(
-                        job, state=JobState.CANCELLED, finished_at=t, error=error,
-                        errors=(*job.errors, error), **cleared,  # type: ignore[arg-type]
+                        job,
+                        state=JobState.CANCELLED,
+                        finished_at=t,
+                        error=error,
+                        errors=(*job.errors, error),
+                        **cleared,  # type: ignore[arg-type]
                     )
                 elif stalls > max_stalls:
                     error = ErrorInfo(
@@ -351,13 +360,19 @@ class MemoryBackend(Backend):
                         at=t,
                     )
                     new = replace(
-                        job, state=JobState.FAILED, finished_at=t, error=error,
-                        errors=(*job.errors, error), **cleared,  # type: ignore[arg-type]
+                        job,
+                        state=JobState.FAILED,
+                        finished_at=t,
+                        error=error,
+                        errors=(*job.errors, error),
+                        **cleared,  # type: ignore[arg-type]
                     )
                 else:
                     new = replace(job, state=JobState.QUEUED, **cleared)  # type: ignore[arg-type]
                 self.store.jobs[job.id] = new
-                out.append(RecoveredJob(new.id, new.task, new.queue, new.state, stalls, new.attempts))
+                out.append(
+                    RecoveredJob(new.id, new.task, new.queue, new.state, stalls, new.attempts)
+                )
         if out:
             self.store.wake()
         return out
@@ -439,8 +454,11 @@ class MemoryBackend(Backend):
                 return CancelOutcome.NOT_FOUND
             if job.state.is_waiting:
                 error = ErrorInfo(
-                    ErrorCode.CANCELLED, "Cancelled", reason or "cancelled",
-                    attempt=job.attempts, at=t,
+                    ErrorCode.CANCELLED,
+                    "Cancelled",
+                    reason or "cancelled",
+                    attempt=job.attempts,
+                    at=t,
                 )
                 self.store.jobs[job_id] = replace(
                     job,
@@ -500,7 +518,10 @@ class MemoryBackend(Backend):
                 if not job.state.is_terminal or not filter_matches(job, flt):
                     continue
                 del self.store.jobs[job.id]
-                if job.idempotency_key is not None and self.store.keys.get(job.idempotency_key) == job.id:
+                if (
+                    job.idempotency_key is not None
+                    and self.store.keys.get(job.idempotency_key) == job.id
+                ):
                     del self.store.keys[job.idempotency_key]
                 deleted += 1
         return deleted

@@ -69,7 +69,9 @@ def load_app(path: str | None, url: str | None) -> Conveyor:
 def app_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--app``, ``--url`` and ``--json`` for commands that need an app."""
 
-    @click.option("--app", "-A", "app_path", metavar="MODULE:APP", help="The app (or $CONVEYOR_APP).")
+    @click.option(
+        "--app", "-A", "app_path", metavar="MODULE:APP", help="The app (or $CONVEYOR_APP)."
+    )
     @click.option("--url", metavar="URL", help="Store URL when no app is given (or $CONVEYOR_URL).")
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
     @functools.wraps(fn)

@@ -41,23 +41,50 @@ def jobs() -> None:
 @click.option("--offset", default=0, show_default=True, help="Skip this many (paging).")
 @click.option("--seed000", is_flag=True, help="With --json: render as seed-000 Task objects.")
 @app_options
-def list_jobs(state: str | None, queue: str | None, task: str | None, limit: int, offset: int,
-              seed000: bool, app_path: str | None, url: str | None, as_json: bool) -> None:
+def list_jobs(
+    state: str | None,
+    queue: str | None,
+    task: str | None,
+    limit: int,
+    offset: int,
+    seed000: bool,
+    app_path: str | None,
+    url: str | None,
+    as_json: bool,
+) -> None:
     """Jobs, newest first."""
     app = load_app(app_path, url)
-    found = run(app, lambda: app.inspect.jobs(state=state, queue=queue, task=task,
-                                              limit=limit, offset=offset))
+    found = run(
+        app,
+        lambda: app.inspect.jobs(state=state, queue=queue, task=task, limit=limit, offset=offset),
+    )
     if as_json:
         emit_json([app.inspect.as_seed000_task(j) if seed000 else j.to_dict() for j in found])
         return
     if not found:
         console.print("no jobs match")
         return
-    rows = [[j.id, j.record.task, j.record.queue, j.state.value, j.record.priority,
-             f"{j.record.attempts}/{j.record.max_attempts}", fmt_age(j.record.created_at),
-             fmt_duration(j.duration), (j.error.code if j.error else "")] for j in found]
-    console.print(table(None, ["id", "task", "queue", "state", "prio", "attempts", "created",
-                               "duration", "error"], rows))
+    rows = [
+        [
+            j.id,
+            j.record.task,
+            j.record.queue,
+            j.state.value,
+            j.record.priority,
+            f"{j.record.attempts}/{j.record.max_attempts}",
+            fmt_age(j.record.created_at),
+            fmt_duration(j.duration),
+            (j.error.code if j.error else ""),
+        ]
+        for j in found
+    ]
+    console.print(
+        table(
+            None,
+            ["id", "task", "queue", "state", "prio", "attempts", "created", "duration", "error"],
+            rows,
+        )
+    )
     if len(found) == limit:
         console.print(f"[dim]more may exist: --offset {offset + limit}[/]")
 
@@ -86,12 +113,17 @@ def _describe(info: JobInfo) -> str:
     if info.decode_error:
         lines.append(f"[red]decode     {info.decode_error}[/]")
     lines.append("timeline")
-    lines += [f"  {fmt_time(e.at)}  {e.event}" + (f"  {e.detail}" if e.detail else "")
-              for e in info.timeline()]
+    lines += [
+        f"  {fmt_time(e.at)}  {e.event}" + (f"  {e.detail}" if e.detail else "")
+        for e in info.timeline()
+    ]
     if r.logs:
         lines.append("logs")
-        lines += [f"  {fmt_time(e.at)}  {e.level:<7} #{e.attempt} {e.message}"
-                  + (f" {e.extra}" if e.extra else "") for e in r.logs]
+        lines += [
+            f"  {fmt_time(e.at)}  {e.level:<7} #{e.attempt} {e.message}"
+            + (f" {e.extra}" if e.extra else "")
+            for e in r.logs
+        ]
     if r.error is not None and r.error.traceback:
         lines.append("traceback")
         lines.append(r.error.traceback.rstrip())
@@ -111,8 +143,12 @@ def show(job_id: str, seed000: bool, app_path: str | None, url: str | None, as_j
         raise SystemExit(EXIT_NOT_FOUND)
     if as_json:
         if seed000:
-            emit_json({"task": app.inspect.as_seed000_task(info),
-                       "result": app.inspect.as_seed000_result(info)})
+            emit_json(
+                {
+                    "task": app.inspect.as_seed000_task(info),
+                    "result": app.inspect.as_seed000_result(info),
+                }
+            )
         else:
             emit_json(info.to_dict())
         return
@@ -123,8 +159,13 @@ def show(job_id: str, seed000: bool, app_path: str | None, url: str | None, as_j
 @click.argument("job_ids", nargs=-1, required=True)
 @click.option("--reason", help="Stored with the job and given to its handler.")
 @app_options
-def cancel(job_ids: tuple[str, ...], reason: str | None, app_path: str | None, url: str | None,
-           as_json: bool) -> None:
+def cancel(
+    job_ids: tuple[str, ...],
+    reason: str | None,
+    app_path: str | None,
+    url: str | None,
+    as_json: bool,
+) -> None:
     """Cancel jobs: waiting ones at once, running ones through their context."""
     app = load_app(app_path, url)
 
@@ -158,8 +199,13 @@ def _exit_for(outcomes: list[Any]) -> None:
 @click.argument("job_ids", nargs=-1, required=True)
 @click.option("--reset-attempts", is_flag=True, help="Start counting attempts from zero again.")
 @app_options
-def retry(job_ids: tuple[str, ...], reset_attempts: bool, app_path: str | None, url: str | None,
-          as_json: bool) -> None:
+def retry(
+    job_ids: tuple[str, ...],
+    reset_attempts: bool,
+    app_path: str | None,
+    url: str | None,
+    as_json: bool,
+) -> None:
     """Re-queue failed, cancelled or expired jobs."""
     app = load_app(app_path, url)
 

@@ -47,10 +47,18 @@ cli.add_command(dlq)
 
 @cli.command()
 @click.argument("task_name", metavar="TASK")
-@click.option("--args", "args_json", metavar="JSON", help='Positional arguments, e.g. \'[1, "x"]\'.')
-@click.option("--kwargs", "kwargs_json", metavar="JSON", help='Keyword arguments, e.g. \'{"to": "a@b"}\'.')
+@click.option(
+    "--args", "args_json", metavar="JSON", help="Positional arguments, e.g. '[1, \"x\"]'."
+)
+@click.option(
+    "--kwargs", "kwargs_json", metavar="JSON", help='Keyword arguments, e.g. \'{"to": "a@b"}\'.'
+)
 @click.option("--delay", metavar="DURATION", help="Run after this long (30s, 5m, 2h).")
-@click.option("--priority", metavar="INT|NAME", help="Higher runs first; or critical/high/normal/low/background.")
+@click.option(
+    "--priority",
+    metavar="INT|NAME",
+    help="Higher runs first; or critical/high/normal/low/background.",
+)
 @click.option("--queue", metavar="NAME", help="Override the task's queue.")
 @click.option("--key", "idempotency_key", metavar="KEY", help="Idempotency key.")
 @click.option("--max-attempts", type=int, help="Total runs allowed.")
@@ -60,10 +68,21 @@ cli.add_command(dlq)
 @click.option("--wait", "wait_for", type=float, metavar="SECONDS", help="Wait for the result.")
 @app_options
 def enqueue(
-    task_name: str, args_json: str | None, kwargs_json: str | None, delay: str | None,
-    priority: str | None, queue: str | None, idempotency_key: str | None,
-    max_attempts: int | None, timeout: str | None, ttl: str | None, trace_id: str | None,
-    wait_for: float | None, app_path: str | None, url: str | None, as_json: bool,
+    task_name: str,
+    args_json: str | None,
+    kwargs_json: str | None,
+    delay: str | None,
+    priority: str | None,
+    queue: str | None,
+    idempotency_key: str | None,
+    max_attempts: int | None,
+    timeout: str | None,
+    ttl: str | None,
+    trace_id: str | None,
+    wait_for: float | None,
+    app_path: str | None,
+    url: str | None,
+    as_json: bool,
 ) -> None:
     """Enqueue one job of TASK (needs --app so the task and its defaults are known)."""
     app = load_app(app_path, url)
@@ -80,8 +99,14 @@ def enqueue(
         prio = int(priority) if priority.lstrip("-").isdigit() else priority
     try:
         call = task.options(
-            delay=delay, priority=prio, queue=queue, idempotency_key=idempotency_key,
-            max_attempts=max_attempts, timeout=timeout, ttl=ttl, trace_id=trace_id,
+            delay=delay,
+            priority=prio,
+            queue=queue,
+            idempotency_key=idempotency_key,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            ttl=ttl,
+            trace_id=trace_id,
         )
     except InvalidArgumentsError as exc:
         raise click.UsageError(str(exc)) from None
@@ -108,7 +133,9 @@ def enqueue(
         emit_json(out)
         return
     note = "" if out["created"] else " (idempotency key matched an existing job)"
-    console.print(f"enqueued [bold]{task_name}[/] as job [cyan]{out['id']}[/] — {out['state']}{note}")
+    console.print(
+        f"enqueued [bold]{task_name}[/] as job [cyan]{out['id']}[/] — {out['state']}{note}"
+    )
     if "result" in out:
         console.print(f"result: {out['result']!r}")
     elif "error" in out:
@@ -130,28 +157,52 @@ def stats(app_path: str | None, url: str | None, as_json: bool) -> None:
         return
     states = [s.value for s in JobState]
     shown = [s for s in states if counts.total.get(s) or s in ("queued", "running", "failed")]
-    console.print(table("Queues", ["queue", *shown],
-                        [[q, *[c.get(s, 0) for s in shown]] for q, c in sorted(counts.by_queue.items())]))
+    console.print(
+        table(
+            "Queues",
+            ["queue", *shown],
+            [[q, *[c.get(s, 0) for s in shown]] for q, c in sorted(counts.by_queue.items())],
+        )
+    )
     rows = []
     for name, c in sorted(counts.by_task.items()):
         m = metrics.get(name, {})
-        rows.append([name, *[c.get(s, 0) for s in shown], fmt_duration(m.get("p50")),
-                     fmt_duration(m.get("p95")), fmt_duration(m.get("p99"))])
+        rows.append(
+            [
+                name,
+                *[c.get(s, 0) for s in shown],
+                fmt_duration(m.get("p50")),
+                fmt_duration(m.get("p95")),
+                fmt_duration(m.get("p99")),
+            ]
+        )
     console.print(table("Tasks", ["task", *shown, "p50", "p95", "p99"], rows))
     console.print("total: " + ", ".join(f"{s} {counts.total.get(s, 0)}" for s in shown))
 
 
 @cli.command()
-@click.option("--all", "include_stale", is_flag=True, help="Include workers that stopped heartbeating.")
+@click.option(
+    "--all", "include_stale", is_flag=True, help="Include workers that stopped heartbeating."
+)
 @app_options
 def workers(include_stale: bool, app_path: str | None, url: str | None, as_json: bool) -> None:
     """Live workers with their stats (seed-000 WorkerStats shape with --json)."""
     app = load_app(app_path, url)
     found = run(app, lambda: app.inspect.workers(include_stale=include_stale))
     if as_json:
-        emit_json([{**app.inspect.as_seed000_worker(w), "host": w.host, "pid": w.pid,
-                    "heartbeatAt": w.heartbeat_at, "concurrency": w.concurrency,
-                    "queueNames": list(w.queues)} for w in found])
+        emit_json(
+            [
+                {
+                    **app.inspect.as_seed000_worker(w),
+                    "host": w.host,
+                    "pid": w.pid,
+                    "heartbeatAt": w.heartbeat_at,
+                    "concurrency": w.concurrency,
+                    "queueNames": list(w.queues),
+                }
+                for w in found
+            ]
+        )
         return
     if not found:
         console.print("no live workers")
@@ -159,12 +210,36 @@ def workers(include_stale: bool, app_path: str | None, url: str | None, as_json:
     rows = []
     for w in found:
         s = w.stats
-        rows.append([w.id, ",".join(w.queues), f"{s.get('active', 0)}/{w.concurrency}",
-                     s.get("processed", 0), s.get("succeeded", 0), s.get("failed", 0),
-                     fmt_duration(s.get("avg_duration")), fmt_age(w.heartbeat_at),
-                     f"{max(time.time() - w.started_at, 0):.0f}s"])
-    console.print(table("Workers", ["worker", "queues", "active", "processed", "succeeded",
-                                    "failed", "avg", "heartbeat", "uptime"], rows))
+        rows.append(
+            [
+                w.id,
+                ",".join(w.queues),
+                f"{s.get('active', 0)}/{w.concurrency}",
+                s.get("processed", 0),
+                s.get("succeeded", 0),
+                s.get("failed", 0),
+                fmt_duration(s.get("avg_duration")),
+                fmt_age(w.heartbeat_at),
+                f"{max(time.time() - w.started_at, 0):.0f}s",
+            ]
+        )
+    console.print(
+        table(
+            "Workers",
+            [
+                "worker",
+                "queues",
+                "active",
+                "processed",
+                "succeeded",
+                "failed",
+                "avg",
+                "heartbeat",
+                "uptime",
+            ],
+            rows,
+        )
+    )
 
 
 @cli.command()
@@ -172,20 +247,43 @@ def workers(include_stale: bool, app_path: str | None, url: str | None, as_json:
 def queues(app_path: str | None, url: str | None, as_json: bool) -> None:
     """Declared queues and their settings (seed-000 QueueConfig shape with --json)."""
     app = load_app(app_path, url)
-    configs = [app.queue_config(app.default_queue), *[q for n, q in app.queues.items()
-                                                      if n != app.default_queue]]
+    configs = [
+        app.queue_config(app.default_queue),
+        *[q for n, q in app.queues.items() if n != app.default_queue],
+    ]
     if as_json:
         emit_json([q.to_seed000() for q in configs])
         return
-    rows = [[q.name, q.priority, q.concurrency or "-", q.retry.attempts if q.retry else "-",
-             q.dead_letter or "-"] for q in configs]
-    console.print(table("Queues", ["queue", "priority", "concurrency", "attempts", "dead letter"], rows))
-    task_rows = [[t.name, t.config.queue or app.default_queue, t.config.priority,
-                  app.retry_policy_for(t, t.config.queue or app.default_queue).attempts,
-                  fmt_duration(t.config.timeout), t.config.executor] for t in app.tasks.values()]
+    rows = [
+        [
+            q.name,
+            q.priority,
+            q.concurrency or "-",
+            q.retry.attempts if q.retry else "-",
+            q.dead_letter or "-",
+        ]
+        for q in configs
+    ]
+    console.print(
+        table("Queues", ["queue", "priority", "concurrency", "attempts", "dead letter"], rows)
+    )
+    task_rows = [
+        [
+            t.name,
+            t.config.queue or app.default_queue,
+            t.config.priority,
+            app.retry_policy_for(t, t.config.queue or app.default_queue).attempts,
+            fmt_duration(t.config.timeout),
+            t.config.executor,
+        ]
+        for t in app.tasks.values()
+    ]
     if task_rows:
-        console.print(table("Tasks", ["task", "queue", "priority", "attempts", "timeout", "executor"],
-                            task_rows))
+        console.print(
+            table(
+                "Tasks", ["task", "queue", "priority", "attempts", "timeout", "executor"], task_rows
+            )
+        )
 
 
 @cli.group()
@@ -202,7 +300,9 @@ def db_migrate(app_path: str | None, url: str | None, as_json: bool) -> None:
     if as_json:
         emit_json({"url": redact_url(app.url), "applied": applied})
     elif applied:
-        console.print(f"applied {len(applied)} migration(s) to {redact_url(app.url)}: {', '.join(applied)}")
+        console.print(
+            f"applied {len(applied)} migration(s) to {redact_url(app.url)}: {', '.join(applied)}"
+        )
     else:
         console.print(f"{redact_url(app.url)} is up to date")
 

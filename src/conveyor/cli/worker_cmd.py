@@ -19,7 +19,16 @@ from conveyor.core.app import Conveyor
 from conveyor.domain.states import JobState
 from conveyor.worker.worker import Worker, WorkerConfig
 
-JOB_FIELDS = ("worker_id", "job_id", "task", "queue", "attempt", "duration", "error_code", "trace_id")
+JOB_FIELDS = (
+    "worker_id",
+    "job_id",
+    "task",
+    "queue",
+    "attempt",
+    "duration",
+    "error_code",
+    "trace_id",
+)
 
 
 class _TextFormatter(logging.Formatter):
@@ -27,8 +36,9 @@ class _TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
-        extras = [f"{k}={getattr(record, k)}" for k in JOB_FIELDS
-                  if getattr(record, k, None) is not None]
+        extras = [
+            f"{k}={getattr(record, k)}" for k in JOB_FIELDS if getattr(record, k, None) is not None
+        ]
         if extras:
             first, _, rest = base.partition("\n")
             base = f"{first} [{' '.join(extras)}]" + (f"\n{rest}" if rest else "")
@@ -38,7 +48,9 @@ class _TextFormatter(logging.Formatter):
 class _JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
-            "ts": record.created, "level": record.levelname.lower(), "logger": record.name,
+            "ts": record.created,
+            "level": record.levelname.lower(),
+            "logger": record.name,
             "message": record.getMessage(),
         }
         for key in JOB_FIELDS:
@@ -69,26 +81,69 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...] | None:
 
 @click.command()
 @click.argument("app_path", metavar="APP", envvar="CONVEYOR_APP")
-@click.option("--queues", "-Q", "queues", multiple=True, metavar="NAMES",
-              help="Queues to consume, comma-separated or repeated (default: all declared).")
-@click.option("--tasks", "-T", "tasks", multiple=True, metavar="PATTERNS",
-              help="Only tasks matching these patterns ('email.*'), comma-separated or repeated.")
-@click.option("--concurrency", "-c", default=10, show_default=True, help="Jobs run at once per process.")
-@click.option("--processes", "-p", default=1, show_default=True,
-              help="Worker processes to run (supervised; crashed ones are restarted).")
-@click.option("--grace", default=30.0, show_default=True,
-              help="Seconds running jobs get to finish on SIGTERM before they are handed back.")
+@click.option(
+    "--queues",
+    "-Q",
+    "queues",
+    multiple=True,
+    metavar="NAMES",
+    help="Queues to consume, comma-separated or repeated (default: all declared).",
+)
+@click.option(
+    "--tasks",
+    "-T",
+    "tasks",
+    multiple=True,
+    metavar="PATTERNS",
+    help="Only tasks matching these patterns ('email.*'), comma-separated or repeated.",
+)
+@click.option(
+    "--concurrency", "-c", default=10, show_default=True, help="Jobs run at once per process."
+)
+@click.option(
+    "--processes",
+    "-p",
+    default=1,
+    show_default=True,
+    help="Worker processes to run (supervised; crashed ones are restarted).",
+)
+@click.option(
+    "--grace",
+    default=30.0,
+    show_default=True,
+    help="Seconds running jobs get to finish on SIGTERM before they are handed back.",
+)
 @click.option("--burst", is_flag=True, help="Exit when no job is left to claim.")
-@click.option("--progress", "show_progress", is_flag=True, help="With --burst: show a progress bar.")
+@click.option(
+    "--progress", "show_progress", is_flag=True, help="With --burst: show a progress bar."
+)
 @click.option("--poll-interval", default=1.0, show_default=True, help="Fallback poll, seconds.")
 @click.option("--url", help="Must match the app's URL if given (or $CONVEYOR_URL).")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-@click.option("--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]))
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@click.option(
+    "--log-format", default="text", show_default=True, type=click.Choice(["text", "json"])
+)
 @click.option("--worker-id", help="Stable id for this worker (default host:pid:random).")
-def worker(app_path: str, queues: tuple[str, ...], tasks: tuple[str, ...], concurrency: int,
-           processes: int, grace: float, burst: bool, show_progress: bool, poll_interval: float,
-           url: str | None, log_level: str, log_format: str, worker_id: str | None) -> None:
+def worker(
+    app_path: str,
+    queues: tuple[str, ...],
+    tasks: tuple[str, ...],
+    concurrency: int,
+    processes: int,
+    grace: float,
+    burst: bool,
+    show_progress: bool,
+    poll_interval: float,
+    url: str | None,
+    log_level: str,
+    log_format: str,
+    worker_id: str | None,
+) -> None:
     """Run a worker for APP (module:attribute, e.g. myproject.tasks:app).
 
     SIGTERM or Ctrl-C stops claiming, lets running jobs finish within --grace seconds and hands
@@ -99,8 +154,13 @@ def worker(app_path: str, queues: tuple[str, ...], tasks: tuple[str, ...], concu
         raise SystemExit(_supervise(processes))
     app = load_app(app_path, url)
     config = WorkerConfig(
-        queues=_split(queues), tasks=_split(tasks), concurrency=concurrency, grace=grace,
-        poll_interval=poll_interval, burst=burst, worker_id=worker_id,
+        queues=_split(queues),
+        tasks=_split(tasks),
+        concurrency=concurrency,
+        grace=grace,
+        poll_interval=poll_interval,
+        burst=burst,
+        worker_id=worker_id,
     )
     asyncio.run(_run_worker(app, config, show_progress and burst))
 
@@ -126,26 +186,45 @@ async def _run_worker(app: Conveyor, config: WorkerConfig, show_progress: bool) 
 async def _progress(app: Conveyor, w: Worker) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("[bold]processing"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console,
-                  transient=False) as bar:
+    with Progress(
+        TextColumn("[bold]processing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
         handle = bar.add_task("jobs", total=None, detail="")
         while True:
             counts = await app.inspect.counts()
-            waiting = sum(counts.total.get(s.value, 0) for s in (JobState.QUEUED, JobState.RUNNING,
-                                                                JobState.SCHEDULED))
+            waiting = sum(
+                counts.total.get(s.value, 0)
+                for s in (JobState.QUEUED, JobState.RUNNING, JobState.SCHEDULED)
+            )
             done = w.stats.processed
-            bar.update(handle, total=done + waiting, completed=done,
-                       detail=f"ok {w.stats.succeeded}  failed {w.stats.failed}  "
-                              f"retries {w.stats.retried}  scheduled "
-                              f"{counts.total.get('scheduled', 0)}")
+            bar.update(
+                handle,
+                total=done + waiting,
+                completed=done,
+                detail=f"ok {w.stats.succeeded}  failed {w.stats.failed}  "
+                f"retries {w.stats.retried}  scheduled "
+                f"{counts.total.get('scheduled', 0)}",
+            )
             await asyncio.sleep(0.2)
 
 
 def _supervise(n: int) -> int:
     """Run ``n`` single-process workers as children; restart crashes; forward signals."""
     args = [a for a in sys.argv[1:]]
-    base = [sys.executable, "-m", "conveyor.cli.main", *_without_processes(args), "--processes", "1"]
+    base = [
+        sys.executable,
+        "-m",
+        "conveyor.cli.main",
+        *_without_processes(args),
+        "--processes",
+        "1",
+    ]
     log = logging.getLogger("conveyor.supervisor")
     children: dict[int, subprocess.Popen[bytes]] = {}
     stopping = {"signals": 0}
@@ -182,7 +261,11 @@ def _supervise(n: int) -> int:
             start(i)
             alive = True
         if not alive:
-            return max((c.returncode or 0) for c in children.values()) if not stopping["signals"] else 0
+            return (
+                max((c.returncode or 0) for c in children.values())
+                if not stopping["signals"]
+                else 0
+            )
         time.sleep(0.2)
 
 

@@ -138,7 +138,7 @@ class Conveyor:
         middleware: Sequence[Middleware] = (),
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(
+    def task(  # type: ignore[misc]
         self,
         fn: Callable[P, R] | None = None,
         /,
@@ -167,7 +167,9 @@ class Conveyor:
             is_async = _inspect.iscoroutinefunction(func)
             chosen: Executor = executor or ("async" if is_async else "thread")
             if chosen not in ("async", "thread", "process"):
-                raise ConfigurationError(f"executor must be async, thread or process, not {chosen!r}")
+                raise ConfigurationError(
+                    f"executor must be async, thread or process, not {chosen!r}"
+                )
             if chosen == "async" and not is_async:
                 raise ConfigurationError(f"executor='async' needs an async def function ({func!r})")
             if chosen == "process" and is_async:
@@ -306,7 +308,9 @@ class Conveyor:
             priority=options.priority if options.priority is not None else cfg.priority,
             run_at=run_at,
             max_attempts=options.max_attempts or retry.attempts,
-            timeout=options.timeout if options.timeout is not None else (cfg.timeout or self.timeout),
+            timeout=options.timeout
+            if options.timeout is not None
+            else (cfg.timeout or self.timeout),
             expires_at=None if ttl is None else max(run_at or now, now) + ttl,
             idempotency_key=options.idempotency_key,
             trace_id=options.trace_id,
@@ -318,15 +322,15 @@ class Conveyor:
         items = spec_list(specs)
         if not items:
             return []
-        calls = [
-            EnqueueCall(s.task.name, tuple(s.args), dict(s.kwargs), s.options) for s in items
-        ]
+        calls = [EnqueueCall(s.task.name, tuple(s.args), dict(s.kwargs), s.options) for s in items]
         by_name = {s.task.name: s.task for s in items}
 
         async def store(final: list[EnqueueCall]) -> list[JobHandle[Any]]:
             now = self.now()
             jobs = [
-                self.build_job(JobSpec(by_name[c.task], c.args, c.kwargs, c.options), c.options, now)
+                self.build_job(
+                    JobSpec(by_name[c.task], c.args, c.kwargs, c.options), c.options, now
+                )
                 for c in final
             ]
             connection = final[0].options.connection if final else None
@@ -346,7 +350,9 @@ class Conveyor:
                 handles.append(JobHandle(self, res.id, job.task, created=res.created))
                 if res.created and self.events.has_listeners("enqueued", job.task):
                     await self.events.emit(
-                        JobEvent("enqueued", res.id, job.task, job.queue, at=now, trace_id=job.trace_id)
+                        JobEvent(
+                            "enqueued", res.id, job.task, job.queue, at=now, trace_id=job.trace_id
+                        )
                     )
             return handles
 

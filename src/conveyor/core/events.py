@@ -86,8 +86,10 @@ class EventHub:
         """Register ``listener`` for ``kind`` (optionally only for one task)."""
         if kind not in EVENT_KINDS and kind != "*":
             raise ValueError(f"unknown event {kind!r}; known events: {', '.join(EVENT_KINDS)}")
-        bucket = self._app.setdefault(kind, []) if task is None else self._task.setdefault(
-            (task, kind), []
+        bucket = (
+            self._app.setdefault(kind, [])
+            if task is None
+            else self._task.setdefault((task, kind), [])
         )
         bucket.append(listener)
 

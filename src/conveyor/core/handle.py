@@ -73,11 +73,19 @@ class JobInfo:
         for err in r.errors:
             if err.code in ("cancelled", "expired") and r.state.value == err.code:
                 continue
-            out.append(TimelineEntry(err.at, "attempt_failed", f"attempt {err.attempt}: [{err.code}] {err.message}"))
+            out.append(
+                TimelineEntry(
+                    err.at, "attempt_failed", f"attempt {err.attempt}: [{err.code}] {err.message}"
+                )
+            )
         if r.started_at is not None:
             out.append(TimelineEntry(r.started_at, "started", f"attempt {r.attempts}"))
         if r.finished_at is not None:
-            detail = r.error.message if r.error is not None and r.state is not JobState.COMPLETED else None
+            detail = (
+                r.error.message
+                if r.error is not None and r.state is not JobState.COMPLETED
+                else None
+            )
             out.append(TimelineEntry(r.finished_at, r.state.value, detail))
         elif r.state in (JobState.SCHEDULED,) and r.attempts > 0:
             out.append(TimelineEntry(r.run_at, "retry_scheduled", f"attempt {r.attempts + 1}"))
@@ -117,7 +125,9 @@ class JobInfo:
             "logs": [entry.to_dict() for entry in r.logs],
             "dead_letter_queue": r.dead_letter_queue,
             "cancel_requested": r.cancel_requested,
-            "timeline": [{"at": e.at, "event": e.event, "detail": e.detail} for e in self.timeline()],
+            "timeline": [
+                {"at": e.at, "event": e.event, "detail": e.detail} for e in self.timeline()
+            ],
             "decode_error": self.decode_error,
         }
 

@@ -26,7 +26,11 @@ if TYPE_CHECKING:
 def _iso(ts: float | None) -> str | None:
     from datetime import UTC, datetime
 
-    return None if ts is None else datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
+    return (
+        None
+        if ts is None
+        else datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
+    )
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -91,7 +95,7 @@ class Inspector:
             by_task[row.task][row.state.value] += row.count
             total[row.state.value] += row.count
         for name in self.app.queues:
-            by_queue[name]  # noqa: B018 - declared queues show up with zero counts
+            by_queue[name]
         return Counts(dict(by_queue), dict(by_task), total)
 
     async def workers(self, *, include_stale: bool = False) -> list[WorkerInfo]:
@@ -145,8 +149,9 @@ class Inspector:
             "queue": r.queue,
             "priority": priority_name(r.priority),
             "attempts": r.attempts,
-            "status": "timeout" if r.error is not None and r.error.code == "timeout"
-            and r.state is JobState.FAILED else SEED000_STATUS[r.state],
+            "status": "timeout"
+            if r.error is not None and r.error.code == "timeout" and r.state is JobState.FAILED
+            else SEED000_STATUS[r.state],
             "metadata": {**r.metadata, "priorityValue": r.priority, "traceId": r.trace_id},
             "retryPolicy": retry.to_seed000() | {"maxRetries": max(r.max_attempts - 1, 0)},
         }
@@ -203,8 +208,12 @@ class DeadLetters:
 
     @staticmethod
     def _filter(
-        task: str | None, queue: str | None, error_code: str | None, older_than: float | None,
-        now: float, states: tuple[JobState, ...] = (JobState.FAILED,),
+        task: str | None,
+        queue: str | None,
+        error_code: str | None,
+        older_than: float | None,
+        now: float,
+        states: tuple[JobState, ...] = (JobState.FAILED,),
     ) -> JobFilter:
         return JobFilter(
             states=states,
@@ -286,8 +295,14 @@ class DeadLetters:
         backend = await self.app.backend()
         flt = self._filter(task, queue, error_code, older_than, self.app.now())
         if ids is not None:
-            flt = JobFilter(states=flt.states, task=task, queue=queue, error_code=error_code,
-                            finished_before=flt.finished_before, ids=ids)
+            flt = JobFilter(
+                states=flt.states,
+                task=task,
+                queue=queue,
+                error_code=error_code,
+                finished_before=flt.finished_before,
+                ids=ids,
+            )
         total = 0
         while True:
             n = await backend.delete_jobs(flt, limit=batch)

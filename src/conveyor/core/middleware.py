@@ -65,7 +65,9 @@ def compose_execute(middlewares: Sequence[Middleware], last: ExecuteNext) -> Exe
         if type(mw).execute is Middleware.execute:
             continue
 
-        def link(call: ExecuteCall, _mw: Middleware = mw, _next: ExecuteNext = chain) -> Awaitable[Any]:
+        def link(
+            call: ExecuteCall, _mw: Middleware = mw, _next: ExecuteNext = chain
+        ) -> Awaitable[Any]:
             return _mw.execute(call, _next)
 
         chain = link

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -16,7 +15,9 @@ from conveyor.errors import InvalidArgumentsError
 Executor = Literal["async", "thread", "process"]
 
 
-def coerce_retry(value: RetryPolicy | int | None, *, field_name: str = "retry") -> RetryPolicy | None:
+def coerce_retry(
+    value: RetryPolicy | int | None, *, field_name: str = "retry"
+) -> RetryPolicy | None:
     """Accept a policy or a plain number of total attempts."""
     if value is None or isinstance(value, RetryPolicy):
         return value
@@ -144,15 +145,16 @@ class EnqueueOptions:
             not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1
         ):
             raise InvalidArgumentsError("max_attempts must be an integer >= 1 (total runs)")
-        for name, value in (("queue", queue), ("idempotency_key", idempotency_key),
-                            ("trace_id", trace_id), ("job_id", job_id)):
+        for name, value in (
+            ("queue", queue),
+            ("idempotency_key", idempotency_key),
+            ("trace_id", trace_id),
+            ("job_id", job_id),
+        ):
             if value is not None and (not isinstance(value, str) or not value):
                 raise InvalidArgumentsError(f"{name} must be a non-empty string")
         if metadata is not None and not isinstance(metadata, dict):
             raise InvalidArgumentsError("metadata must be a dict")
-        for value in (delay_s, timeout_s, ttl_s):
-            if value is not None and not math.isfinite(value):
-                raise InvalidArgumentsError("durations must be finite")
         return cls(
             delay=delay_s,
             run_at=run_at_ts,

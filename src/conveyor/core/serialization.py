@@ -81,8 +81,12 @@ def encode_call(serializer: Serializer, args: tuple[Any, ...], kwargs: dict[str,
 def decode_call(serializer: Serializer, payload: bytes) -> tuple[list[Any], dict[str, Any]]:
     """Inverse of :func:`encode_call`; raises ``SerializationError`` on a malformed payload."""
     data = serializer.loads(payload)
-    if not isinstance(data, dict) or not isinstance(data.get("a", []), list) or not isinstance(
-        data.get("k", {}), dict
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("a", []), list)
+        or not isinstance(data.get("k", {}), dict)
     ):
-        raise SerializationError("payload is not a Conveyor call (expected {'a': [...], 'k': {...}})")
+        raise SerializationError(
+            "payload is not a Conveyor call (expected {'a': [...], 'k': {...}})"
+        )
     return list(data.get("a", [])), dict(data.get("k", {}))

@@ -63,7 +63,7 @@ class Task(Generic[P, R]):
         self.name = config.name
         self._signature = _signature(fn)
         self.is_async = inspect.iscoroutinefunction(fn)
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"

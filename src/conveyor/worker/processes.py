@@ -120,7 +120,9 @@ class ProcessPool:
             self._idle.append(child)
             self._available.notify()
 
-    async def call(self, module: str, qualname: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    async def call(
+        self, module: str, qualname: str, args: list[Any], kwargs: dict[str, Any]
+    ) -> Any:
         """Run ``module.qualname(*args, **kwargs)`` in a child; cancelling kills the child."""
         child = await self._acquire()
         loop = asyncio.get_running_loop()

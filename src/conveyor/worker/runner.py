@@ -62,6 +62,7 @@ class JobRunner:
         self._processes: ProcessPool | None = None
         self._chains: dict[str, ExecuteNext] = {}
         self._progress: dict[str, Any] = {}
+        self._flushes: set[asyncio.Future[None]] = set()
 
     def shutdown(self) -> None:
         self.threads.shutdown()
@@ -91,12 +92,14 @@ class JobRunner:
         loop = ctx._loop
         if loop is None:
             return
-        first = ctx.job_id not in self._progress
 
         def schedule() -> None:
+            first = ctx.job_id not in self._progress
             self._progress[ctx.job_id] = value
             if first:
-                asyncio.ensure_future(self._flush_progress(ctx))
+                flush = asyncio.ensure_future(self._flush_progress(ctx))
+                self._flushes.add(flush)
+                flush.add_done_callback(self._flushes.discard)
 
         loop.call_soon_threadsafe(schedule)
 
@@ -105,13 +108,23 @@ class JobRunner:
             value = self._progress[ctx.job_id]
             try:
                 data = self.app.serializer.dumps(value)
-                await self.worker.backend.set_progress(ctx.job_id, ctx.fence, data, self.app.backend_now())
+                await self.worker.backend.set_progress(
+                    ctx.job_id, ctx.fence, data, self.app.backend_now()
+                )
             except Exception as exc:  # noqa: BLE001 - progress is best effort
                 log.warning("progress update failed: %s", exc, extra={"job_id": ctx.job_id})
             if self.app.events.has_listeners("progress", ctx.task):
                 await self.app.events.emit(
-                    JobEvent("progress", ctx.job_id, ctx.task, ctx.queue, ctx.attempt,
-                             at=self.app.now(), progress=value, worker_id=self.worker.id)
+                    JobEvent(
+                        "progress",
+                        ctx.job_id,
+                        ctx.task,
+                        ctx.queue,
+                        ctx.attempt,
+                        at=self.app.now(),
+                        progress=value,
+                        worker_id=self.worker.id,
+                    )
                 )
             if self._progress.get(ctx.job_id) is value:
                 del self._progress[ctx.job_id]
@@ -141,7 +154,9 @@ class JobRunner:
     def _chain(self, task: Task[Any, Any]) -> ExecuteNext:
         chain = self._chains.get(task.name)
         if chain is None:
-            chain = compose_execute([*self.app.middleware, *task.config.middleware], self._invoker(task))
+            chain = compose_execute(
+                [*self.app.middleware, *task.config.middleware], self._invoker(task)
+            )
             self._chains[task.name] = chain
         return chain
 
@@ -187,11 +202,20 @@ class JobRunner:
         job = active.job
         loop = asyncio.get_running_loop()
         ctx = JobContext(
-            job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
-            max_attempts=job.max_attempts, trace_id=job.trace_id,
-            idempotency_key=job.idempotency_key, metadata=job.metadata,
-            worker_id=self.worker.id, enqueued_at=job.created_at, fence=job.fence,
-            payload_version=job.payload_version, _host=self, _loop=loop,
+            job_id=job.id,
+            task=job.task,
+            queue=job.queue,
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            trace_id=job.trace_id,
+            idempotency_key=job.idempotency_key,
+            metadata=job.metadata,
+            worker_id=self.worker.id,
+            enqueued_at=job.created_at,
+            fence=job.fence,
+            payload_version=job.payload_version,
+            _host=self,
+            _loop=loop,
         )
         active.ctx = ctx
         self._install_thread_hook(active, ctx)
@@ -199,18 +223,28 @@ class JobRunner:
         started = time.monotonic()
         if self.app.events.has_listeners("started", job.task):
             await self.app.events.emit(
-                JobEvent("started", job.id, job.task, job.queue, job.attempt, at=self.app.now(),
-                         trace_id=job.trace_id, worker_id=self.worker.id)
+                JobEvent(
+                    "started",
+                    job.id,
+                    job.task,
+                    job.queue,
+                    job.attempt,
+                    at=self.app.now(),
+                    trace_id=job.trace_id,
+                    worker_id=self.worker.id,
+                )
             )
         try:
             result = await self._execute(active, task, ctx)
         except _Interrupted as exc:
             await self._interrupted(active, exc.reason, time.monotonic() - started)
-        except BaseException as exc:  # noqa: BLE001 - every failure is recorded
+        except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             if isinstance(exc, asyncio.CancelledError):
-                await self._interrupted(active, active.stop_reason or "shutdown", time.monotonic() - started)
+                await self._interrupted(
+                    active, active.stop_reason or "shutdown", time.monotonic() - started
+                )
                 return
             await self._failed(active, task, exc, time.monotonic() - started)
         else:
@@ -234,7 +268,9 @@ class JobRunner:
 
         ctx._thread_done = thread_done  # type: ignore[attr-defined]
 
-    async def _execute(self, active: ActiveJob, task: Task[Any, Any] | None, ctx: JobContext) -> Any:
+    async def _execute(
+        self, active: ActiveJob, task: Task[Any, Any] | None, ctx: JobContext
+    ) -> Any:
         job = active.job
         if task is None:
             raise _Permanent(
@@ -278,17 +314,33 @@ class JobRunner:
             await self._failed(active, self.app.tasks.get(job.task), exc, duration, permanent=True)
             return
         await self._flush_logs(active)
-        ok = await self._store(lambda: self.worker.backend.complete(job.id, job.fence, data, self.app.backend_now()))
+        ok = await self._store(
+            lambda: self.worker.backend.complete(job.id, job.fence, data, self.app.backend_now())
+        )
         if not ok:
             self._lease_lost(active)
             return
         self.worker.stats.record(job.task, job.queue, "succeeded", duration)
-        log.debug("job %s completed in %.3fs", job.id, duration, extra=self._fields(active, duration=duration))
+        log.debug(
+            "job %s completed in %.3fs",
+            job.id,
+            duration,
+            extra=self._fields(active, duration=duration),
+        )
         if self.app.events.has_listeners("completed", job.task):
             await self.app.events.emit(
-                JobEvent("completed", job.id, job.task, job.queue, job.attempt, at=self.app.now(),
-                         duration=duration, result=result, trace_id=job.trace_id,
-                         worker_id=self.worker.id)
+                JobEvent(
+                    "completed",
+                    job.id,
+                    job.task,
+                    job.queue,
+                    job.attempt,
+                    at=self.app.now(),
+                    duration=duration,
+                    result=result,
+                    trace_id=job.trace_id,
+                    worker_id=self.worker.id,
+                )
             )
 
     async def _store(self, op: Callable[[], Awaitable[T]]) -> T | None:
@@ -303,7 +355,9 @@ class JobRunner:
                 return await op()
             except Exception as exc:  # noqa: BLE001
                 if attempt == 9:
-                    log.error("giving up on a backend write: %s (lease recovery will rerun the job)", exc)
+                    log.error(
+                        "giving up on a backend write: %s (lease recovery will rerun the job)", exc
+                    )
                     return None
                 log.warning("backend write failed (%s); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
@@ -314,7 +368,8 @@ class JobRunner:
         self.worker.stats.lease_lost += 1
         log.warning(
             "job %s: lease lost before the outcome was stored; the newer attempt wins",
-            active.job.id, extra=self._fields(active),
+            active.job.id,
+            extra=self._fields(active),
         )
 
     async def _interrupted(self, active: ActiveJob, reason: str, duration: float) -> None:
@@ -322,21 +377,38 @@ class JobRunner:
         backend = self.worker.backend
         await self._flush_logs(active)
         if reason == "timeout":
-            await self._failed(active, self.app.tasks.get(job.task),
-                               JobTimeout(f"timed out after {job.timeout}s"), duration)
+            await self._failed(
+                active,
+                self.app.tasks.get(job.task),
+                JobTimeout(f"timed out after {job.timeout}s"),
+                duration,
+            )
             return
         if reason == "lease_lost":
             return
         if reason == "shutdown":
             await self._store(lambda: backend.release(job.id, job.fence, self.app.backend_now()))
-            log.info("job %s handed back to the queue at shutdown", job.id, extra=self._fields(active))
+            log.info(
+                "job %s handed back to the queue at shutdown", job.id, extra=self._fields(active)
+            )
             return
-        error = ErrorInfo(ErrorCode.CANCELLED, "Cancelled", active.cancel_reason or "cancelled",
-                          attempt=job.attempt, at=self.app.now())
-        state = await self._store(lambda: backend.fail(
-            job.id, job.fence, error, retry_delay=None, now=self.app.backend_now(),
-            terminal=JobState.CANCELLED,
-        ))
+        error = ErrorInfo(
+            ErrorCode.CANCELLED,
+            "Cancelled",
+            active.cancel_reason or "cancelled",
+            attempt=job.attempt,
+            at=self.app.now(),
+        )
+        state = await self._store(
+            lambda: backend.fail(
+                job.id,
+                job.fence,
+                error,
+                retry_delay=None,
+                now=self.app.backend_now(),
+                terminal=JobState.CANCELLED,
+            )
+        )
         if state is None:
             self._lease_lost(active)
             return
@@ -344,9 +416,18 @@ class JobRunner:
         log.info("job %s cancelled", job.id, extra=self._fields(active, duration=duration))
         if self.app.events.has_listeners("cancelled", job.task):
             await self.app.events.emit(
-                JobEvent("cancelled", job.id, job.task, job.queue, job.attempt, at=self.app.now(),
-                         duration=duration, error_message=active.cancel_reason,
-                         trace_id=job.trace_id, worker_id=self.worker.id)
+                JobEvent(
+                    "cancelled",
+                    job.id,
+                    job.task,
+                    job.queue,
+                    job.attempt,
+                    at=self.app.now(),
+                    duration=duration,
+                    error_message=active.cancel_reason,
+                    trace_id=job.trace_id,
+                    worker_id=self.worker.id,
+                )
             )
 
     async def _failed(
@@ -368,7 +449,9 @@ class JobRunner:
         tb = "".join(traceback.format_exception(exc))
         if isinstance(exc, _Permanent):
             code, permanent, type_name, tb = exc.code, True, "Permanent", ""
-            type_name = {"unknown_task": "UnknownTask", "invalid_payload": "InvalidPayload"}.get(code, type_name)
+            type_name = {"unknown_task": "UnknownTask", "invalid_payload": "InvalidPayload"}.get(
+                code, type_name
+            )
         elif isinstance(exc, JobTimeout):
             code = ErrorCode.TIMEOUT
         elif isinstance(exc, RemoteError):
@@ -377,18 +460,32 @@ class JobRunner:
             code = "process_died"
         policy = self.app.retry_policy_for(task, job.queue)
         will_retry = (
-            task is not None and not permanent and policy.should_retry(exc, job.attempt, job.max_attempts)
+            task is not None
+            and not permanent
+            and policy.should_retry(exc, job.attempt, job.max_attempts)
         )
         delay: float | None = None
         if will_retry:
-            delay = exc.delay if isinstance(exc, Retry) and exc.delay is not None else policy.delay_for(job.attempt)
+            delay = (
+                exc.delay
+                if isinstance(exc, Retry) and exc.delay is not None
+                else policy.delay_for(job.attempt)
+            )
         now = self.app.now()
-        error = ErrorInfo(code, type_name, str(exc) or type_name, tb or None, attempt=job.attempt, at=now)
+        error = ErrorInfo(
+            code, type_name, str(exc) or type_name, tb or None, attempt=job.attempt, at=now
+        )
         await self._flush_logs(active)
-        state = await self._store(lambda: self.worker.backend.fail(
-            job.id, job.fence, error, retry_delay=delay, now=self.app.backend_now(),
-            dead_letter_queue=self.app.queue_config(job.queue).dead_letter,
-        ))
+        state = await self._store(
+            lambda: self.worker.backend.fail(
+                job.id,
+                job.fence,
+                error,
+                retry_delay=delay,
+                now=self.app.backend_now(),
+                dead_letter_queue=self.app.queue_config(job.queue).dead_letter,
+            )
+        )
         if state is None:
             self._lease_lost(active)
             return
@@ -400,15 +497,35 @@ class JobRunner:
         if not listened:
             log.error(
                 "job %s (%s) failed on attempt %d/%d [%s] %s: %s%s",
-                job.id, job.task, job.attempt, job.max_attempts, code, type_name, exc,
-                f" — retrying in {delay:.2f}s" if will_retry and delay is not None else " — dead-lettered",
-                exc_info=exc if not isinstance(exc, (_Permanent, Retry)) and not tb == "" else None,
+                job.id,
+                job.task,
+                job.attempt,
+                job.max_attempts,
+                code,
+                type_name,
+                exc,
+                f" — retrying in {delay:.2f}s"
+                if will_retry and delay is not None
+                else " — dead-lettered",
+                exc_info=exc if not isinstance(exc, (_Permanent, Retry)) and tb != "" else None,
                 extra=fields,
             )
         event = JobEvent(
-            "failed", job.id, job.task, job.queue, job.attempt, at=now, will_retry=will_retry,
-            duration=duration, error_code=code, error_type=type_name, error_message=str(exc),
-            traceback=tb or None, retry_delay=delay, trace_id=job.trace_id, worker_id=self.worker.id,
+            "failed",
+            job.id,
+            job.task,
+            job.queue,
+            job.attempt,
+            at=now,
+            will_retry=will_retry,
+            duration=duration,
+            error_code=code,
+            error_type=type_name,
+            error_message=str(exc),
+            traceback=tb or None,
+            retry_delay=delay,
+            trace_id=job.trace_id,
+            worker_id=self.worker.id,
         )
         if listened:
             await events.emit(event)
@@ -422,10 +539,29 @@ class JobRunner:
         events = self.app.events
         action = "recovered" if job.state is JobState.QUEUED else job.state.value
         if events.has_listeners("stalled", job.task):
-            await events.emit(JobEvent("stalled", job.id, job.task, job.queue, job.attempt,
-                                       at=self.app.now(), action=action, worker_id=self.worker.id,
-                                       extra={"stalls": job.stalls}))
+            await events.emit(
+                JobEvent(
+                    "stalled",
+                    job.id,
+                    job.task,
+                    job.queue,
+                    job.attempt,
+                    at=self.app.now(),
+                    action=action,
+                    worker_id=self.worker.id,
+                    extra={"stalls": job.stalls},
+                )
+            )
         if job.state is JobState.FAILED and events.has_listeners("dead", job.task):
-            await events.emit(JobEvent("dead", job.id, job.task, job.queue, job.attempt,
-                                       at=self.app.now(), error_code=ErrorCode.POISON_MESSAGE,
-                                       worker_id=self.worker.id))
+            await events.emit(
+                JobEvent(
+                    "dead",
+                    job.id,
+                    job.task,
+                    job.queue,
+                    job.attempt,
+                    at=self.app.now(),
+                    error_code=ErrorCode.POISON_MESSAGE,
+                    worker_id=self.worker.id,
+                )
+            )

@@ -47,7 +47,11 @@ class WorkerStatsCollector:
         cancelled, or handed_back (not counted as processed)."""
         if outcome == "handed_back":
             return
-        counters = (self, self.queues.setdefault(queue, _Counter()), self.tasks.setdefault(task, _Counter()))
+        counters = (
+            self,
+            self.queues.setdefault(queue, _Counter()),
+            self.tasks.setdefault(task, _Counter()),
+        )
         for c in counters:
             c.processed += 1
             c.total_duration += duration

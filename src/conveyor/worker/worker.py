@@ -95,9 +95,11 @@ class Worker:
         self.zombie_threads = 0
 
     def _resolve_queues(self) -> tuple[str, ...]:
-        names = list(self.config.queues) if self.config.queues else [
-            self.app.default_queue, *self.app.queues
-        ]
+        names = (
+            list(self.config.queues)
+            if self.config.queues
+            else [self.app.default_queue, *self.app.queues]
+        )
         unique = list(dict.fromkeys(names))
         # Higher queue priority first; declaration order breaks ties (stable sort).
         unique.sort(key=lambda q: -self.app.queue_config(q).priority)
@@ -145,7 +147,9 @@ class Worker:
         await self.backend.register_worker(self.info())
         log.info(
             "worker %s started: queues=%s concurrency=%d tasks=%s",
-            self.id, ",".join(self.queues), self.config.concurrency,
+            self.id,
+            ",".join(self.queues),
+            self.config.concurrency,
             ",".join(self.config.tasks) if self.config.tasks else "*",
             extra={"worker_id": self.id},
         )
@@ -167,7 +171,10 @@ class Worker:
                 await self.backend.unregister_worker(self.id)
             log.info(
                 "worker %s stopped: processed=%d succeeded=%d failed=%d",
-                self.id, self.stats.processed, self.stats.succeeded, self.stats.failed,
+                self.id,
+                self.stats.processed,
+                self.stats.succeeded,
+                self.stats.failed,
                 extra={"worker_id": self.id},
             )
 
@@ -179,8 +186,10 @@ class Worker:
         out = []
         for name, running in self.per_task.items():
             task = self.app.tasks.get(name)
-            if task is not None and task.config.concurrency is not None and (
-                running >= task.config.concurrency
+            if (
+                task is not None
+                and task.config.concurrency is not None
+                and (running >= task.config.concurrency)
             ):
                 out.append(name)
         return out
@@ -217,7 +226,9 @@ class Worker:
                     )
                 except Exception as exc:  # noqa: BLE001 - the store is down: back off, retry
                     log.warning("claim failed (%s); retrying", exc, extra={"worker_id": self.id})
-                    await self._wait_any(self._stop_event.wait(), min(self.config.poll_interval, 1.0))
+                    await self._wait_any(
+                        self._stop_event.wait(), min(self.config.poll_interval, 1.0)
+                    )
                     continue
             for job in jobs:
                 self._start(job)
@@ -233,7 +244,9 @@ class Worker:
                 await self._wait_any(self._slot_freed.wait(), self.config.poll_interval)
             else:
                 await self._wait_any(
-                    self.backend.wait_for_jobs(queues or list(self.queues), self.config.poll_interval),
+                    self.backend.wait_for_jobs(
+                        queues or list(self.queues), self.config.poll_interval
+                    ),
                     None,
                 )
 
@@ -243,7 +256,9 @@ class Worker:
         waiter = asyncio.ensure_future(coro)
         stopper = asyncio.ensure_future(self._stop_event.wait())
         try:
-            await asyncio.wait({waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for fut in (waiter, stopper):
                 if not fut.done():
@@ -281,7 +296,9 @@ class Worker:
         pending = [a.task for a in self.active.values() if a.task is not None]
         if not self._forced:
             log.info(
-                "draining %d running job(s) for up to %.0fs", len(pending), self.config.grace,
+                "draining %d running job(s) for up to %.0fs",
+                len(pending),
+                self.config.grace,
                 extra={"worker_id": self.id},
             )
             await asyncio.wait(pending, timeout=self.config.grace)
@@ -313,7 +330,8 @@ class Worker:
                         continue
                     if not status.held:
                         log.warning(
-                            "lost the lease on job %s; abandoning it", status.id,
+                            "lost the lease on job %s; abandoning it",
+                            status.id,
                             extra={"worker_id": self.id, "job_id": status.id},
                         )
                         self.stats.lease_lost += 1
@@ -347,10 +365,17 @@ class Worker:
         for job in recovered:
             failed = job.state is not JobState.QUEUED
             log.warning(
-                "job %s (%s) stalled %d time(s): %s", job.id, job.task, job.stalls,
+                "job %s (%s) stalled %d time(s): %s",
+                job.id,
+                job.task,
+                job.stalls,
                 "recovered" if not failed else job.state.value,
-                extra={"worker_id": self.id, "job_id": job.id, "task": job.task,
-                       "attempt": job.attempt},
+                extra={
+                    "worker_id": self.id,
+                    "job_id": job.id,
+                    "task": job.task,
+                    "attempt": job.attempt,
+                },
             )
             await self.runner.emit_stalled(job)
         return len(recovered)
