@@ -1,0 +1,466 @@
+"""The SQLite backend: the embedded default (``sqlite:///path/to/jobs.db``).
+
+One file on one machine, shared safely by several worker processes: WAL mode, every write in
+``BEGIN IMMEDIATE``, claims as ``UPDATE ... WHERE rowid IN (SELECT ... ORDER BY ... LIMIT n)
+RETURNING``. Each :class:`SQLiteFactory` runs one writer thread (group commit: the writes queued
+by all its clients while a transaction runs share the next one) and one reader thread; clients
+on any event loop submit to them (see :mod:`conveyor.backends.sqlite_engine`).
+
+Durability: ``durability="process"`` (``synchronous=NORMAL``) survives the crash of any
+process; ``"power"`` (``synchronous=FULL``) also survives power loss, at the cost of one fsync
+per transaction.
+
+The schema is versioned (``PRAGMA user_version``) and migrated automatically on open; a file
+written by a newer Conveyor is refused with :class:`~conveyor.errors.SchemaVersionError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from conveyor.backends import sqlite_ops as ops
+from conveyor.backends.base import Backend, BackendFactory, CancelOutcome, redact_url
+from conveyor.backends.sqlite_engine import Engine
+from conveyor.backends.sqlite_notify import Notifier, Waiter
+from conveyor.backends.sqlite_queries import (
+    JOB_COLUMNS,
+    Q,
+    dumps,
+    filter_where,
+    glob_pattern,
+    log_lines,
+    row_to_record,
+    row_to_worker,
+    worker_row,
+)
+from conveyor.backends.sqlite_schema import (
+    SCHEMA_VERSION,
+    Durability,
+    connect,
+    migrate,
+    path_from_url,
+    storage_error,
+)
+from conveyor.domain.job import (
+    ClaimedJob,
+    CountRow,
+    EnqueueResult,
+    ErrorInfo,
+    JobFilter,
+    JobRecord,
+    LeaseStatus,
+    LogEntry,
+    NewJob,
+    RecoveredJob,
+    WorkerInfo,
+)
+from conveyor.domain.states import JobState
+from conveyor.errors import ConfigurationError, SerializationError
+
+__all__ = ["SQLiteBackend", "SQLiteFactory"]
+
+
+class SQLiteFactory(BackendFactory):
+    """``sqlite:///path.db``: every client of this factory shares one writer thread.
+
+    ``durability``: ``"process"`` (default; ``synchronous=NORMAL``) or ``"power"``
+    (``synchronous=FULL``). ``busy_timeout``: seconds a write waits for another process's
+    write transaction before failing.
+    """
+
+    def __init__(
+        self,
+        url: str = "sqlite:///conveyor.db",
+        *,
+        durability: Durability = "process",
+        busy_timeout: float = 5.0,
+    ) -> None:
+        if durability not in ("process", "power"):
+            raise ConfigurationError(f"durability must be 'process' or 'power', not {durability!r}")
+        if not isinstance(busy_timeout, int | float) or busy_timeout < 0:
+            raise ConfigurationError(
+                f"busy_timeout must be a number of seconds >= 0, not {busy_timeout!r}"
+            )
+        self.url = url
+        self.path = path_from_url(url)
+        self.durability: Durability = durability
+        self.busy_timeout = float(busy_timeout)
+        self.notifier = Notifier()
+        self._lock = threading.Lock()
+        self._engine: Engine | None = None
+        self._users = 0
+
+    def create(self) -> SQLiteBackend:
+        return SQLiteBackend(self)
+
+    # -- the shared engine ------------------------------------------------------------------
+    async def engine(self) -> Engine:
+        """The running engine (started on first use, or again after a failed start)."""
+        engine = self._engine
+        if engine is None or engine.pid != os.getpid() or engine.failed or engine.closed:
+            with self._lock:
+                engine = self._engine
+                if engine is None or engine.pid != os.getpid() or engine.failed or engine.closed:
+                    if engine is not None and engine.pid != os.getpid():
+                        self._users = 0  # inherited across fork: never touch its connections
+                    engine = Engine(self.path, self.durability, self.busy_timeout, self.notifier)
+                    engine.start()
+                    self._engine = engine
+        if not engine.started.done():
+            await asyncio.wrap_future(engine.started)
+        elif engine.failed:
+            engine.started.result()  # raises the start-up error
+        return engine
+
+    async def acquire(self) -> Engine:
+        """Count one more open client and return the engine."""
+        engine = await self.engine()
+        with self._lock:
+            self._users += 1
+        return engine
+
+    async def release(self) -> None:
+        """Count one client less; the last one stops the threads and closes the files."""
+        with self._lock:
+            self._users = max(self._users - 1, 0)
+            if self._users or self._engine is None:
+                return
+            engine, self._engine = self._engine, None
+        await _stop(engine)
+
+    # -- hooks ------------------------------------------------------------------------------
+    async def migrate(self) -> list[str]:
+        return await asyncio.to_thread(self._migrate_now)
+
+    def _migrate_now(self) -> list[str]:
+        conn = connect(self.path, durability=self.durability, busy_timeout=self.busy_timeout)
+        try:
+            return migrate(conn, self.path)
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.path, self.busy_timeout) from exc
+        finally:
+            conn.close()
+
+    async def destroy(self) -> None:
+        """Stop the threads and delete the database file with its ``-wal`` and ``-shm``."""
+        with self._lock:
+            engine, self._engine = self._engine, None
+            self._users = 0
+        if engine is not None and engine.pid == os.getpid():
+            await _stop(engine)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            try:
+                os.remove(self.path + suffix)
+            except FileNotFoundError:
+                pass
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "url": redact_url(self.url),
+            "backend": "sqlite",
+            "path": self.path,
+            "durability": self.durability,
+            "busy_timeout": self.busy_timeout,
+            "sqlite_version": sqlite3.sqlite_version,
+            "schema_version": SCHEMA_VERSION,
+        }
+
+
+async def _stop(engine: Engine) -> None:
+    engine.stop()
+    if engine.started.done():
+        await asyncio.wrap_future(engine.stopped)
+
+
+class SQLiteBackend(Backend):
+    """One client of a :class:`SQLiteFactory`; usable from any event loop."""
+
+    def __init__(self, factory: SQLiteFactory) -> None:
+        self.factory = factory
+        self._open = False
+
+    async def open(self) -> None:
+        if not self._open:
+            await self.factory.acquire()
+            self._open = True
+
+    async def close(self) -> None:
+        if self._open:
+            self._open = False
+            await self.factory.release()
+
+    # -- producer -----------------------------------------------------------------------------
+    async def enqueue(
+        self, jobs: Sequence[NewJob], now: float | None = None
+    ) -> list[EnqueueResult]:
+        if not jobs:
+            return []
+        prepared = [_prepare(job) for job in jobs]
+        engine = await self.factory.engine()
+        return await engine.write(lambda conn, fx: ops.enqueue(conn, fx, prepared, now))
+
+    # -- worker -------------------------------------------------------------------------------
+    async def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        now: float | None = None,
+        *,
+        tasks: Sequence[str] | None = None,
+        exclude_tasks: Sequence[str] = (),
+    ) -> list[ClaimedJob]:
+        if limit <= 0:
+            return []
+        names = list(queues)
+        patterns = None if tasks is None else [glob_pattern(p) for p in tasks]
+        exclude = list(exclude_tasks)
+        engine = await self.factory.engine()
+        return await engine.write(
+            lambda conn, fx: ops.claim(
+                conn, fx, worker_id, names, limit, lease, now, patterns, exclude
+            )
+        )
+
+    async def complete(
+        self, job_id: str, fence: int, result: bytes | None, now: float | None = None
+    ) -> bool:
+        engine = await self.factory.engine()
+        return await engine.write(
+            lambda conn, fx: ops.complete(conn, fx, job_id, fence, result, now)
+        )
+
+    async def fail(
+        self,
+        job_id: str,
+        fence: int,
+        error: ErrorInfo,
+        *,
+        retry_delay: float | None,
+        now: float | None = None,
+        terminal: JobState = JobState.FAILED,
+        dead_letter_queue: str | None = None,
+    ) -> JobState | None:
+        engine = await self.factory.engine()
+        return await engine.write(
+            lambda conn, fx: ops.fail(
+                conn, fx, job_id, fence, error, retry_delay, now, terminal, dead_letter_queue
+            )
+        )
+
+    async def release(self, job_id: str, fence: int, now: float | None = None) -> bool:
+        engine = await self.factory.engine()
+        return await engine.write(lambda conn, fx: ops.release(conn, fx, job_id, fence))
+
+    async def heartbeat(
+        self,
+        worker_id: str,
+        leases: Sequence[tuple[str, int]],
+        lease: float,
+        now: float | None = None,
+    ) -> list[LeaseStatus]:
+        if not leases:
+            return []
+        held = list(leases)
+        engine = await self.factory.engine()
+        return await engine.write(lambda conn, fx: ops.heartbeat(conn, fx, held, lease, now))
+
+    async def recover_expired(
+        self, max_stalls: int, now: float | None = None, limit: int = 1000
+    ) -> list[RecoveredJob]:
+        engine = await self.factory.engine()
+        return await engine.write(
+            lambda conn, fx: ops.recover_expired(conn, fx, max_stalls, now, limit)
+        )
+
+    async def set_progress(
+        self, job_id: str, fence: int, progress: bytes, now: float | None = None
+    ) -> bool:
+        engine = await self.factory.engine()
+        return await engine.write(
+            lambda conn, fx: ops.set_progress(conn, fx, job_id, fence, progress)
+        )
+
+    async def append_logs(self, job_id: str, entries: Sequence[LogEntry]) -> None:
+        if not entries:
+            return
+        lines = log_lines(list(entries))
+        engine = await self.factory.engine()
+        await engine.write(lambda conn, fx: ops.append_logs(conn, fx, job_id, lines))
+
+    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+        engine = await self.factory.engine()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        names = dumps(list(queues))
+        waiter = Waiter(loop, frozenset(queues))
+        self.factory.notifier.add_job_waiter(waiter)
+        try:
+            while True:
+                waiter.reset()
+                ready, next_due = await engine.read(lambda conn: _waiting(conn, names))
+                if ready:
+                    return
+                remaining = deadline - loop.time()
+                if next_due is not None:
+                    remaining = min(remaining, next_due - time.time())
+                if remaining <= 0:
+                    return
+                try:
+                    await asyncio.wait_for(waiter.event.wait(), remaining)
+                except TimeoutError:
+                    return
+                if waiter.ready:
+                    return
+        finally:
+            self.factory.notifier.remove_job_waiter(waiter)
+
+    async def wait_for_finish(self, job_id: str, timeout: float) -> JobRecord | None:
+        await self.factory.engine()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        waiter = Waiter(loop, frozenset())
+        self.factory.notifier.add_finish_waiter(job_id, waiter)
+        try:
+            while True:
+                waiter.reset()
+                record = await self.get_job(job_id)
+                if record is None or record.state.is_terminal:
+                    return record
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return record
+                try:
+                    await asyncio.wait_for(waiter.event.wait(), remaining)
+                except TimeoutError:
+                    pass
+        finally:
+            self.factory.notifier.remove_finish_waiter(job_id, waiter)
+
+    # -- operating ------------------------------------------------------------------------------
+    async def cancel(
+        self, job_id: str, reason: str | None = None, now: float | None = None
+    ) -> CancelOutcome:
+        engine = await self.factory.engine()
+        return await engine.write(lambda conn, fx: ops.cancel(conn, fx, job_id, reason, now))
+
+    async def retry_jobs(
+        self,
+        flt: JobFilter,
+        *,
+        reset_attempts: bool = False,
+        now: float | None = None,
+        limit: int = 1000,
+    ) -> list[str]:
+        engine = await self.factory.engine()
+        return await engine.write(
+            lambda conn, fx: ops.retry_jobs(conn, fx, flt, reset_attempts, now, limit)
+        )
+
+    async def delete_jobs(self, flt: JobFilter, *, limit: int = 1000) -> int:
+        engine = await self.factory.engine()
+        return await engine.write(lambda conn, fx: ops.delete_jobs(conn, fx, flt, limit))
+
+    # -- reading --------------------------------------------------------------------------------
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        engine = await self.factory.engine()
+        return await engine.read(lambda conn: _get_job(conn, job_id))
+
+    async def list_jobs(
+        self, flt: JobFilter, *, limit: int = 50, offset: int = 0
+    ) -> list[JobRecord]:
+        if limit <= 0:
+            return []
+        engine = await self.factory.engine()
+        return await engine.read(lambda conn: _list_jobs(conn, flt, limit, max(offset, 0)))
+
+    async def count_jobs(self) -> list[CountRow]:
+        engine = await self.factory.engine()
+        return await engine.read(_count_jobs)
+
+    # -- workers --------------------------------------------------------------------------------
+    async def register_worker(self, info: WorkerInfo) -> None:
+        row = worker_row(info)
+        engine = await self.factory.engine()
+        await engine.write(lambda conn, fx: ops.execute(conn, fx, Q["register_worker"], row))
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        engine = await self.factory.engine()
+        await engine.write(
+            lambda conn, fx: ops.execute(conn, fx, Q["unregister_worker"], (worker_id,))
+        )
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        engine = await self.factory.engine()
+        return await engine.read(
+            lambda conn: [row_to_worker(r) for r in conn.execute(Q["list_workers"]).fetchall()]
+        )
+
+    async def prune_workers(self, heartbeat_before: float) -> int:
+        engine = await self.factory.engine()
+        return await engine.write(
+            lambda conn, fx: ops.execute(conn, fx, Q["prune_workers"], (heartbeat_before,))
+        )
+
+
+def _prepare(job: NewJob) -> ops.PreparedJob:
+    try:
+        metadata = dumps(job.metadata)
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"job {job.id} ({job.task}): metadata must be JSON-serializable: {exc}"
+        ) from exc
+    return ops.PreparedJob(
+        id=job.id,
+        task=job.task,
+        queue=job.queue,
+        payload=job.payload,
+        priority=job.priority,
+        run_at=job.run_at,
+        max_attempts=job.max_attempts,
+        timeout=job.timeout,
+        expires_at=job.expires_at,
+        idempotency_key=job.idempotency_key,
+        concurrency_key=job.concurrency_key,
+        trace_id=job.trace_id,
+        metadata=metadata,
+        workflow_id=job.workflow_id,
+        parents=json.dumps(list(job.parents)),
+        payload_version=job.payload_version,
+        blocked=job.blocked,
+    )
+
+
+def _waiting(conn: sqlite3.Connection, queues: str) -> tuple[bool, float | None]:
+    if conn.execute(Q["waiting_ready"], (queues,)).fetchall():
+        return True, None
+    rows = conn.execute(Q["waiting_next_due"], (queues,)).fetchall()
+    return False, (rows[0][0] if rows else None)
+
+
+def _get_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
+    rows = conn.execute(f"SELECT {JOB_COLUMNS} FROM conveyor_jobs WHERE id = ?", (job_id,))
+    found = rows.fetchall()
+    return row_to_record(found[0]) if found else None
+
+
+def _list_jobs(
+    conn: sqlite3.Connection, flt: JobFilter, limit: int, offset: int
+) -> list[JobRecord]:
+    where, params = filter_where(flt)
+    sql = f"SELECT {JOB_COLUMNS} FROM conveyor_jobs WHERE {where} ORDER BY id DESC LIMIT ? OFFSET ?"
+    return [row_to_record(r) for r in conn.execute(sql, [*params, limit, offset]).fetchall()]
+
+
+def _count_jobs(conn: sqlite3.Connection) -> list[CountRow]:
+    rows = conn.execute(Q["count_jobs"]).fetchall()
+    counts = sorted((str(q), str(t), str(s), int(n)) for q, t, s, n in rows)
+    return [CountRow(q, t, JobState(s), n) for q, t, s, n in counts]
