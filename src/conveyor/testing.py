@@ -44,6 +44,7 @@ async def run_until_idle(
             tasks=tasks,
             concurrency=concurrency,
             burst=True,
+            burst_waits_for_scheduled=False,
             poll_interval=0.05,
             maintenance_interval=3600.0,
         ),

@@ -53,6 +53,7 @@ class WorkerConfig:
     retention_interval: float = 60.0
     process_pool_size: int | None = None
     burst: bool = False
+    burst_waits_for_scheduled: bool = True
     worker_id: str | None = None
 
 
@@ -194,6 +195,14 @@ class Worker:
                 out.append(name)
         return out
 
+    def _over_limit(self, job: ClaimedJob) -> bool:
+        task = self.app.tasks.get(job.task)
+        task_limit = task.config.concurrency if task is not None else None
+        if task_limit is not None and self.per_task.get(job.task, 0) >= task_limit:
+            return True
+        queue_limit = self.app.queue_config(job.queue).concurrency
+        return queue_limit is not None and self.per_queue.get(job.queue, 0) >= queue_limit
+
     def _open_queues(self) -> list[str]:
         out = []
         for queue in self.queues:
@@ -231,11 +240,15 @@ class Worker:
                     )
                     continue
             for job in jobs:
-                self._start(job)
+                if self._over_limit(job):
+                    # One claim can overshoot a task's or queue's own limit: hand it back.
+                    await self.backend.release(job.id, job.fence, self.app.backend_now())
+                else:
+                    self._start(job)
             if jobs:
                 idle_claims = 0
                 continue
-            if self.config.burst and not self.active:
+            if self.config.burst and not self.active and not await self._scheduled_pending():
                 return
             idle_claims += 1
             self._slot_freed.clear()
@@ -249,6 +262,13 @@ class Worker:
                     ),
                     None,
                 )
+
+    async def _scheduled_pending(self) -> bool:
+        """Whether jobs of the consumed queues wait for a run-at (burst mode keeps going)."""
+        if not self.config.burst_waits_for_scheduled:
+            return False
+        rows = await self.backend.count_jobs()
+        return any(r.state is JobState.SCHEDULED and r.queue in self.queues for r in rows)
 
     async def _wait_any(self, coro: Any, timeout: float | None) -> None:
         """Await ``coro`` but return early on stop, a freed slot (if burst) or ``timeout``."""
