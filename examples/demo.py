@@ -49,7 +49,7 @@ console.print(
 )
 app.close_sync()
 
-console.print("\nstarting a worker process: conveyor worker examples.demo_app:app --burst --progress")
+console.print("\nstarting a worker process: conveyor worker " + APP + " --burst --progress")
 conveyor("worker", APP, "--concurrency", "16", "--burst", "--progress", "--log-level", "error")
 
 console.print()
