@@ -1,0 +1,93 @@
+-- Migration 0001: the initial schema (jobs, job_logs, workers).
+-- `{schema}` is replaced by the quoted schema name.
+
+CREATE TABLE {schema}.jobs (
+    id                text COLLATE "C" PRIMARY KEY,
+    task              text COLLATE "C" NOT NULL,
+    queue             text COLLATE "C" NOT NULL,
+    state             text COLLATE "C" NOT NULL CHECK (state IN (
+                          'scheduled', 'queued', 'running', 'completed',
+                          'failed', 'cancelled', 'expired', 'blocked')),
+    payload           bytea NOT NULL,
+    priority          integer NOT NULL DEFAULT 0,
+    run_at            double precision NOT NULL,
+    attempts          integer NOT NULL DEFAULT 0,
+    max_attempts      integer NOT NULL DEFAULT 1,
+    fence             bigint NOT NULL DEFAULT 0,
+    stalls            integer NOT NULL DEFAULT 0,
+    lease_owner       text,
+    lease_until       double precision,
+    timeout           double precision,
+    expires_at        double precision,
+    idempotency_key   text,
+    concurrency_key   text,
+    result            bytea,
+    error             jsonb,
+    errors            jsonb NOT NULL DEFAULT '[]',
+    progress          bytea,
+    trace_id          text,
+    metadata          jsonb NOT NULL DEFAULT '{}',
+    workflow_id       text,
+    parents           text[] NOT NULL DEFAULT '{}',
+    payload_version   integer NOT NULL DEFAULT 1,
+    cancel_requested  boolean NOT NULL DEFAULT false,
+    cancel_reason     text,
+    dead_letter_queue text,
+    created_at        double precision NOT NULL,
+    started_at        double precision,
+    finished_at       double precision
+) WITH (
+    -- A queue table churns: vacuum it early and without throttling, and leave room on each page
+    -- so lease extensions and progress writes (unindexed columns) are HOT updates.
+    fillfactor = 80,
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_insert_scale_factor = 0.05,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_analyze_threshold = 500,
+    autovacuum_vacuum_cost_delay = 0,
+    autovacuum_vacuum_cost_limit = 10000
+);
+
+-- The claim: one index range scan per queue in (priority desc, run_at, id) order.
+CREATE INDEX jobs_claim_idx ON {schema}.jobs (queue, priority DESC, run_at, id)
+    WHERE state = 'queued';
+-- Promotion of due scheduled jobs (future jobs stay out of the claim index).
+CREATE INDEX jobs_scheduled_idx ON {schema}.jobs (run_at)
+    WHERE state = 'scheduled';
+-- TTL expiry of waiting jobs.
+CREATE INDEX jobs_expiry_idx ON {schema}.jobs (expires_at)
+    WHERE expires_at IS NOT NULL AND state IN ('queued', 'scheduled');
+-- The running set (small). lease_until is deliberately not indexed so heartbeats are HOT.
+CREATE INDEX jobs_running_idx ON {schema}.jobs (lease_owner)
+    WHERE state = 'running';
+-- An idempotency key is held by at most one live or completed job.
+CREATE UNIQUE INDEX jobs_idempotency_idx ON {schema}.jobs (idempotency_key)
+    WHERE idempotency_key IS NOT NULL
+      AND state IN ('scheduled', 'queued', 'running', 'blocked', 'completed');
+-- Retention and age filters.
+CREATE INDEX jobs_finished_idx ON {schema}.jobs (finished_at)
+    WHERE finished_at IS NOT NULL;
+CREATE INDEX jobs_state_idx ON {schema}.jobs (state, id);
+CREATE INDEX jobs_workflow_idx ON {schema}.jobs (workflow_id)
+    WHERE workflow_id IS NOT NULL;
+
+-- Handler log lines: append-only inserts, so logging never rewrites the job row.
+CREATE TABLE {schema}.job_logs (
+    seq     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id  text COLLATE "C" NOT NULL REFERENCES {schema}.jobs (id) ON DELETE CASCADE,
+    entry   jsonb NOT NULL
+) WITH (autovacuum_vacuum_insert_scale_factor = 0.2);
+CREATE INDEX job_logs_job_idx ON {schema}.job_logs (job_id, seq);
+
+-- The worker registry: a few rows rewritten by heartbeats (HOT: heartbeat_at is not indexed).
+CREATE TABLE {schema}.workers (
+    id            text COLLATE "C" PRIMARY KEY,
+    host          text NOT NULL,
+    pid           integer NOT NULL,
+    started_at    double precision NOT NULL,
+    heartbeat_at  double precision NOT NULL,
+    queues        text[] NOT NULL,
+    concurrency   integer NOT NULL,
+    stats         jsonb NOT NULL DEFAULT '{}'
+) WITH (fillfactor = 50);

@@ -1,0 +1,402 @@
+-- The statements of the PostgreSQL backend, one per `-- name:` section.
+--
+-- Placeholders: `{schema}` is the quoted schema name; `{now}` is the caller's clock when
+-- `%(now)s` is given, else the server's (constant within one statement); `{holding}` is the
+-- list of states that hold an idempotency key; `{filter}` (only where used) is a JobFilter
+-- predicate over the alias `j`. Parameters use psycopg's `%(name)s` style, so a literal
+-- percent sign is written `%%`. Notifications are sent with pg_notify and delivered at
+-- commit; a NULL channel parameter means "do not notify".
+
+-- name: enqueue
+-- Insert a batch in input order; conflicts on the id or on a held idempotency key insert
+-- nothing (the caller resolves those rows). Notifies the given queues if anything was stored.
+WITH input AS (
+    SELECT *
+    FROM unnest(
+        %(ids)s::text[], %(tasks)s::text[], %(queues)s::text[], %(payloads)b::bytea[],
+        %(priorities)s::int[], %(run_ats)s::float8[], %(max_attempts)s::int[],
+        %(timeouts)s::float8[], %(expires)s::float8[], %(keys)s::text[],
+        %(ckeys)s::text[], %(traces)s::text[], %(metas)s::jsonb[], %(workflows)s::text[],
+        %(parents)s::jsonb[], %(versions)s::int[], %(blocked)s::bool[]
+    ) WITH ORDINALITY AS n (
+        id, task, queue, payload, priority, run_at, max_attempts, timeout, expires_at,
+        idempotency_key, concurrency_key, trace_id, metadata, workflow_id, parents,
+        payload_version, blocked, ord
+    )
+),
+clock AS (SELECT {now} AS now),
+ins AS (
+    INSERT INTO {schema}.jobs (
+        id, task, queue, state, payload, priority, run_at, max_attempts, timeout, expires_at,
+        idempotency_key, concurrency_key, trace_id, metadata, workflow_id, parents,
+        payload_version, created_at
+    )
+    SELECT
+        n.id, n.task, n.queue,
+        CASE
+            WHEN n.blocked THEN 'blocked'
+            WHEN coalesce(n.run_at, c.now) > c.now THEN 'scheduled'
+            ELSE 'queued'
+        END,
+        n.payload, n.priority, coalesce(n.run_at, c.now), n.max_attempts, n.timeout,
+        n.expires_at, n.idempotency_key, n.concurrency_key, n.trace_id,
+        coalesce(n.metadata, '{}'::jsonb), n.workflow_id,
+        ARRAY(SELECT jsonb_array_elements_text(coalesce(n.parents, '[]'::jsonb))),
+        n.payload_version, c.now
+    FROM input n CROSS JOIN clock c
+    ORDER BY n.ord
+    ON CONFLICT DO NOTHING
+    RETURNING id, state
+)
+SELECT
+    ins.id,
+    ins.state,
+    (SELECT count(pg_notify(%(channel)s, q)) FROM unnest(%(notify)s::text[]) AS q)
+FROM ins
+
+-- name: enqueue_resolve
+-- For batch rows that were not inserted: the job holding the key, else the job with the id.
+SELECT n.ord, coalesce(k.id, j.id), coalesce(k.state, j.state)
+FROM unnest(%(ids)s::text[], %(keys)s::text[]) WITH ORDINALITY AS n (id, key, ord)
+LEFT JOIN LATERAL (
+    SELECT h.id, h.state FROM {schema}.jobs h
+    WHERE n.key IS NOT NULL AND h.idempotency_key = n.key AND h.state IN ({holding})
+    LIMIT 1
+) AS k ON true
+LEFT JOIN {schema}.jobs j ON j.id = n.id
+ORDER BY n.ord
+
+-- name: stage
+-- The first half of a claim: expire waiting jobs whose TTL passed, then promote due scheduled
+-- jobs (the two sets are disjoint, so one statement does both). SKIP LOCKED: a row another
+-- claimer is staging right now is theirs to stage.
+WITH clock AS (SELECT {now} AS now),
+doomed AS MATERIALIZED (
+    SELECT j.id FROM {schema}.jobs j, clock c
+    WHERE j.state IN ('queued', 'scheduled')
+      AND j.expires_at IS NOT NULL AND j.expires_at <= c.now
+    ORDER BY j.expires_at
+    LIMIT 1000
+    FOR UPDATE OF j SKIP LOCKED
+),
+expired AS (
+    UPDATE {schema}.jobs j
+    SET state = 'expired',
+        finished_at = c.now,
+        error = jsonb_build_object(
+            'code', 'expired', 'type', 'Expired',
+            'message', 'the job''s TTL passed before it started',
+            'traceback', NULL, 'attempt', j.attempts, 'at', c.now),
+        errors = j.errors || jsonb_build_array(jsonb_build_object(
+            'code', 'expired', 'type', 'Expired',
+            'message', 'the job''s TTL passed before it started',
+            'traceback', NULL, 'attempt', j.attempts, 'at', c.now))
+    FROM doomed d, clock c
+    WHERE j.id = d.id
+    RETURNING j.id
+),
+due AS MATERIALIZED (
+    SELECT j.id FROM {schema}.jobs j, clock c
+    WHERE j.state = 'scheduled' AND j.run_at <= c.now
+      AND (j.expires_at IS NULL OR j.expires_at > c.now)
+    ORDER BY j.run_at
+    LIMIT 5000
+    FOR UPDATE OF j SKIP LOCKED
+),
+promoted AS (
+    UPDATE {schema}.jobs j SET state = 'queued'
+    FROM due WHERE j.id = due.id
+    RETURNING j.id
+)
+SELECT (SELECT count(*) FROM expired), (SELECT count(*) FROM promoted)
+
+-- name: claim
+-- Lease up to %(limit)s queued jobs: per queue an index range scan in (priority desc, run_at,
+-- id) order with SKIP LOCKED, queues in precedence order. MATERIALIZED keeps the planner from
+-- re-running the locking subquery per updated row.
+WITH clock AS (SELECT {now} AS now),
+picked AS MATERIALIZED (
+    SELECT c.id, q.ord, c.priority, c.run_at
+    FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS q (name, ord)
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.run_at
+        FROM {schema}.jobs j
+        WHERE j.state = 'queued'
+          AND j.queue = q.name
+          AND (j.expires_at IS NULL OR j.expires_at > (SELECT now FROM clock))
+          AND (%(patterns)s::text[] IS NULL OR j.task LIKE ANY (%(patterns)s::text[]))
+          AND NOT (j.task = ANY (%(exclude)s::text[]))
+        ORDER BY j.priority DESC, j.run_at, j.id
+        LIMIT %(limit)s
+        FOR UPDATE OF j SKIP LOCKED
+    ) AS c
+    ORDER BY q.ord, c.priority DESC, c.run_at, c.id
+    LIMIT %(limit)s
+)
+UPDATE {schema}.jobs j
+SET state = 'running',
+    attempts = j.attempts + 1,
+    fence = j.fence + 1,
+    lease_owner = %(worker)s,
+    lease_until = c.now + %(lease)s::float8,
+    started_at = c.now
+FROM picked p, clock c
+WHERE j.id = p.id
+RETURNING p.ord, j.id, j.task, j.queue, j.payload, j.priority, j.attempts, j.max_attempts,
+    j.fence, j.lease_until, j.timeout, j.trace_id, j.idempotency_key, j.metadata,
+    j.payload_version, j.created_at, j.stalls, j.workflow_id, j.run_at
+
+-- name: complete
+WITH upd AS (
+    UPDATE {schema}.jobs
+    SET state = 'completed', result = %(result)s, finished_at = {now},
+        lease_owner = NULL, lease_until = NULL
+    WHERE id = %(id)s AND fence = %(fence)s AND state = 'running'
+    RETURNING id
+)
+SELECT id, CASE WHEN %(channel)s::text IS NOT NULL THEN pg_notify(%(channel)s, id) END
+FROM upd
+
+-- name: fail
+-- delay NULL: to the terminal state; delay <= 0: queued now; else scheduled after delay.
+-- Notifies %(jobs_channel)s (payload: queue) on a retry, %(done_channel)s (payload: id) when
+-- terminal.
+WITH clock AS (SELECT {now} AS now),
+upd AS (
+    UPDATE {schema}.jobs j
+    SET state = CASE
+            WHEN %(delay)s::float8 IS NULL THEN %(terminal)s::text
+            WHEN %(delay)s::float8 <= 0 THEN 'queued'
+            ELSE 'scheduled'
+        END,
+        run_at = CASE
+            WHEN %(delay)s::float8 IS NULL THEN j.run_at
+            ELSE c.now + greatest(%(delay)s::float8, 0)
+        END,
+        finished_at = CASE WHEN %(delay)s::float8 IS NULL THEN c.now ELSE j.finished_at END,
+        dead_letter_queue = CASE
+            WHEN %(delay)s::float8 IS NULL AND %(terminal)s::text = 'failed' THEN %(dlq)s::text
+            WHEN %(delay)s::float8 IS NULL THEN NULL
+            ELSE j.dead_letter_queue
+        END,
+        error = %(error)s::jsonb,
+        errors = j.errors || jsonb_build_array(%(error)s::jsonb),
+        lease_owner = NULL,
+        lease_until = NULL
+    FROM clock c
+    WHERE j.id = %(id)s AND j.fence = %(fence)s AND j.state = 'running'
+    RETURNING j.id, j.state, j.queue
+)
+SELECT state,
+    CASE
+        WHEN state IN ('queued', 'scheduled') AND %(jobs_channel)s::text IS NOT NULL
+            THEN pg_notify(%(jobs_channel)s, queue)
+        WHEN state NOT IN ('queued', 'scheduled') AND %(done_channel)s::text IS NOT NULL
+            THEN pg_notify(%(done_channel)s, id)
+    END
+FROM upd
+
+-- name: release
+WITH upd AS (
+    UPDATE {schema}.jobs
+    SET state = 'queued', attempts = greatest(attempts - 1, 0),
+        lease_owner = NULL, lease_until = NULL
+    WHERE id = %(id)s AND fence = %(fence)s AND state = 'running'
+    RETURNING queue
+)
+SELECT queue, CASE WHEN %(channel)s::text IS NOT NULL THEN pg_notify(%(channel)s, queue) END
+FROM upd
+
+-- name: heartbeat
+WITH clock AS (SELECT {now} AS now)
+UPDATE {schema}.jobs j
+SET lease_until = c.now + %(lease)s::float8
+FROM unnest(%(ids)s::text[], %(fences)s::bigint[]) AS l (id, fence), clock c
+WHERE j.id = l.id AND j.fence = l.fence AND j.state = 'running'
+RETURNING j.id, j.fence, j.cancel_requested
+
+-- name: recover
+-- Running jobs whose lease expired: cancelled if a cancellation is pending, dead-lettered with
+-- poison_message past max_stalls, else queued again (run_at and attempts unchanged).
+WITH clock AS (SELECT {now} AS now),
+stuck AS MATERIALIZED (
+    SELECT j.id, j.lease_until AS old_lease,
+        j.cancel_requested OR j.stalls + 1 > %(max_stalls)s::int AS finish,
+        CASE
+            WHEN j.cancel_requested THEN jsonb_build_object(
+                'code', 'cancelled', 'type', 'Cancelled',
+                'message', coalesce(j.cancel_reason, 'cancelled'),
+                'traceback', NULL, 'attempt', j.attempts, 'at', c.now)
+            ELSE jsonb_build_object(
+                'code', 'poison_message', 'type', 'Stalled',
+                'message', 'the job''s lease expired ' || (j.stalls + 1)
+                    || ' times (worker died or hung); the limit is ' || %(max_stalls)s::int,
+                'traceback', NULL, 'attempt', j.attempts, 'at', c.now)
+        END AS err
+    FROM {schema}.jobs j, clock c
+    WHERE j.state = 'running' AND j.lease_until < c.now
+    ORDER BY j.lease_until, j.id
+    LIMIT %(limit)s
+    FOR UPDATE OF j SKIP LOCKED
+),
+upd AS (
+    UPDATE {schema}.jobs j
+    SET stalls = j.stalls + 1,
+        lease_owner = NULL,
+        lease_until = NULL,
+        state = CASE
+            WHEN j.cancel_requested THEN 'cancelled'
+            WHEN s.finish THEN 'failed'
+            ELSE 'queued'
+        END,
+        finished_at = CASE WHEN s.finish THEN c.now ELSE j.finished_at END,
+        error = CASE WHEN s.finish THEN s.err ELSE j.error END,
+        errors = CASE WHEN s.finish THEN j.errors || jsonb_build_array(s.err) ELSE j.errors END
+    FROM stuck s, clock c
+    WHERE j.id = s.id
+    RETURNING s.old_lease, j.id, j.task, j.queue, j.state, j.stalls, j.attempts
+)
+SELECT old_lease, id, task, queue, state, stalls, attempts,
+    CASE
+        WHEN state = 'queued' AND %(jobs_channel)s::text IS NOT NULL
+            THEN pg_notify(%(jobs_channel)s, queue)
+        WHEN state <> 'queued' AND %(done_channel)s::text IS NOT NULL
+            THEN pg_notify(%(done_channel)s, id)
+    END
+FROM upd
+
+-- name: set_progress
+UPDATE {schema}.jobs SET progress = %(progress)s
+WHERE id = %(id)s AND fence = %(fence)s AND state = 'running'
+RETURNING id
+
+-- name: append_logs
+INSERT INTO {schema}.job_logs (job_id, entry)
+SELECT %(id)s, x.entry
+FROM unnest(%(entries)s::jsonb[]) WITH ORDINALITY AS x (entry, ord)
+WHERE EXISTS (SELECT 1 FROM {schema}.jobs WHERE id = %(id)s)
+ORDER BY x.ord
+
+-- name: cancel
+-- Waiting → cancelled; running → cancellation requested. Returns (new state, state seen).
+WITH clock AS (SELECT {now} AS now),
+seen AS (SELECT state FROM {schema}.jobs WHERE id = %(id)s),
+upd AS (
+    UPDATE {schema}.jobs j
+    SET state = CASE WHEN j.state = 'running' THEN 'running' ELSE 'cancelled' END,
+        cancel_requested = j.cancel_requested OR j.state = 'running',
+        cancel_reason = %(reason)s,
+        finished_at = CASE WHEN j.state = 'running' THEN j.finished_at ELSE c.now END,
+        error = CASE WHEN j.state = 'running' THEN j.error ELSE jsonb_build_object(
+            'code', 'cancelled', 'type', 'Cancelled',
+            'message', coalesce(%(reason)s, 'cancelled'),
+            'traceback', NULL, 'attempt', j.attempts, 'at', c.now) END,
+        errors = CASE WHEN j.state = 'running' THEN j.errors ELSE j.errors || jsonb_build_array(
+            jsonb_build_object(
+            'code', 'cancelled', 'type', 'Cancelled',
+            'message', coalesce(%(reason)s, 'cancelled'),
+            'traceback', NULL, 'attempt', j.attempts, 'at', c.now)) END
+    FROM clock c
+    WHERE j.id = %(id)s AND j.state IN ('scheduled', 'queued', 'blocked', 'running')
+    RETURNING j.id, j.state
+),
+note AS (
+    SELECT pg_notify(%(done_channel)s, id) FROM upd
+    WHERE state = 'cancelled' AND %(done_channel)s::text IS NOT NULL
+)
+SELECT (SELECT state FROM upd), (SELECT state FROM seen), (SELECT count(*) FROM note)
+
+-- name: retry
+-- Failed, cancelled or expired jobs back to queued, oldest first. A job whose idempotency key
+-- another live job now holds stays where it is (the key is held by at most one job).
+WITH clock AS (SELECT {now} AS now),
+candidates AS MATERIALIZED (
+    SELECT j.id, j.idempotency_key
+    FROM {schema}.jobs j
+    WHERE j.state IN ('failed', 'cancelled', 'expired') AND {filter}
+      AND (j.idempotency_key IS NULL OR NOT EXISTS (
+          SELECT 1 FROM {schema}.jobs o
+          WHERE o.idempotency_key = j.idempotency_key AND o.state IN ({holding})))
+    ORDER BY j.id
+    LIMIT %(limit)s
+    FOR UPDATE OF j SKIP LOCKED
+),
+picked AS (
+    SELECT id FROM (
+        SELECT id, idempotency_key,
+            row_number() OVER (PARTITION BY idempotency_key ORDER BY id DESC) AS rn
+        FROM candidates
+    ) AS ranked
+    WHERE idempotency_key IS NULL OR rn = 1
+),
+upd AS (
+    UPDATE {schema}.jobs j
+    SET state = 'queued', run_at = c.now,
+        attempts = CASE WHEN %(reset)s THEN 0 ELSE j.attempts END,
+        stalls = 0, finished_at = NULL, cancel_requested = false, cancel_reason = NULL,
+        dead_letter_queue = NULL, lease_owner = NULL, lease_until = NULL
+    FROM picked p, clock c
+    WHERE j.id = p.id
+    RETURNING j.id, j.queue
+)
+SELECT id, CASE WHEN %(channel)s::text IS NOT NULL THEN pg_notify(%(channel)s, queue) END
+FROM upd
+ORDER BY id
+
+-- name: delete_batch
+WITH doomed AS MATERIALIZED (
+    SELECT j.id FROM {schema}.jobs j
+    WHERE j.state IN ('completed', 'failed', 'cancelled', 'expired') AND {filter}
+    ORDER BY j.id
+    LIMIT %(limit)s
+    FOR UPDATE OF j SKIP LOCKED
+)
+DELETE FROM {schema}.jobs j USING doomed WHERE j.id = doomed.id
+
+-- name: list_jobs
+SELECT {job_columns}
+FROM {schema}.jobs j
+WHERE {filter}
+ORDER BY j.id DESC
+LIMIT %(limit)s OFFSET %(offset)s
+
+-- name: get_job
+SELECT {job_columns}
+FROM {schema}.jobs j
+WHERE j.id = %(id)s
+
+-- name: count_jobs
+SELECT queue, task, state, count(*) FROM {schema}.jobs GROUP BY queue, task, state
+
+-- name: wait_probe
+-- Is a job queued in these queues, and when is the next scheduled one due (server clock)?
+SELECT
+    EXISTS (
+        SELECT 1 FROM {schema}.jobs
+        WHERE state = 'queued' AND queue = ANY (%(queues)s::text[])
+    ),
+    (SELECT min(run_at) FROM {schema}.jobs
+     WHERE state = 'scheduled' AND queue = ANY (%(queues)s::text[])),
+    extract(epoch FROM clock_timestamp())::float8
+
+-- name: notify
+SELECT pg_notify(%(channel)s, p) FROM unnest(%(payloads)s::text[]) AS p
+
+-- name: register_worker
+INSERT INTO {schema}.workers (id, host, pid, started_at, heartbeat_at, queues, concurrency, stats)
+VALUES (%(id)s, %(host)s, %(pid)s, %(started_at)s, %(heartbeat_at)s, %(queues)s::text[],
+        %(concurrency)s, %(stats)s::jsonb)
+ON CONFLICT (id) DO UPDATE SET
+    host = EXCLUDED.host, pid = EXCLUDED.pid, started_at = EXCLUDED.started_at,
+    heartbeat_at = EXCLUDED.heartbeat_at, queues = EXCLUDED.queues,
+    concurrency = EXCLUDED.concurrency, stats = EXCLUDED.stats
+
+-- name: unregister_worker
+DELETE FROM {schema}.workers WHERE id = %(id)s
+
+-- name: list_workers
+SELECT id, host, pid, started_at, heartbeat_at, queues, concurrency, stats
+FROM {schema}.workers ORDER BY id
+
+-- name: prune_workers
+DELETE FROM {schema}.workers WHERE heartbeat_at < %(before)s
