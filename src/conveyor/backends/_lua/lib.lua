@@ -1,0 +1,133 @@
+-- Conveyor: helpers shared by every script. redis_scripts.py prepends this file to each one.
+--
+-- KEYS[1] is the key base "{prefix}:". Every key a script touches starts with it, so all of
+-- them hash to one Redis Cluster slot. The layout is documented in docs/redis.md:
+--
+--   B..'j:'<id>            HASH  one job (short field names, defaults omitted)
+--   B..'idem'              HASH  idempotency key -> id of the job that took it last
+--   B..'queues'            SET   every queue name ever used
+--   B..'due'               ZSET  queue -> earliest run-at of its scheduled jobs (may be early)
+--   B..'exp'               ZSET  waiting job id -> expires-at
+--   B..'lease'             ZSET  running job id -> lease-until
+--   B..'counts'            HASH  state \0 len(queue) \0 queue task -> number of jobs
+--   B..'q:'<q>':p'         ZSET  priority levels with ready jobs, score -priority
+--   B..'q:'<q>':r:'<prio>  ZSET  ready jobs of one priority, score run-at, member id
+--   B..'q:'<q>':s'         ZSET  scheduled jobs, score run-at
+--   B..'q:'<q>':m'         ZSET  wake-up marker workers BZPOPMIN on
+--   B..'q:'<q>':x:'<state> ZSET  all jobs of the queue in a state, score 0 (id order)
+--
+-- <q> is the queue name with '%', ':', '{' and '}' percent-escaped. Numbers are written with
+-- '%.17g' so that every float survives the trip through Lua exactly.
+
+local B = KEYS[1]
+
+local HOLDING = {scheduled = true, queued = true, running = true, blocked = true, completed = true}
+local WAITING = {scheduled = true, queued = true, blocked = true}
+
+local function opt(s)
+  -- Optional string argument: '' is nil, '=' .. value is value.
+  if s == nil or s == '' then return nil end
+  return string.sub(s, 2)
+end
+
+local function fmt(x)
+  return string.format('%.17g', x)
+end
+
+local function clock(arg)
+  -- The caller's time, or the store's clock when none was given.
+  if arg ~= nil and arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function escape(s)
+  return (string.gsub(s, '[%%:{}]', function(c) return string.format('%%%02X', string.byte(c)) end))
+end
+
+local function jkey(id)
+  return B .. 'j:' .. id
+end
+
+local function qkey(q, suffix)
+  return B .. 'q:' .. escape(q) .. ':' .. suffix
+end
+
+local function count(q, t, s, n)
+  local field = s .. '\0' .. #q .. '\0' .. q .. t
+  if redis.call('HINCRBY', B .. 'counts', field, n) <= 0 then
+    redis.call('HDEL', B .. 'counts', field)
+  end
+end
+
+local function index_add(id, q, t, s)
+  count(q, t, s, 1)
+  redis.call('ZADD', qkey(q, 'x:' .. s), 0, id)
+end
+
+local function index_remove(id, q, t, s)
+  count(q, t, s, -1)
+  redis.call('ZREM', qkey(q, 'x:' .. s), id)
+end
+
+local function move(id, q, t, from, to)
+  -- Change the job's state field, its counters and its state index.
+  redis.call('HSET', jkey(id), 's', to)
+  index_remove(id, q, t, from)
+  index_add(id, q, t, to)
+end
+
+local function make_ready(id, q, prio, run_at)
+  redis.call('ZADD', qkey(q, 'r:' .. prio), run_at, id)
+  redis.call('ZADD', qkey(q, 'p'), -tonumber(prio), prio)
+end
+
+local function unready(id, q, prio)
+  local rk = qkey(q, 'r:' .. prio)
+  redis.call('ZREM', rk, id)
+  if redis.call('ZCARD', rk) == 0 then redis.call('ZREM', qkey(q, 'p'), prio) end
+end
+
+local function schedule(id, q, run_at)
+  redis.call('ZADD', qkey(q, 's'), run_at, id)
+  redis.call('ZADD', B .. 'due', 'LT', run_at, q)
+end
+
+local function leave_waiting(id, q, s, prio)
+  -- Take a waiting job out of the structures claim reads (ready, scheduled, expiry).
+  if s == 'queued' then
+    unready(id, q, prio)
+  elseif s == 'scheduled' then
+    redis.call('ZREM', qkey(q, 's'), id)
+  end
+  redis.call('ZREM', B .. 'exp', id)
+end
+
+local function wake(q)
+  redis.call('ZADD', qkey(q, 'm'), 0, '1')
+end
+
+local function finished(id)
+  redis.call('PUBLISH', B .. 'done:' .. id, '1')
+end
+
+local function err_json(code, typ, message, attempt, t)
+  return '{"code":' .. cjson.encode(code) .. ',"type":' .. cjson.encode(typ)
+    .. ',"message":' .. cjson.encode(message) .. ',"traceback":null,"attempt":'
+    .. (attempt or '0') .. ',"at":' .. fmt(t) .. '}'
+end
+
+local function push_json(k, field, items)
+  -- Append JSON items (a comma-separated fragment) to the JSON array held in a hash field.
+  local cur = redis.call('HGET', k, field)
+  if cur then
+    redis.call('HSET', k, field, string.sub(cur, 1, -2) .. ',' .. items .. ']')
+  else
+    redis.call('HSET', k, field, '[' .. items .. ']')
+  end
+end
+
+local function record_error(k, err)
+  redis.call('HSET', k, 'e', err)
+  push_json(k, 'E', err)
+end

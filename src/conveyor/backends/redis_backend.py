@@ -1,0 +1,384 @@
+"""The Redis backend client: every protocol method as one Lua script (see ``_lua/``).
+
+Import it through :mod:`conveyor.backends.redis`, which checks that redis-py is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, cast
+from uuid import uuid4
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from conveyor.backends.base import RETRYABLE_STATES, Backend, CancelOutcome
+from conveyor.backends.redis_codec import (
+    CLAIM_WIDTH,
+    decode_claimed,
+    decode_counts,
+    decode_record,
+    decode_worker,
+    dumps,
+    encode_filter,
+    encode_logs,
+    encode_new_job,
+    encode_worker,
+    num,
+    opt_num,
+    opt_str,
+    queue_key,
+)
+from conveyor.backends.redis_connect import (
+    blocking_client,
+    check_server,
+    translate_errors,
+)
+from conveyor.backends.redis_notify import Notifier
+from conveyor.backends.redis_scripts import ScriptArg, run
+from conveyor.domain.job import (
+    ClaimedJob,
+    CountRow,
+    EnqueueResult,
+    ErrorInfo,
+    JobFilter,
+    JobRecord,
+    LeaseStatus,
+    LogEntry,
+    NewJob,
+    RecoveredJob,
+    WorkerInfo,
+)
+from conveyor.domain.states import TERMINAL_STATES, JobState
+from conveyor.errors import StorageUnavailableError
+
+BytesMap = dict[bytes, bytes]
+
+#: Most due or expired jobs one claim promotes (the rest wait for the next claim).
+PROMOTE_BATCH = 5000
+#: Most index entries one list/retry/delete call examines (bounds its time inside Redis).
+SCAN_BUDGET = 200_000
+#: How often ``wait_for_finish`` re-reads the job when no notification came (a safety net).
+FINISH_RECHECK = (1.0, 10.0)
+
+
+class RedisBackend(Backend):
+    """One client of the jobs stored under one key prefix of one Redis server."""
+
+    def __init__(self, url: str, prefix: str, base: str, client: Redis, owns_client: bool) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.base = base
+        self.client = client
+        self._owns_client = owns_client
+        self._blocking: Redis | None = None
+        self._notifier: Notifier | None = None
+        self._wake_key = f"{base}wake:{uuid4().hex}"
+        self._error_pause = 0.05
+        self.server: dict[str, Any] = {}
+
+    # -- plumbing ---------------------------------------------------------------------------
+    async def open(self) -> None:
+        self.server = await check_server(self.client, self.url, self.prefix, self.base)
+
+    async def close(self) -> None:
+        if self._notifier is not None:
+            await self._notifier.close()
+            self._notifier = None
+        if self._blocking is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._blocking.aclose()
+            self._blocking = None
+        if self._owns_client:
+            with contextlib.suppress(RedisError, OSError):
+                await self.client.aclose()
+
+    async def _run(self, name: str, args: Sequence[ScriptArg]) -> Any:
+        with translate_errors(self.url, self.prefix):
+            return await run(self.client, name, self.base, args)
+
+    def _job_key(self, job_id: str) -> str:
+        return f"{self.base}j:{job_id}"
+
+    # -- producer ---------------------------------------------------------------------------
+    async def enqueue(
+        self, jobs: Sequence[NewJob], now: float | None = None
+    ) -> list[EnqueueResult]:
+        if not jobs:
+            return []
+        args: list[ScriptArg] = [opt_num(now)]
+        for job in jobs:
+            args.extend(encode_new_job(job))
+        reply = await self._run("enqueue", args)
+        return [
+            EnqueueResult(reply[i].decode(), bool(reply[i + 1]), JobState(reply[i + 2].decode()))
+            for i in range(0, len(reply), 3)
+        ]
+
+    # -- worker -----------------------------------------------------------------------------
+    async def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        now: float | None = None,
+        *,
+        tasks: Sequence[str] | None = None,
+        exclude_tasks: Sequence[str] = (),
+    ) -> list[ClaimedJob]:
+        if limit <= 0:
+            return []
+        args: list[ScriptArg] = [worker_id, str(limit), num(float(lease)), opt_num(now)]
+        args += [str(PROMOTE_BATCH), str(len(queues)), *queues]
+        args += ["-1"] if tasks is None else [str(len(tasks)), *tasks]
+        args += [str(len(exclude_tasks)), *exclude_tasks]
+        reply = await self._run("claim", args)
+        return [
+            decode_claimed(reply[i : i + CLAIM_WIDTH]) for i in range(0, len(reply), CLAIM_WIDTH)
+        ]
+
+    async def complete(
+        self, job_id: str, fence: int, result: bytes | None, now: float | None = None
+    ) -> bool:
+        args = [job_id, str(fence), "0" if result is None else "1", result or b"", opt_num(now)]
+        return bool(await self._run("complete", args))
+
+    async def fail(
+        self,
+        job_id: str,
+        fence: int,
+        error: ErrorInfo,
+        *,
+        retry_delay: float | None,
+        now: float | None = None,
+        terminal: JobState = JobState.FAILED,
+        dead_letter_queue: str | None = None,
+    ) -> JobState | None:
+        args = [
+            job_id,
+            str(fence),
+            dumps(error.to_dict()),
+            opt_num(retry_delay),
+            opt_num(now),
+            JobState(terminal).value,
+            opt_str(dead_letter_queue),
+        ]
+        state = await self._run("fail", args)
+        return None if state is None else JobState(state.decode())
+
+    async def release(self, job_id: str, fence: int, now: float | None = None) -> bool:
+        return bool(await self._run("release", [job_id, str(fence)]))
+
+    async def heartbeat(
+        self,
+        worker_id: str,
+        leases: Sequence[tuple[str, int]],
+        lease: float,
+        now: float | None = None,
+    ) -> list[LeaseStatus]:
+        if not leases:
+            return []
+        args: list[ScriptArg] = [opt_num(now), num(float(lease))]
+        for job_id, fence in leases:
+            args += [job_id, str(fence)]
+        reply = await self._run("heartbeat", args)
+        return [
+            LeaseStatus(job_id, bool(reply[2 * i]), bool(reply[2 * i + 1]))
+            for i, (job_id, _) in enumerate(leases)
+        ]
+
+    async def recover_expired(
+        self, max_stalls: int, now: float | None = None, limit: int = 1000
+    ) -> list[RecoveredJob]:
+        if limit <= 0:
+            return []
+        reply = await self._run("recover", [str(max_stalls), opt_num(now), str(limit)])
+        return [
+            RecoveredJob(
+                reply[i].decode(),
+                reply[i + 1].decode(),
+                reply[i + 2].decode(),
+                JobState(reply[i + 3].decode()),
+                int(reply[i + 4]),
+                int(reply[i + 5]),
+            )
+            for i in range(0, len(reply), 6)
+        ]
+
+    async def set_progress(
+        self, job_id: str, fence: int, progress: bytes, now: float | None = None
+    ) -> bool:
+        return bool(await self._run("progress", [job_id, str(fence), progress]))
+
+    async def append_logs(self, job_id: str, entries: Sequence[LogEntry]) -> None:
+        if entries:
+            await self._run("logs", [job_id, encode_logs(entries)])
+
+    # -- waiting ----------------------------------------------------------------------------
+    def _blocking_client(self) -> Redis:
+        if self._blocking is None:
+            self._blocking = blocking_client(self.client)
+        return self._blocking
+
+    async def _pause(self, timeout: float) -> None:
+        """Redis is unreachable: wait a little (growing) instead of spinning."""
+        await asyncio.sleep(min(timeout, self._error_pause))
+        self._error_pause = min(self._error_pause * 2, 2.0)
+
+    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+        """Block (``BZPOPMIN`` on the queues' marker keys, on a dedicated connection) until a
+        transition pushes a marker, the next scheduled job of ``queues`` is due, or
+        ``timeout`` passes. Issues two commands per call and none while blocked."""
+        names = list(dict.fromkeys(queues))
+        if timeout <= 0:
+            return
+        if not names:
+            await asyncio.sleep(timeout)  # nothing can wake us
+            return
+        try:
+            due = await self._run("peek", names)
+        except StorageUnavailableError:
+            await self._pause(timeout)
+            return
+        if due == b"0":
+            return
+        bound, precise = timeout, False
+        if due and float(due) < timeout:
+            bound, precise = float(due), True
+        if bound < 0.005:
+            await asyncio.sleep(bound)
+            return
+        keys = [queue_key(self.base, q, "m") for q in names]
+        if precise:
+            # Redis times blocked commands out on its ~100 ms tick; for a due job we wake
+            # ourselves exactly on time by pushing our own wake key.
+            keys.append(self._wake_key)
+        pop = asyncio.ensure_future(
+            self._blocking_client().bzpopmin(keys, timeout=bound + 1.0 if precise else bound)
+        )
+        try:
+            if precise:
+                done, _ = await asyncio.wait({pop}, timeout=bound)
+                if not done:
+                    async with self.client.pipeline(transaction=True) as pipe:
+                        pipe.zadd(self._wake_key, {"1": 0})
+                        pipe.pexpire(self._wake_key, 60_000)
+                        await pipe.execute()
+            await pop
+            self._error_pause = 0.05
+        except (RedisError, OSError):
+            await self._pause(timeout)
+        finally:
+            if not pop.done():
+                pop.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                await pop
+
+    def _notify(self) -> Notifier:
+        if self._notifier is None:
+            self._notifier = Notifier(self.client, self.base)
+        return self._notifier
+
+    async def wait_for_finish(self, job_id: str, timeout: float) -> JobRecord | None:
+        """Wait on the job's ``done`` channel (pub/sub); re-read it on each message and on a
+        slow safety timer, never polling fast."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        recheck = FINISH_RECHECK[0]
+        with translate_errors(self.url, self.prefix):
+            async with self._notify().watch(job_id) as event:
+                while True:
+                    event.clear()
+                    record = await self.get_job(job_id)
+                    if record is None or record.state.is_terminal:
+                        return record
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        return record
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(event.wait(), min(remaining, recheck))
+                    recheck = min(recheck * 2, FINISH_RECHECK[1])
+
+    async def subscribe_cancellations(self) -> AsyncIterator[str]:
+        """Ids of running jobs whose cancellation was just requested (pushed by ``cancel``).
+
+        Messages sent while the connection is down are lost; the heartbeat's
+        ``cancel_requested`` is the fallback.
+        """
+        with translate_errors(self.url, self.prefix):
+            async for job_id in self._notify().cancellations():
+                yield job_id
+
+    # -- operating --------------------------------------------------------------------------
+    async def cancel(
+        self, job_id: str, reason: str | None = None, now: float | None = None
+    ) -> CancelOutcome:
+        outcome = await self._run("cancel", [job_id, opt_str(reason), opt_num(now)])
+        return CancelOutcome(outcome.decode())
+
+    async def retry_jobs(
+        self,
+        flt: JobFilter,
+        *,
+        reset_attempts: bool = False,
+        now: float | None = None,
+        limit: int = 1000,
+    ) -> list[str]:
+        states = [s for s in RETRYABLE_STATES if flt.states is None or s in flt.states]
+        if not states or limit <= 0:
+            return []
+        args: list[ScriptArg] = [opt_num(now), "1" if reset_attempts else "0", str(limit)]
+        args += [str(SCAN_BUDGET), *encode_filter(flt, states)]
+        return [job_id.decode() for job_id in await self._run("retry", args)]
+
+    async def delete_jobs(self, flt: JobFilter, *, limit: int = 1000) -> int:
+        states = [s for s in JobState if s in TERMINAL_STATES]
+        states = [s for s in states if flt.states is None or s in flt.states]
+        if not states or limit <= 0:
+            return 0
+        args = [str(limit), str(SCAN_BUDGET), *encode_filter(flt, states)]
+        return int(await self._run("delete", args))
+
+    # -- reading ----------------------------------------------------------------------------
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        with translate_errors(self.url, self.prefix):
+            fields = cast(BytesMap, await self.client.hgetall(self._job_key(job_id)))
+        return decode_record(job_id, fields) if fields else None
+
+    async def list_jobs(
+        self, flt: JobFilter, *, limit: int = 50, offset: int = 0
+    ) -> list[JobRecord]:
+        states = list(JobState) if flt.states is None else list(dict.fromkeys(flt.states))
+        if not states or limit <= 0:
+            return []
+        args = [str(max(offset, 0)), str(limit), str(SCAN_BUDGET), *encode_filter(flt, states)]
+        reply = await self._run("list", args)
+        records = []
+        for i in range(0, len(reply), 2):
+            flat = reply[i + 1]
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            records.append(decode_record(reply[i].decode(), fields))
+        return records
+
+    async def count_jobs(self) -> list[CountRow]:
+        with translate_errors(self.url, self.prefix):
+            counts = cast(BytesMap, await self.client.hgetall(self.base + "counts"))
+        return decode_counts(counts)
+
+    # -- workers ----------------------------------------------------------------------------
+    async def register_worker(self, info: WorkerInfo) -> None:
+        await self._run("worker_register", [info.id, num(info.heartbeat_at), encode_worker(info)])
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._run("worker_unregister", [worker_id])
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        with translate_errors(self.url, self.prefix):
+            raw = cast(BytesMap, await self.client.hgetall(self.base + "workers"))
+        return sorted((decode_worker(v) for v in raw.values()), key=lambda w: w.id)
+
+    async def prune_workers(self, heartbeat_before: float) -> int:
+        return int(await self._run("worker_prune", [num(heartbeat_before)]))

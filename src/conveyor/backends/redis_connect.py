@@ -1,0 +1,175 @@
+"""Connecting to Redis: clients with retry and backoff, start-up checks, clear errors.
+
+A dropped connection is retried by redis-py with exponential backoff and jitter, so a Redis
+restart of a few seconds is ridden out. What cannot be fixed by retrying (wrong password, a
+server too old, Redis Cluster, a key of another program under our prefix) becomes one
+:class:`~conveyor.errors.ConfigurationError` or
+:class:`~conveyor.errors.StorageUnavailableError` that names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ConnectionError,
+    RedisError,
+    ResponseError,
+    TimeoutError,
+)
+
+from conveyor.backends.base import redact_url
+from conveyor.errors import ConfigurationError, StorageUnavailableError
+
+log = logging.getLogger("conveyor.redis")
+
+MIN_VERSION = (7, 0)
+
+#: The type each global key must have (relative to the key base).
+GLOBAL_KEY_TYPES = {
+    "idem": "hash",
+    "queues": "set",
+    "due": "zset",
+    "exp": "zset",
+    "lease": "zset",
+    "counts": "hash",
+    "workers": "hash",
+    "beats": "zset",
+}
+
+
+def make_retry(retries: int) -> Retry:
+    """Exponential backoff with jitter: 50 ms doubling up to 1 s, ``retries`` times."""
+    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries)
+
+
+def make_client(url: str, retries: int) -> Redis:
+    """A client for ``url`` that retries connection errors and timeouts with backoff."""
+    try:
+        return Redis.from_url(
+            url,
+            retry=make_retry(retries),
+            retry_on_error=[ConnectionError, TimeoutError],
+            socket_keepalive=True,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"invalid Redis URL {redact_url(url)!r}: {exc}; "
+            "use redis://[:password@]host[:port][/db] or rediss:// for TLS"
+        ) from exc
+
+
+def blocking_client(client: Redis) -> Redis:
+    """A client on its own pool, like ``client`` but with no read timeout, for BZPOPMIN."""
+    pool = client.connection_pool
+    kwargs: dict[str, Any] = dict(pool.connection_kwargs)
+    kwargs["socket_timeout"] = None
+    return Redis.from_pool(ConnectionPool(connection_class=pool.connection_class, **kwargs))
+
+
+@contextmanager
+def translate_errors(url: str, prefix: str) -> Iterator[None]:
+    """Turn redis-py errors into Conveyor's, with the problem and the fix in the message."""
+    where = redact_url(url)
+    try:
+        yield
+    except (AuthenticationError, AuthorizationError) as exc:
+        raise StorageUnavailableError(
+            f"Redis at {where} rejected the credentials ({exc}); fix the password in the URL "
+            "(redis://:PASSWORD@host:6379/0 or redis://USER:PASSWORD@host:6379/0)"
+        ) from exc
+    except (ConnectionError, TimeoutError, OSError) as exc:
+        raise StorageUnavailableError(
+            f"cannot reach Redis at {where} ({exc}); check that the server is running and "
+            "that the URL's host and port are right"
+        ) from exc
+    except ResponseError as exc:
+        message = str(exc)
+        if message.startswith("NOAUTH"):
+            raise StorageUnavailableError(
+                f"Redis at {where} requires a password; put it in the URL: "
+                "redis://:PASSWORD@host:6379/0"
+            ) from exc
+        if "WRONGTYPE" in message:
+            raise ConfigurationError(
+                f"a key under the prefix {prefix!r} on Redis at {where} holds a value of the "
+                f"wrong type ({message}); another program uses that prefix: choose another "
+                "prefix= for Conveyor, or delete that program's keys"
+            ) from exc
+        if "MOVED" in message or "CROSSSLOT" in message:
+            raise ConfigurationError(_cluster_message(where)) from exc
+        raise StorageUnavailableError(f"Redis at {where} answered an error: {message}") from exc
+    except RedisError as exc:
+        raise StorageUnavailableError(f"Redis at {where} failed: {exc}") from exc
+
+
+def _cluster_message(where: str) -> str:
+    return (
+        f"Redis at {where} runs in cluster mode, which redis:// URLs do not support yet; "
+        "use a standalone or Sentinel-managed Redis (every Conveyor key of one prefix shares "
+        "one hash tag, see docs/redis.md)"
+    )
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts: list[int] = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+async def check_server(client: Redis, url: str, prefix: str, base: str) -> dict[str, Any]:
+    """Check the server once at start-up; returns facts for ``describe()``.
+
+    Raises on a server below :data:`MIN_VERSION`, on cluster mode and on global keys of the
+    wrong type; logs a warning when eviction could delete jobs.
+    """
+    where = redact_url(url)
+    with translate_errors(url, prefix):
+        info: dict[str, Any] = await client.info("server")
+        version = str(info.get("redis_version", "0"))
+        if _version(version) < MIN_VERSION:
+            raise ConfigurationError(
+                f"Redis at {where} is version {version}; Conveyor needs Redis 7.0 or newer "
+                "(or Valkey 7.2+): upgrade the server"
+            )
+        if info.get("redis_mode") == "cluster":
+            raise ConfigurationError(_cluster_message(where))
+        memory: dict[str, Any] = await client.info("memory")
+        persistence: dict[str, Any] = await client.info("persistence")
+        policy = str(memory.get("maxmemory_policy", "noeviction"))
+        if policy != "noeviction":
+            log.warning(
+                "Redis at %s has maxmemory-policy %s: when it fills up it will evict keys and "
+                "silently lose jobs; set 'maxmemory-policy noeviction' (see docs/redis.md)",
+                where,
+                policy,
+                extra={"action": "redis_eviction_enabled", "policy": policy},
+            )
+        async with client.pipeline(transaction=False) as pipe:
+            for name in GLOBAL_KEY_TYPES:
+                pipe.type(base + name)
+            types = await pipe.execute()
+        for (name, expected), found in zip(GLOBAL_KEY_TYPES.items(), types, strict=True):
+            kind = found.decode() if isinstance(found, bytes) else str(found)
+            if kind not in ("none", expected):
+                raise ConfigurationError(
+                    f"Redis key {base + name!r} on {where} is a {kind}, but Conveyor keeps a "
+                    f"{expected} there: another program uses the prefix {prefix!r}; choose "
+                    "another prefix= for Conveyor, or delete that key"
+                )
+    return {
+        "server_version": version,
+        "valkey_version": info.get("valkey_version"),
+        "maxmemory_policy": policy,
+        "aof_enabled": bool(int(persistence.get("aof_enabled", 0))),
+    }

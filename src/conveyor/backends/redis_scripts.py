@@ -1,0 +1,60 @@
+"""The Redis backend's Lua scripts: read from package data, run with EVALSHA.
+
+Every state transition is one script in ``backends/_lua/<name>.lua``. Each script gets
+``lib.lua`` prepended (and any file it names on a first line ``--! other.lua``), so helpers
+live in one place while Redis still sees one self-contained script. Scripts are sent by SHA1;
+after a server restart or ``SCRIPT FLUSH`` the server answers ``NOSCRIPT`` and the script is
+loaded again and re-run, once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+ScriptArg = str | bytes | int | float
+
+_INCLUDE = "--! "
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """One loaded script: its full source and SHA1."""
+
+    name: str
+    source: str
+    sha: str
+
+
+def _read(name: str) -> str:
+    return (resources.files("conveyor.backends") / "_lua" / name).read_text(encoding="utf-8")
+
+
+@cache
+def script(name: str) -> Script:
+    """The script ``<name>.lua`` with ``lib.lua`` and its own includes prepended."""
+    body = _read(f"{name}.lua")
+    parts = [_read("lib.lua")]
+    first = body.split("\n", 1)[0]
+    if first.startswith(_INCLUDE):
+        parts.extend(_read(include.strip()) for include in first[len(_INCLUDE) :].split(","))
+    parts.append(body)
+    source = "\n".join(parts)
+    return Script(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
+
+
+async def run(client: Redis, name: str, base: str, args: Sequence[ScriptArg]) -> Any:
+    """Run script ``name`` with ``KEYS = [base]`` and ``ARGV = args``; load it on NOSCRIPT."""
+    s = script(name)
+    try:
+        return await client.evalsha(s.sha, 1, base, *args)
+    except NoScriptError:
+        await client.script_load(s.source)
+        return await client.evalsha(s.sha, 1, base, *args)
