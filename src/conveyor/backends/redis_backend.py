@@ -99,9 +99,6 @@ class RedisBackend(Backend):
         with translate_errors(self.url, self.prefix):
             return await run(self.client, name, self.base, args)
 
-    def _job_key(self, job_id: str) -> str:
-        return f"{self.base}j:{job_id}"
-
     # -- producer ---------------------------------------------------------------------------
     async def enqueue(
         self, jobs: Sequence[NewJob], now: float | None = None
@@ -344,9 +341,10 @@ class RedisBackend(Backend):
 
     # -- reading ----------------------------------------------------------------------------
     async def get_job(self, job_id: str) -> JobRecord | None:
-        with translate_errors(self.url, self.prefix):
-            fields = cast(BytesMap, await self.client.hgetall(self._job_key(job_id)))
-        return decode_record(job_id, fields) if fields else None
+        flat, payload = await self._run("get", [job_id])
+        if not flat:
+            return None
+        return decode_record(job_id, dict(zip(flat[::2], flat[1::2], strict=True)), payload)
 
     async def list_jobs(
         self, flt: JobFilter, *, limit: int = 50, offset: int = 0
@@ -357,10 +355,10 @@ class RedisBackend(Backend):
         args = [str(max(offset, 0)), str(limit), str(SCAN_BUDGET), *encode_filter(flt, states)]
         reply = await self._run("list", args)
         records = []
-        for i in range(0, len(reply), 2):
+        for i in range(0, len(reply), 3):
             flat = reply[i + 1]
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
-            records.append(decode_record(reply[i].decode(), fields))
+            records.append(decode_record(reply[i].decode(), fields, reply[i + 2]))
         return records
 
     async def count_jobs(self) -> list[CountRow]:

@@ -2,7 +2,9 @@
 
 Everything one factory stores lives under the key base ``{<prefix>}:`` — one hash tag, so every
 script touches a single Redis Cluster slot (see ``docs/redis.md`` and ``_lua/lib.lua`` for the
-whole layout). Job hashes use short field names and omit default values to stay small:
+whole layout). A job is a hash ``j:<id>`` plus its payload in a string ``d:<id>`` (kept apart
+so the hash stays in Redis's compact listpack encoding); the hash uses short field names and
+omits default values:
 
 ===== ================= ===== =================== ===== ===================
 field meaning           field meaning             field meaning
@@ -10,7 +12,7 @@ field meaning           field meaning             field meaning
 t     task              lu    lease until         L     logs (JSON array)
 q     queue             to    timeout             tr    trace id
 s     state             ex    expires at          md    metadata (JSON)
-d     payload           ik    idempotency key     w     workflow id
+            ik    idempotency key     w     workflow id
 p     priority (0)      ck    concurrency key     pa    parents (JSON)
 ra    run at            r     result              sa    started at
 a     attempts (0)      e     last error (JSON)   fa    finished at
@@ -149,8 +151,8 @@ def _errors(value: bytes | None) -> tuple[ErrorInfo, ...]:
     return tuple(ErrorInfo.from_dict(item) for item in json.loads(value))
 
 
-def decode_record(job_id: str, h: Mapping[bytes, bytes]) -> JobRecord:
-    """A job hash (``HGETALL``) as a :class:`JobRecord`."""
+def decode_record(job_id: str, h: Mapping[bytes, bytes], payload: bytes) -> JobRecord:
+    """A job hash (``HGETALL``) and its payload as a :class:`JobRecord`."""
     error = h.get(b"e")
     logs = h.get(b"L")
     metadata = h.get(b"md")
@@ -160,7 +162,7 @@ def decode_record(job_id: str, h: Mapping[bytes, bytes]) -> JobRecord:
         task=h[b"t"].decode(),
         queue=h[b"q"].decode(),
         state=JobState(h[b"s"].decode()),
-        payload=h[b"d"],
+        payload=payload,
         priority=_int(h.get(b"p"), 0),
         run_at=float(h[b"ra"]),
         attempts=_int(h.get(b"a"), 0),

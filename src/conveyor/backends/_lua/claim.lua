@@ -114,11 +114,14 @@ local function take(id, q, prio)
   redis.call('HSET', k, 'lo', worker, 'lu', lease_until, 'sa', now)
   redis.call('ZADD', B .. 'lease', lease_until, id)
   redis.call('ZREM', B .. 'exp', id)
-  local row = redis.call('HMGET', k, 't', 'q', 'd', 'p', 'a', 'ma', 'f', 'lu', 'to', 'tr', 'ik',
-    'md', 'pv', 'c', 'st', 'w')
+  local row = redis.call('HMGET', k, 't', 'q', 'p', 'a', 'ma', 'f', 'lu', 'to', 'tr', 'ik', 'md',
+    'pv', 'c', 'st', 'w')
   move(id, q, row[1], 'queued', 'running')
   out[#out + 1] = id
-  for j = 1, #row do out[#out + 1] = row[j] end
+  out[#out + 1] = row[1]
+  out[#out + 1] = row[2]
+  out[#out + 1] = redis.call('GET', dkey(id))
+  for j = 3, #row do out[#out + 1] = row[j] end
   taken = taken + 1
 end
 

@@ -11,6 +11,6 @@ for _, id in ipairs(ids) do
     redis.call('HDEL', B .. 'idem', ikey)
   end
   redis.call('ZREM', B .. 'exp', id)
-  redis.call('DEL', k)
+  redis.call('DEL', k, dkey(id))
 end
 return #ids

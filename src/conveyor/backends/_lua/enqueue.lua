@@ -43,7 +43,7 @@ for base = 2, #ARGV, N do
     else
       state = 'queued'
     end
-    local fields = {'t', task, 'q', q, 's', state, 'd', payload, 'ra', run_at, 'c', now}
+    local fields = {'t', task, 'q', q, 's', state, 'ra', run_at, 'c', now}
     local function put(name, value)
       fields[#fields + 1] = name; fields[#fields + 1] = value
     end
@@ -60,6 +60,7 @@ for base = 2, #ARGV, N do
     if ARGV[base + 14] ~= '' then put('pa', ARGV[base + 14]) end
     if ARGV[base + 15] ~= '1' then put('pv', ARGV[base + 15]) end
     redis.call('HSET', k, unpack(fields))
+    redis.call('SET', dkey(id), payload)
     redis.call('SADD', B .. 'queues', q)
     index_add(id, q, task, state)
     if ikey then redis.call('HSET', B .. 'idem', ikey, id) end

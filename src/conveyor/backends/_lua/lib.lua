@@ -4,6 +4,7 @@
 -- them hash to one Redis Cluster slot. The layout is documented in docs/redis.md:
 --
 --   B..'j:'<id>            HASH  one job (short field names, defaults omitted)
+--   B..'d:'<id>            STRING its payload (apart, so the hash stays listpack-encoded)
 --   B..'idem'              HASH  idempotency key -> id of the job that took it last
 --   B..'queues'            SET   every queue name ever used
 --   B..'due'               ZSET  queue -> earliest run-at of its scheduled jobs (may be early)
@@ -47,6 +48,10 @@ end
 
 local function jkey(id)
   return B .. 'j:' .. id
+end
+
+local function dkey(id)
+  return B .. 'd:' .. id
 end
 
 local function qkey(q, suffix)
