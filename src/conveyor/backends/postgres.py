@@ -49,6 +49,15 @@ class PostgresSettings:
     notify_interval: float = 0.1
     prepare_threshold: int | None = 5
 
+    def conninfo(self) -> str:
+        """The libpq connection string: the URL plus an ``application_name`` naming the
+        schema (unless the URL sets one), so operators can tell Conveyor's sessions apart."""
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        if "application_name" in conninfo_to_dict(self.url):
+            return self.url
+        return make_conninfo(self.url, application_name=f"conveyor:{self.schema}"[:63])
+
 
 def _require_psycopg() -> None:
     try:
@@ -119,7 +128,9 @@ class PostgresFactory(BackendFactory):
 
         try:
             return await psycopg.AsyncConnection.connect(
-                self.url, autocommit=True, connect_timeout=max(1, int(self.settings.timeout))
+                self.settings.conninfo(),
+                autocommit=True,
+                connect_timeout=max(1, int(self.settings.timeout)),
             )
         except psycopg.Error as exc:
             raise StorageUnavailableError(describe_connect_error(exc, self.url)) from None

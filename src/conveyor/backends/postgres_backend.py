@@ -40,7 +40,7 @@ from conveyor.backends.postgres_sql import (
     queries,
     record_from_row,
 )
-from conveyor.backends.postgres_tx import EnqueueBatch, complete_on, enqueue_on
+from conveyor.backends.postgres_tx import complete_on, enqueue_on, run_enqueue
 from conveyor.domain.job import (
     ClaimedJob,
     CountRow,
@@ -94,13 +94,15 @@ class PostgresBackend(Backend):
         self._job_waiters: list[tuple[frozenset[str], asyncio.Event]] = []
         self._done_waiters: list[asyncio.Event] = []
         self._checks: set[asyncio.Task[None]] = set()
+        self._conninfo = settings.url
 
     # -- lifecycle ------------------------------------------------------------------------
     async def open(self) -> None:
         s = self.settings
         try:
+            conninfo = s.conninfo()
             conn = await psycopg.AsyncConnection.connect(
-                s.url, autocommit=True, connect_timeout=max(1, int(s.timeout))
+                conninfo, autocommit=True, connect_timeout=max(1, int(s.timeout))
             )
         except psycopg.Error as exc:
             raise StorageUnavailableError(describe_connect_error(exc, s.url)) from None
@@ -114,8 +116,9 @@ class PostgresBackend(Backend):
             raise translate(exc, s.url, s.schema) from exc
         finally:
             await conn.close()
+        self._conninfo = conninfo
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
-            s.url,
+            conninfo,
             min_size=s.pool_min,
             max_size=s.pool_max,
             open=False,
@@ -237,7 +240,7 @@ class PostgresBackend(Backend):
             return
         if self._listener is None:
             self._listener = Listener(
-                self.settings.url,
+                self._conninfo,
                 [self.jobs_channel, self.done_channel],
                 self._on_notify,
                 self._wake_all,
@@ -258,7 +261,9 @@ class PostgresBackend(Backend):
         while True:
             try:
                 async with self._pool_or_fail().connection() as conn:
-                    results = await self._enqueue(conn, jobs, now, channel, notify)
+                    results = await run_enqueue(
+                        conn, self._sql, jobs, now, channel, notify, own_transaction=True
+                    )
                 break
             except psycopg.Error as exc:
                 # Safe to repeat: job ids make a second insert of the same jobs a no-op.
@@ -276,27 +281,6 @@ class PostgresBackend(Backend):
             ]
         self._wake_jobs([j.queue for j in jobs])
         return results
-
-    async def _enqueue(
-        self,
-        conn: Conn,
-        jobs: Sequence[NewJob],
-        now: float | None,
-        channel: str | None,
-        notify: Sequence[str],
-    ) -> list[EnqueueResult]:
-        batch = EnqueueBatch(jobs)
-        for _ in range(5):
-            rows, params = batch.insert_params(now, channel, notify)
-            cur = await conn.execute(self._sql["enqueue"], params)
-            batch.record_inserted(rows, await cur.fetchall())
-            if not batch.pending:
-                break
-            cur = await conn.execute(self._sql["enqueue_resolve"], batch.resolve_params())
-            batch.record_resolved(await cur.fetchall())
-            if not batch.pending:
-                break
-        return batch.done()
 
     async def enqueue_on(
         self, conn: Conn, jobs: Sequence[NewJob], now: float | None = None
@@ -567,12 +551,6 @@ class PostgresBackend(Backend):
         )
 
         async def op(conn: Conn) -> list[tuple[Any, ...]]:
-            for _ in range(3):
-                try:
-                    cur = await conn.execute(sql, params)
-                    return await cur.fetchall()
-                except pg_errors.UniqueViolation:
-                    continue  # a key was taken meanwhile; the next pass skips that job
             cur = await conn.execute(sql, params)
             return await cur.fetchall()
 
@@ -591,7 +569,8 @@ class PostgresBackend(Backend):
 
             async def op(conn: Conn, step: dict[str, Any] = step) -> int:
                 cur = await conn.execute(sql, step)
-                return cur.rowcount
+                row = await cur.fetchone()
+                return int(row[0]) if row else 0
 
             n = await self._run(op, STALE)
             deleted += n

@@ -114,8 +114,58 @@ class EnqueueBatch:
             raise RuntimeError("enqueue did not settle; concurrent changes kept it from resolving")
         return out
 
-    def queues(self) -> list[str]:
-        return distinct(j.queue for j in self.jobs)
+
+def _has_keys(jobs: Sequence[NewJob]) -> bool:
+    return any(j.idempotency_key is not None for j in jobs)
+
+
+async def run_enqueue(
+    conn: psycopg.AsyncConnection[Any],
+    sql: dict[str, str],
+    jobs: Sequence[NewJob],
+    now: float | None,
+    channel: str | None,
+    notify: Sequence[str],
+    *,
+    own_transaction: bool,
+) -> list[EnqueueResult]:
+    """Run the enqueue rounds on ``conn``.
+
+    With ``own_transaction`` (a pooled autocommit connection) a batch with idempotency keys
+    runs as one pipelined transaction (lock keys, insert: one round trip) and one without keys
+    as a single autocommit statement. Otherwise the statements run in the caller's transaction.
+    """
+    batch = EnqueueBatch(jobs)
+    for _ in range(_MAX_ROUNDS):
+        rows, params = batch.insert_params(now, channel, notify)
+        if not _has_keys([batch.jobs[i] for i in rows]):
+            cur = await conn.execute(sql["enqueue"], params)
+            inserted = await cur.fetchall()
+        elif own_transaction:
+            async with conn.pipeline():
+                async with conn.transaction():
+                    await conn.execute(sql["enqueue_lock_keys"], {"keys": params["keys"]})
+                    cur = await conn.execute(sql["enqueue"], params)
+                inserted = await cur.fetchall()
+        else:
+            await conn.execute(sql["enqueue_lock_keys"], {"keys": params["keys"]})
+            cur = await conn.execute(sql["enqueue"], params)
+            inserted = await cur.fetchall()
+        batch.record_inserted(rows, inserted)
+        if not batch.pending:
+            break
+        cur = await conn.execute(sql["enqueue_resolve"], batch.resolve_params())
+        batch.record_resolved(await cur.fetchall())
+        if not batch.pending:
+            break
+    return batch.done()
+
+
+def _outside_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """An autocommit connection with no transaction open: each statement would commit alone."""
+    return bool(conn.autocommit) and (
+        conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    )
 
 
 async def enqueue_on(
@@ -128,21 +178,37 @@ async def enqueue_on(
     """Store ``jobs`` through ``conn`` inside its current transaction, without committing.
 
     The caller owns the transaction: the jobs become visible to workers when it commits and
-    vanish if it rolls back. (On an autocommit connection each call commits by itself.)
+    vanish if it rolls back. An idempotency key stays locked until then, so a concurrent
+    enqueue of the same key waits for the outcome. On an autocommit connection with no
+    transaction open the call runs in a transaction of its own.
     """
     if not jobs:
         return []
     sql = queries(schema)
-    jobs_channel = channels(schema)[0]
+    channel = channels(schema)[0]
+    queues = distinct(j.queue for j in jobs)
+    if _outside_transaction(conn):
+        async with conn.transaction():
+            return await run_enqueue(conn, sql, jobs, now, channel, queues, own_transaction=False)
+    return await run_enqueue(conn, sql, jobs, now, channel, queues, own_transaction=False)
+
+
+def _enqueue_sync(
+    conn: psycopg.Connection[Any], schema: str, jobs: Sequence[NewJob], now: float | None
+) -> list[EnqueueResult]:
+    sql = queries(schema)
+    channel = channels(schema)[0]
     batch = EnqueueBatch(jobs)
+    queues = distinct(j.queue for j in jobs)
     for _ in range(_MAX_ROUNDS):
-        rows, params = batch.insert_params(now, jobs_channel, batch.queues())
-        cur = await conn.execute(sql["enqueue"], params)
-        batch.record_inserted(rows, await cur.fetchall())
+        rows, params = batch.insert_params(now, channel, queues)
+        if _has_keys([batch.jobs[i] for i in rows]):
+            conn.execute(sql["enqueue_lock_keys"], {"keys": params["keys"]})
+        batch.record_inserted(rows, conn.execute(sql["enqueue"], params).fetchall())
         if not batch.pending:
             break
-        cur = await conn.execute(sql["enqueue_resolve"], batch.resolve_params())
-        batch.record_resolved(await cur.fetchall())
+        cur = conn.execute(sql["enqueue_resolve"], batch.resolve_params())
+        batch.record_resolved(cur.fetchall())
         if not batch.pending:
             break
     return batch.done()
@@ -158,20 +224,10 @@ def enqueue_on_sync(
     """Blocking :func:`enqueue_on` for a synchronous psycopg connection (Django, Flask, …)."""
     if not jobs:
         return []
-    sql = queries(schema)
-    jobs_channel = channels(schema)[0]
-    batch = EnqueueBatch(jobs)
-    for _ in range(_MAX_ROUNDS):
-        rows, params = batch.insert_params(now, jobs_channel, batch.queues())
-        cur = conn.execute(sql["enqueue"], params)
-        batch.record_inserted(rows, cur.fetchall())
-        if not batch.pending:
-            break
-        cur = conn.execute(sql["enqueue_resolve"], batch.resolve_params())
-        batch.record_resolved(cur.fetchall())
-        if not batch.pending:
-            break
-    return batch.done()
+    if _outside_transaction(conn):
+        with conn.transaction():
+            return _enqueue_sync(conn, schema, jobs, now)
+    return _enqueue_sync(conn, schema, jobs, now)
 
 
 def _complete_params(

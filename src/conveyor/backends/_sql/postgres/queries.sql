@@ -7,9 +7,18 @@
 -- percent sign is written `%%`. Notifications are sent with pg_notify and delivered at
 -- commit; a NULL channel parameter means "do not notify".
 
+-- name: enqueue_lock_keys
+-- Lock the batch's idempotency keys (in key order, so two batches cannot deadlock) until the
+-- transaction ends; the insert that follows then sees every holder committed before.
+INSERT INTO {schema}.idempotency_keys AS k (key)
+SELECT DISTINCT key FROM unnest(%(keys)s::text[]) AS key WHERE key IS NOT NULL ORDER BY key
+ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key
+
 -- name: enqueue
--- Insert a batch in input order; conflicts on the id or on a held idempotency key insert
--- nothing (the caller resolves those rows). Notifies the given queues if anything was stored.
+-- Insert a batch in input order. A row is skipped when its id exists, when a job in a
+-- key-holding state has its idempotency key, or when an earlier row of the batch has the
+-- same key; the caller resolves skipped rows. Notifies the given queues if anything was
+-- stored.
 WITH input AS (
     SELECT *
     FROM unnest(
@@ -44,8 +53,15 @@ ins AS (
         ARRAY(SELECT jsonb_array_elements_text(coalesce(n.parents, '[]'::jsonb))),
         n.payload_version, c.now
     FROM input n CROSS JOIN clock c
+    WHERE n.idempotency_key IS NULL
+       OR (NOT EXISTS (
+              SELECT 1 FROM {schema}.jobs h
+              WHERE h.idempotency_key = n.idempotency_key AND h.state IN ({holding}))
+           AND NOT EXISTS (
+              SELECT 1 FROM input e
+              WHERE e.idempotency_key = n.idempotency_key AND e.ord < n.ord))
     ORDER BY n.ord
-    ON CONFLICT DO NOTHING
+    ON CONFLICT (id) DO NOTHING
     RETURNING id, state
 )
 SELECT
@@ -307,27 +323,15 @@ note AS (
 SELECT (SELECT state FROM upd), (SELECT state FROM seen), (SELECT count(*) FROM note)
 
 -- name: retry
--- Failed, cancelled or expired jobs back to queued, oldest first. A job whose idempotency key
--- another live job now holds stays where it is (the key is held by at most one job).
+-- Failed, cancelled or expired jobs back to queued, oldest first (a job keeps its
+-- idempotency key, even if a newer job took the key meanwhile).
 WITH clock AS (SELECT {now} AS now),
-candidates AS MATERIALIZED (
-    SELECT j.id, j.idempotency_key
-    FROM {schema}.jobs j
+picked AS MATERIALIZED (
+    SELECT j.id FROM {schema}.jobs j
     WHERE j.state IN ('failed', 'cancelled', 'expired') AND {filter}
-      AND (j.idempotency_key IS NULL OR NOT EXISTS (
-          SELECT 1 FROM {schema}.jobs o
-          WHERE o.idempotency_key = j.idempotency_key AND o.state IN ({holding})))
     ORDER BY j.id
     LIMIT %(limit)s
     FOR UPDATE OF j SKIP LOCKED
-),
-picked AS (
-    SELECT id FROM (
-        SELECT id, idempotency_key,
-            row_number() OVER (PARTITION BY idempotency_key ORDER BY id DESC) AS rn
-        FROM candidates
-    ) AS ranked
-    WHERE idempotency_key IS NULL OR rn = 1
 ),
 upd AS (
     UPDATE {schema}.jobs j
@@ -344,14 +348,30 @@ FROM upd
 ORDER BY id
 
 -- name: delete_batch
+-- One small batch of finished jobs (short transactions, no long-held locks); the key rows of
+-- keys no remaining job uses go too (skipping any an enqueue holds right now).
 WITH doomed AS MATERIALIZED (
-    SELECT j.id FROM {schema}.jobs j
+    SELECT j.id, j.idempotency_key FROM {schema}.jobs j
     WHERE j.state IN ('completed', 'failed', 'cancelled', 'expired') AND {filter}
     ORDER BY j.id
     LIMIT %(limit)s
     FOR UPDATE OF j SKIP LOCKED
+),
+gone AS (
+    DELETE FROM {schema}.jobs j USING doomed WHERE j.id = doomed.id RETURNING j.id
+),
+unused AS (
+    SELECT k.key FROM {schema}.idempotency_keys k
+    WHERE k.key IN (SELECT idempotency_key FROM doomed WHERE idempotency_key IS NOT NULL)
+      AND NOT EXISTS (
+          SELECT 1 FROM {schema}.jobs o
+          WHERE o.idempotency_key = k.key AND o.id NOT IN (SELECT id FROM doomed))
+    FOR UPDATE OF k SKIP LOCKED
+),
+keys_gone AS (
+    DELETE FROM {schema}.idempotency_keys k USING unused WHERE k.key = unused.key
 )
-DELETE FROM {schema}.jobs j USING doomed WHERE j.id = doomed.id
+SELECT count(*) FROM gone
 
 -- name: list_jobs
 SELECT {job_columns}

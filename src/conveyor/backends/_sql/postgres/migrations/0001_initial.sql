@@ -61,10 +61,10 @@ CREATE INDEX jobs_expiry_idx ON {schema}.jobs (expires_at)
 -- The running set (small). lease_until is deliberately not indexed so heartbeats are HOT.
 CREATE INDEX jobs_running_idx ON {schema}.jobs (lease_owner)
     WHERE state = 'running';
--- An idempotency key is held by at most one live or completed job.
-CREATE UNIQUE INDEX jobs_idempotency_idx ON {schema}.jobs (idempotency_key)
-    WHERE idempotency_key IS NOT NULL
-      AND state IN ('scheduled', 'queued', 'running', 'blocked', 'completed');
+-- Finding the job that holds an idempotency key. Not unique: a job retried from the
+-- dead-letter set keeps its key even when a newer job took it meanwhile.
+CREATE INDEX jobs_idempotency_idx ON {schema}.jobs (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 -- Retention and age filters.
 CREATE INDEX jobs_finished_idx ON {schema}.jobs (finished_at)
     WHERE finished_at IS NOT NULL;
@@ -79,6 +79,13 @@ CREATE TABLE {schema}.job_logs (
     entry   jsonb NOT NULL
 ) WITH (autovacuum_vacuum_insert_scale_factor = 0.2);
 CREATE INDEX job_logs_job_idx ON {schema}.job_logs (job_id, seq);
+
+-- One row per idempotency key in use: enqueue locks a key's row (FOR UPDATE through an
+-- upsert) before looking for a holder, so concurrent enqueues of one key, including ones
+-- inside long application transactions, are serialized without a unique index.
+CREATE TABLE {schema}.idempotency_keys (
+    key  text PRIMARY KEY
+) WITH (fillfactor = 70);
 
 -- The worker registry: a few rows rewritten by heartbeats (HOT: heartbeat_at is not indexed).
 CREATE TABLE {schema}.workers (
