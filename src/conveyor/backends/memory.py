@@ -8,6 +8,7 @@ hypothesis state machine hold the SQLite, PostgreSQL and Redis backends to it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -415,10 +416,9 @@ class MemoryBackend(Backend):
                 return
             if next_due is not None:
                 timeout = min(timeout, max(next_due - t, 0.0))
-            try:
-                await asyncio.wait_for(event.wait(), timeout)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await event.wait()
         finally:
             self.store.remove_waiter(item)
 
@@ -436,10 +436,9 @@ class MemoryBackend(Backend):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return record
-                try:
-                    await asyncio.wait_for(event.wait(), remaining)
-                except TimeoutError:
-                    pass
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await event.wait()
             finally:
                 self.store.remove_waiter(item)
 

@@ -94,6 +94,7 @@ class Worker:
         self._backend: Backend | None = None
         self._started_at = time.time()
         self.zombie_threads = 0
+        self._stray: set[asyncio.Future[Any]] = set()
 
     def _resolve_queues(self) -> tuple[str, ...]:
         names = (
@@ -195,6 +196,39 @@ class Worker:
                 out.append(name)
         return out
 
+    async def _claim(self, queues: list[str], free: int) -> list[ClaimedJob]:
+        """Claim up to ``free`` jobs in queue precedence order.
+
+        Consecutive queues without their own concurrency limit share one claim; a limited
+        queue is claimed alone, never for more than its remaining room.
+        """
+        groups: list[tuple[list[str], int | None]] = []
+        for queue in queues:
+            limit = self.app.queue_config(queue).concurrency
+            if limit is None and groups and groups[-1][1] is None:
+                groups[-1][0].append(queue)
+            else:
+                room = None if limit is None else limit - self.per_queue.get(queue, 0)
+                groups.append(([queue], room))
+        jobs: list[ClaimedJob] = []
+        exclude = self._excluded_tasks()
+        for names, room in groups:
+            want = free - len(jobs) if room is None else min(room, free - len(jobs))
+            if want <= 0:
+                continue
+            jobs += await self.backend.claim(
+                self.id,
+                names,
+                want,
+                self.app.lease,
+                self.app.backend_now(),
+                tasks=self.config.tasks,
+                exclude_tasks=exclude,
+            )
+            if len(jobs) >= free:
+                break
+        return jobs
+
     def _over_limit(self, job: ClaimedJob) -> bool:
         task = self.app.tasks.get(job.task)
         task_limit = task.config.concurrency if task is not None else None
@@ -215,24 +249,17 @@ class Worker:
         assert self._stop_event is not None and self._slot_freed is not None
         idle_claims = 0
         while not self._stopping:
+            # Cleared before claiming so a job finishing during the claim is not missed.
+            self._slot_freed.clear()
             free = self.free_slots()
             if free <= 0:
-                self._slot_freed.clear()
                 await self._wait_any(self._slot_freed.wait(), None)
                 continue
             queues = self._open_queues()
             jobs: list[ClaimedJob] = []
             if queues:
                 try:
-                    jobs = await self.backend.claim(
-                        self.id,
-                        queues,
-                        free,
-                        self.app.lease,
-                        self.app.backend_now(),
-                        tasks=self.config.tasks,
-                        exclude_tasks=self._excluded_tasks(),
-                    )
+                    jobs = await self._claim(queues, free)
                 except Exception as exc:  # noqa: BLE001 - the store is down: back off, retry
                     log.warning("claim failed (%s); retrying", exc, extra={"worker_id": self.id})
                     await self._wait_any(
@@ -251,16 +278,18 @@ class Worker:
             if self.config.burst and not self.active and not await self._scheduled_pending():
                 return
             idle_claims += 1
-            self._slot_freed.clear()
+            limited = len(queues) < len(self.queues) or bool(self._excluded_tasks())
             if idle_claims > 1 and (not queues or self.active):
                 # Work may exist that we cannot take (limits): wait for a slot or a tick.
                 await self._wait_any(self._slot_freed.wait(), self.config.poll_interval)
             else:
+                # A capped queue or task reopens as soon as one of our jobs finishes.
                 await self._wait_any(
                     self.backend.wait_for_jobs(
                         queues or list(self.queues), self.config.poll_interval
                     ),
                     None,
+                    self._slot_freed.wait() if limited and self.active else None,
                 )
 
     async def _scheduled_pending(self) -> bool:
@@ -270,22 +299,30 @@ class Worker:
         rows = await self.backend.count_jobs()
         return any(r.state is JobState.SCHEDULED and r.queue in self.queues for r in rows)
 
-    async def _wait_any(self, coro: Any, timeout: float | None) -> None:
-        """Await ``coro`` but return early on stop, a freed slot (if burst) or ``timeout``."""
+    async def _wait_any(self, coro: Any, timeout: float | None, also: Any = None) -> None:
+        """Await ``coro`` (and ``also``, if given) until the first finishes, the worker stops
+        or ``timeout`` passes."""
         assert self._stop_event is not None
-        waiter = asyncio.ensure_future(coro)
-        stopper = asyncio.ensure_future(self._stop_event.wait())
+        futures = {asyncio.ensure_future(coro), asyncio.ensure_future(self._stop_event.wait())}
+        if also is not None:
+            futures.add(asyncio.ensure_future(also))
         try:
-            await asyncio.wait(
-                {waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait(futures, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for fut in (waiter, stopper):
+            # Cancel the losers without waiting for them: a backend wait that swallows the
+            # cancellation (asyncio.wait_for can, before 3.12) must not hold the loop up.
+            for fut in futures:
                 if not fut.done():
                     fut.cancel()
-            for fut in (waiter, stopper):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await fut
+                    self._stray.add(fut)
+                    fut.add_done_callback(self._forget_stray)
+                elif not fut.cancelled():
+                    fut.exception()
+
+    def _forget_stray(self, fut: asyncio.Future[Any]) -> None:
+        self._stray.discard(fut)
+        if not fut.cancelled():
+            fut.exception()
 
     def _start(self, job: ClaimedJob) -> None:
         active = ActiveJob(job=job, started=time.monotonic())
