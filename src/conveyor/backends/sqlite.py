@@ -104,6 +104,8 @@ class SQLiteFactory(BackendFactory):
     async def engine(self) -> Engine:
         """The running engine (started on first use, or again after a failed start)."""
         engine = self._engine
+        if engine is not None and engine.ready and not engine.closed and engine.pid == os.getpid():
+            return engine
         if engine is None or engine.pid != os.getpid() or engine.failed or engine.closed:
             with self._lock:
                 engine = self._engine

@@ -28,7 +28,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from conveyor.backends.sqlite_notify import Effects, Notifier
-from conveyor.backends.sqlite_schema import Durability, connect, migrate, storage_error
+from conveyor.backends.sqlite_schema import (
+    Durability,
+    check_writable,
+    connect,
+    migrate,
+    storage_error,
+)
 from conveyor.errors import BackendError
 
 T = TypeVar("T")
@@ -94,6 +100,10 @@ class Engine:
         self._reads: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._reader: threading.Thread | None = None
         self._submit = threading.Lock()
+        #: True once the database is open and migrated (a cheap check for the hot path).
+        self.ready = False
+        #: How many times the reader polled ``data_version`` (for tests and diagnostics).
+        self.polls = 0
         self._closed = False
         self._writer = threading.Thread(
             target=self._run_writer, name=f"conveyor-sqlite-writer:{path}", daemon=True
@@ -157,6 +167,7 @@ class Engine:
             return
         try:
             applied = migrate(conn, self.path)
+            check_writable(conn)
             reader = connect(self.path, durability=self.durability, busy_timeout=self.busy_timeout)
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
             conn.close()
@@ -170,6 +181,7 @@ class Engine:
             daemon=True,
         )
         self._reader.start()
+        self.ready = True
         self.started.set_result(applied)
         try:
             self._writer_loop(conn)
@@ -264,6 +276,7 @@ class Engine:
                 self._run_reads(conn, item)
             if notifier.has_waiters and time.monotonic() - last_poll >= interval:
                 last_poll = time.monotonic()
+                self.polls += 1
                 current = self._data_version(conn)
                 if current != version:
                     version = current

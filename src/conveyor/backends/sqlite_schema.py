@@ -143,6 +143,17 @@ def migrate(conn: sqlite3.Connection, path: str) -> list[str]:
     return applied
 
 
+def check_writable(conn: sqlite3.Connection) -> None:
+    """Fail now, not at the first enqueue, when the file cannot be written (read-only file or
+    mount): rewrite the schema version inside a transaction that is rolled back."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(f"PRAGMA user_version = {schema_version(conn):d}")
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
 def connect(path: str, *, durability: Durability, busy_timeout: float) -> sqlite3.Connection:
     """Open ``path`` in WAL mode with Conveyor's settings (autocommit; callers issue
     ``BEGIN IMMEDIATE``). Raises :class:`StorageUnavailableError` with the fix on failure."""
