@@ -1,0 +1,391 @@
+"""The Redis backend against the shared server: layout, names, atomicity, pushes, errors.
+
+The behaviour every backend shares is in ``tests/contract``; these tests cover what is
+specific to Redis. Each test uses a fresh key prefix and deletes it afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from conveyor.backends import CancelOutcome, factory_from_url
+from conveyor.backends.redis import RedisBackend, RedisFactory
+from conveyor.domain.ids import new_job_id
+from conveyor.domain.job import ErrorInfo, JobFilter, NewJob, WorkerInfo
+from conveyor.domain.states import JobState
+from conveyor.errors import ConfigurationError, MissingDependencyError, StorageUnavailableError
+
+try:
+    from .test_redis_support import (
+        SHARED_URL,
+        factory,
+        fresh_prefix,
+        key_slot,
+        require_shared_server,
+        wait_until,
+    )
+except ImportError:  # tests/integration is not a package
+    from test_redis_support import (  # type: ignore[no-redef]
+        SHARED_URL,
+        factory,
+        fresh_prefix,
+        key_slot,
+        require_shared_server,
+        wait_until,
+    )
+
+T = 1_700_000_000.0
+
+
+def job(task: str = "tasks.work", queue: str = "default", **fields: object) -> NewJob:
+    fields.setdefault("id", new_job_id())
+    fields.setdefault("payload", b"p")
+    return NewJob(task=task, queue=queue, **fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def rfactory() -> AsyncIterator[RedisFactory]:
+    require_shared_server()
+    f = factory()
+    try:
+        yield f
+    finally:
+        await f.destroy()
+
+
+@pytest.fixture
+async def backend(rfactory: RedisFactory) -> AsyncIterator[RedisBackend]:
+    b = rfactory.create()
+    await b.open()
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[aioredis.Redis]:
+    require_shared_server()
+    client = aioredis.Redis.from_url(SHARED_URL)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def keys_of(raw: aioredis.Redis, f: RedisFactory) -> list[bytes]:
+    pattern = f.base.replace("[", "\\[").replace("]", "\\]").replace("*", "\\*") + "*"
+    return [k async for k in raw.scan_iter(match=pattern, count=1000)]
+
+
+# -- factory -----------------------------------------------------------------------------------
+
+
+def test_factory_from_url_builds_the_redis_factory() -> None:
+    f = factory_from_url("redis://:secret@127.0.0.1:6379/0", prefix="app")
+    assert isinstance(f, RedisFactory)
+    assert f.base == "{app}:"
+    assert f.describe() == {
+        "url": "redis://:***@127.0.0.1:6379/0",
+        "prefix": "app",
+        "key_base": "{app}:",
+    }
+
+
+def test_missing_redis_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    with pytest.raises(MissingDependencyError) as info:
+        RedisFactory("redis://127.0.0.1:6379/0")
+    assert "pip install 'conveyor[redis]'" in str(info.value)
+
+
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(ConfigurationError):
+        RedisFactory(SHARED_URL, prefix="")
+    with pytest.raises(ConfigurationError, match="invalid Redis URL"):
+        RedisFactory("redis://127.0.0.1:notaport/0").create()
+
+
+async def test_unreachable_server_is_one_clear_error() -> None:
+    f = RedisFactory("redis://127.0.0.1:1/0", retries=1)
+    b = f.create()
+    try:
+        with pytest.raises(
+            StorageUnavailableError, match=r"cannot reach Redis at .*127\.0\.0\.1:1"
+        ):
+            await b.open()
+    finally:
+        await b.close()
+
+
+async def test_an_existing_client_is_used_and_never_closed(raw: aioredis.Redis) -> None:
+    f = RedisFactory(SHARED_URL, prefix=fresh_prefix(), client=raw)
+    b = f.create()
+    await b.open()
+    new = job()
+    await b.enqueue([new], now=T)
+    await b.close()
+    assert await raw.ping()  # still usable
+    assert await raw.exists(f"{f.base}j:{new.id}") == 1
+    await f.destroy()
+    assert await raw.ping()
+    assert await keys_of(raw, f) == []
+
+
+async def test_destroy_removes_every_key_of_its_prefix_only(raw: aioredis.Redis) -> None:
+    mine, theirs = factory(prefix="it*[x]" + fresh_prefix()), factory()
+    for f in (mine, theirs):
+        b = f.create()
+        await b.enqueue([job(run_at=T + 10), job(idempotency_key="k")], now=T)
+        await b.close()
+    assert await keys_of(raw, mine) and await keys_of(raw, theirs)
+    await mine.destroy()
+    assert await keys_of(raw, mine) == []
+    assert await keys_of(raw, theirs)
+    await theirs.destroy()
+
+
+# -- layout ------------------------------------------------------------------------------------
+
+
+async def test_every_key_shares_one_hash_slot(
+    backend: RedisBackend, rfactory: RedisFactory, raw: aioredis.Redis
+) -> None:
+    await backend.enqueue(
+        [job(queue="a"), job(queue="b:{c}", priority=3), job(run_at=T + 5, expires_at=T + 9)],
+        now=T,
+    )
+    await backend.enqueue([job(idempotency_key="k", queue="a")], now=T)
+    [claimed] = await backend.claim("w", ["b:{c}"], 1, 30, now=T)
+    await backend.register_worker(WorkerInfo("w", "h", 1, T, T, ("a",), 1))
+    keys = await keys_of(raw, rfactory)
+    assert len(keys) > 10
+    assert {key_slot(k) for k in keys} == {key_slot(rfactory.base.encode())}
+    assert claimed.queue == "b:{c}"
+
+
+async def test_a_queued_job_is_a_small_listpack_hash(
+    backend: RedisBackend, rfactory: RedisFactory, raw: aioredis.Redis
+) -> None:
+    new = job(payload=b"x" * 1000)
+    await backend.enqueue([new], now=T)
+    key = f"{rfactory.base}j:{new.id}"
+    assert await raw.object("encoding", key) == b"listpack"
+    assert await raw.get(f"{rfactory.base}d:{new.id}") == b"x" * 1000
+    # Defaults are omitted: task, queue, state, run-at and created-at only.
+    assert sorted(await raw.hkeys(key)) == [b"c", b"q", b"ra", b"s", b"t"]
+
+
+STRANGE = [
+    "émoji 🚀 queue",
+    "with spaces and\ttabs",
+    "{braces}",
+    "}{",
+    "colons:a:b:",
+    "quotes ' \" `",
+    "percent %3A %",
+    "star * and [glob]?",
+    "back\\slash",
+]
+
+
+@pytest.mark.parametrize("name", STRANGE)
+async def test_strange_names_are_stored_verbatim(backend: RedisBackend, name: str) -> None:
+    new = job(
+        task=name,
+        queue=name,
+        idempotency_key=name,
+        concurrency_key=name,
+        trace_id=name,
+        workflow_id=name,
+        metadata={name: name},
+        parents=(name,),
+    )
+    await backend.enqueue([new], now=T)
+    record = await backend.get_job(new.id)
+    assert record is not None
+    assert (record.task, record.queue, record.idempotency_key) == (name, name, name)
+    assert (record.concurrency_key, record.trace_id, record.workflow_id) == (name, name, name)
+    assert record.metadata == {name: name} and record.parents == (name,)
+    assert (await backend.enqueue([job(idempotency_key=name)], now=T))[0].id == new.id
+    [row] = await backend.count_jobs()
+    assert (row.queue, row.task, row.state, row.count) == (name, name, JobState.QUEUED, 1)
+    listed = await backend.list_jobs(JobFilter(queue=name, task=name))
+    assert [r.id for r in listed] == [new.id]
+    [claimed] = await backend.claim(name, [name], 5, 30, now=T, tasks=[name])
+    assert (claimed.id, claimed.task, claimed.queue) == (new.id, name, name)
+    running = await backend.get_job(new.id)
+    assert running is not None and running.lease_owner == name
+    assert await backend.cancel(new.id, name, now=T + 1) is CancelOutcome.REQUESTED
+    assert await backend.fail(
+        new.id, claimed.fence, _error(name), retry_delay=None, now=T + 2,
+        dead_letter_queue=name,
+    ) is JobState.FAILED  # fmt: skip
+    failed = await backend.get_job(new.id)
+    assert failed is not None
+    assert failed.dead_letter_queue == name and failed.cancel_reason == name
+    assert failed.error is not None and failed.error.message == name
+
+
+async def test_strange_prefix(raw: aioredis.Redis) -> None:
+    f = factory(prefix="{a}:b %7D" + fresh_prefix())
+    b = f.create()
+    await b.open()
+    try:
+        new = job()
+        await b.enqueue([new], now=T)
+        assert (await b.get_job(new.id)) is not None
+        keys = await keys_of(raw, f)
+        assert keys and all(k.startswith(b"{%7Ba%7D:b %257D") for k in keys)
+        assert len({key_slot(k) for k in keys}) == 1
+    finally:
+        await b.close()
+        await f.destroy()
+    assert await keys_of(raw, f) == []
+
+
+# -- atomicity ---------------------------------------------------------------------------------
+
+
+async def test_many_clients_never_share_a_job_and_every_job_finishes_once(
+    backend: RedisBackend, rfactory: RedisFactory
+) -> None:
+    jobs = [job(priority=i % 4, queue=("a", "b")[i % 2]) for i in range(400)]
+    for i in range(0, len(jobs), 100):
+        await backend.enqueue(jobs[i : i + 100])
+    clients = [rfactory.create() for _ in range(6)]
+    done: list[str] = []
+
+    async def work(client: RedisBackend, worker: str) -> None:
+        while batch := await client.claim(worker, ["a", "b"], 7, 30):
+            for c in batch:
+                assert await client.complete(c.id, c.fence, worker.encode())
+                done.append(c.id)
+
+    try:
+        await asyncio.gather(*(work(c, f"w{i}") for i, c in enumerate(clients)))
+    finally:
+        for c in clients:
+            await c.close()
+    assert sorted(done) == sorted(j.id for j in jobs)
+    rows = await backend.count_jobs()
+    assert {r.state for r in rows} == {JobState.COMPLETED}
+    assert sum(r.count for r in rows) == 400
+
+
+async def test_cancel_racing_complete_has_one_winner(
+    backend: RedisBackend, rfactory: RedisFactory
+) -> None:
+    other = rfactory.create()
+    try:
+        for _ in range(30):
+            new = job()
+            await backend.enqueue([new])
+            [c] = await backend.claim("w", ["default"], 1, 30)
+            completed, outcome = await asyncio.gather(
+                backend.complete(c.id, c.fence, b"r"), other.cancel(c.id, "race")
+            )
+            record = await backend.get_job(c.id)
+            assert record is not None and completed
+            assert record.state is JobState.COMPLETED
+            assert outcome in (CancelOutcome.REQUESTED, CancelOutcome.NOT_CANCELLABLE)
+    finally:
+        await other.close()
+
+
+async def test_bulk_enqueue_is_atomic_and_ordered(backend: RedisBackend) -> None:
+    batch = [job(idempotency_key=f"k{i % 50}") for i in range(1000)]
+    results = await backend.enqueue(batch, now=T)
+    assert [r.created for r in results] == [True] * 50 + [False] * 950
+    assert [r.id for r in results[50:]] == [batch[i % 50].id for i in range(50, 1000)]
+    claimed = await backend.claim("w", ["default"], 100, 30, now=T)
+    assert [c.id for c in claimed] == [j.id for j in batch[:50]]
+
+
+# -- pushes ------------------------------------------------------------------------------------
+
+
+async def test_cancellation_of_a_running_job_is_pushed(
+    backend: RedisBackend, rfactory: RedisFactory
+) -> None:
+    producer = rfactory.create()
+    received: list[str] = []
+    first = asyncio.Event()
+
+    async def listen() -> None:
+        async for job_id in backend.subscribe_cancellations():
+            received.append(job_id)
+            first.set()
+
+    listener = asyncio.create_task(listen())
+    try:
+        running, waiting = job(), job(run_at=T + 100)
+        await backend.enqueue([running, waiting], now=T)
+        [claimed] = await backend.claim("w", ["default"], 1, 30, now=T)
+        # Only REQUESTED outcomes are pushed; wait until the subscription is live, then cancel.
+        await backend._notify()._start()
+        assert await producer.cancel(waiting.id, now=T) is CancelOutcome.CANCELLED
+        assert await producer.cancel(claimed.id, "stop", now=T) is CancelOutcome.REQUESTED
+        await asyncio.wait_for(first.wait(), 5.0)
+        assert received == [claimed.id]
+    finally:
+        listener.cancel()
+        await producer.close()
+
+
+async def test_wait_for_finish_is_pushed_not_polled(
+    backend: RedisBackend, rfactory: RedisFactory, raw: aioredis.Redis
+) -> None:
+    worker = rfactory.create()
+    try:
+        new = job()
+        await backend.enqueue([new])
+        [c] = await worker.claim("w", ["default"], 1, 30)
+        waiter = asyncio.create_task(backend.wait_for_finish(new.id, 30))
+        channel = f"{rfactory.base}done:{new.id}".encode()
+
+        async def subscribed() -> bool:
+            return dict(await raw.pubsub_numsub(channel)).get(channel, 0) == 1
+
+        await wait_until(subscribed)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert await worker.complete(c.id, c.fence, b"ok")
+        record = await asyncio.wait_for(waiter, 5)
+        assert loop.time() - start < 0.5
+        assert record is not None and record.result == b"ok"
+
+        async def unsubscribed() -> bool:
+            return not await subscribed()
+
+        await wait_until(unsubscribed)
+    finally:
+        await worker.close()
+
+
+# -- bad state ---------------------------------------------------------------------------------
+
+
+async def test_a_foreign_key_of_the_wrong_type_is_named(raw: aioredis.Redis) -> None:
+    f = factory()
+    await raw.set(f"{f.base}idem", "not a hash")
+    b = f.create()
+    try:
+        with pytest.raises(ConfigurationError, match=r"idem.*is a string.*choose\s+another prefix"):
+            await b.open()
+        # Found while running too (the key appeared after start-up).
+        with pytest.raises(ConfigurationError, match="wrong type"):
+            await b.enqueue([job(idempotency_key="k")], now=T)
+    finally:
+        await b.close()
+        await f.destroy()
+
+
+def _error(message: str) -> ErrorInfo:
+    return ErrorInfo(code="error", type="RuntimeError", message=message, attempt=1, at=T)
