@@ -13,6 +13,7 @@ from rich.console import Console
 
 ROOT = Path(__file__).resolve().parent.parent
 os.chdir(ROOT)
+sys.path.insert(0, str(ROOT))
 shutil.rmtree(".demo", ignore_errors=True)
 Path(".demo").mkdir()
 
@@ -50,7 +51,7 @@ console.print(
 app.close_sync()
 
 console.print("\nstarting a worker process: conveyor worker " + APP + " --burst --progress")
-conveyor("worker", APP, "--concurrency", "16", "--burst", "--progress", "--log-level", "error")
+conveyor("worker", APP, "--concurrency", "16", "--burst", "--progress", "--log-level", "critical")
 
 console.print()
 conveyor("stats", "--app", APP)

@@ -17,7 +17,7 @@ app.queue("billing", priority=5, dead_letter="billing-dead")
 app.queue("reports")
 
 
-@app.task(queue="emails", timeout="5s")
+@app.task(name="send_email", queue="emails", timeout="5s")
 async def send_email(to: str, subject: str) -> dict[str, str]:
     """Pretend to call a mail API; about one call in five fails and is retried."""
     job = current_job()
@@ -28,7 +28,9 @@ async def send_email(to: str, subject: str) -> dict[str, str]:
     return {"to": to, "status": "sent"}
 
 
-@app.task(queue="billing", retry=RetryPolicy.build(2, backoff="fixed", delay="300ms"))
+@app.task(
+    name="charge_card", queue="billing", retry=RetryPolicy.build(2, backoff="fixed", delay="300ms")
+)
 def charge_card(customer: int, cents: int) -> str:
     """A sync handler (runs in a thread); declined cards fail permanently into the DLQ."""
     if customer % 13 == 0:
@@ -36,7 +38,7 @@ def charge_card(customer: int, cents: int) -> str:
     return f"charged {cents / 100:.2f} to customer {customer}"
 
 
-@app.task(queue="reports", executor="process", timeout="20s")
+@app.task(name="fingerprint", queue="reports", executor="process", timeout="20s")
 def fingerprint(rounds: int) -> str:
     """CPU-bound work in a child process."""
     digest = b"conveyor"
@@ -45,7 +47,7 @@ def fingerprint(rounds: int) -> str:
     return digest.hex()[:16]
 
 
-@app.task(queue="reports")
+@app.task(name="nightly_report", queue="reports")
 async def nightly_report(day: str) -> str:
     """A delayed job: enqueued to start a few seconds later."""
     job = current_job()

@@ -123,7 +123,7 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...] | None:
     "--log-level",
     default="info",
     show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
+    type=click.Choice(["debug", "info", "warning", "error", "critical"]),
 )
 @click.option(
     "--log-format", default="text", show_default=True, type=click.Choice(["text", "json"])

@@ -495,7 +495,11 @@ class JobRunner:
         listened = events.has_listeners("failed", job.task)
         fields = self._fields(active, duration=duration, error_code=code)
         if not listened:
-            log.error(
+            # Nobody listens for failures: say so in the log. A failure that will be retried is
+            # a warning; one that dead-letters the job is an error with its traceback.
+            with_tb = not will_retry and not isinstance(exc, (_Permanent, Retry)) and tb != ""
+            log.log(
+                logging.WARNING if will_retry else logging.ERROR,
                 "job %s (%s) failed on attempt %d/%d [%s] %s: %s%s",
                 job.id,
                 job.task,
@@ -507,7 +511,7 @@ class JobRunner:
                 f" — retrying in {delay:.2f}s"
                 if will_retry and delay is not None
                 else " — dead-lettered",
-                exc_info=exc if not isinstance(exc, (_Permanent, Retry)) and tb != "" else None,
+                exc_info=exc if with_tb else None,
                 extra=fields,
             )
         event = JobEvent(
