@@ -29,7 +29,8 @@ EXIT_NOT_FOUND = 3
 EXIT_INVALID_STATE = 4
 EXIT_ABORTED = 5
 
-console = Console()
+# Piped output (CI logs, `| less`) gets room for the id and name columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 
@@ -141,8 +142,8 @@ def fmt_duration(seconds: float | None) -> str:
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Table:
     t = Table(title=title, title_justify="left", header_style="bold")
-    for col in columns:
-        t.add_column(col, overflow="fold")
+    for i, col in enumerate(columns):
+        t.add_column(col, overflow="fold", no_wrap=i == 0)
     for row in rows:
         t.add_row(*[str(c) for c in row])
     return t

@@ -207,9 +207,8 @@ async def _progress(app: Conveyor, w: Worker) -> None:
                 handle,
                 total=done + waiting,
                 completed=done,
-                detail=f"ok {w.stats.succeeded}  failed {w.stats.failed}  "
-                f"retries {w.stats.retried}  scheduled "
-                f"{counts.total.get('scheduled', 0)}",
+                detail=f"ok {w.stats.succeeded}  retried {w.stats.retried}  "
+                f"dead {w.stats.dead}  scheduled {counts.total.get('scheduled', 0)}",
             )
             await asyncio.sleep(0.2)
 
