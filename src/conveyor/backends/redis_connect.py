@@ -10,9 +10,11 @@ server too old, Redis Cluster, a key of another program under our prefix) become
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import re
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -30,6 +32,7 @@ from conveyor.backends.base import redact_url
 from conveyor.errors import ConfigurationError, StorageUnavailableError
 
 log = logging.getLogger("conveyor.redis")
+T = TypeVar("T")
 
 MIN_VERSION = (7, 0)
 
@@ -46,9 +49,28 @@ GLOBAL_KEY_TYPES = {
 }
 
 
+class _Retry(Retry):
+    """redis-py's retry, except for authentication failures (a ``ConnectionError`` subclass
+    that no amount of waiting fixes)."""
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        def retryable(error: Exception) -> bool:
+            if isinstance(error, AuthenticationError):
+                return False
+            return is_retryable is None or is_retryable(error)
+
+        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
 def make_retry(retries: int) -> Retry:
     """Exponential backoff with jitter: 50 ms doubling up to 1 s, ``retries`` times."""
-    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries)
+    return _Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries)
 
 
 def make_client(url: str, retries: int) -> Redis:
@@ -82,6 +104,11 @@ def translate_errors(url: str, prefix: str) -> Iterator[None]:
     try:
         yield
     except (AuthenticationError, AuthorizationError) as exc:
+        if "NOAUTH" in str(exc) or ("authenticated" in str(exc) and not _has_password(url)):
+            raise StorageUnavailableError(
+                f"Redis at {where} requires a password; put it in the URL: "
+                "redis://:PASSWORD@host:6379/0"
+            ) from exc
         raise StorageUnavailableError(
             f"Redis at {where} rejected the credentials ({exc}); fix the password in the URL "
             "(redis://:PASSWORD@host:6379/0 or redis://USER:PASSWORD@host:6379/0)"
@@ -111,6 +138,13 @@ def translate_errors(url: str, prefix: str) -> Iterator[None]:
         raise StorageUnavailableError(f"Redis at {where} failed: {exc}") from exc
 
 
+def _has_password(url: str) -> bool:
+    try:
+        return bool(urlsplit(url).password)
+    except ValueError:
+        return False
+
+
 def _cluster_message(where: str) -> str:
     return (
         f"Redis at {where} runs in cluster mode, which redis:// URLs do not support yet; "
@@ -122,8 +156,8 @@ def _cluster_message(where: str) -> str:
 def _version(text: str) -> tuple[int, ...]:
     parts: list[int] = []
     for piece in text.split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits or 0))
+        digits = re.match(r"\d*", piece)
+        parts.append(int(digits.group() or 0) if digits else 0)
     return tuple(parts)
 
 
