@@ -1,0 +1,409 @@
+"""Acceptance fixtures: a fresh store per test, a ledger, and real worker processes.
+
+Each test gets a :class:`Store`: an isolated store (a SQLite file in ``tmp_path``, a PostgreSQL
+schema or a Redis key prefix), the acceptance app bound to it in the test process, the ledger
+file the handlers write, and helpers that start ``python -m conveyor worker`` subprocesses and
+run ``conveyor`` CLI commands against it. Every process a test starts is killed and reaped at
+teardown, whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from conveyor import Conveyor
+from conveyor.backends import factory_from_url
+from conveyor.domain.ids import new_job_id
+from conveyor.domain.job import JobFilter, JobRecord, NewJob
+from conveyor.domain.states import JobState
+
+from . import apps
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = Path(__file__).resolve().parent / ".results"
+APP_PATH = "tests.acceptance.apps:from_env"
+
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+_SERVERS = {"postgres": ("127.0.0.1", 5432), "redis": ("127.0.0.1", 6379)}
+KINDS = ("sqlite", "postgres", "redis")
+
+
+# -- waiting --------------------------------------------------------------------------------------
+async def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float,
+    *,
+    interval: float = 0.05,
+    message: str = "the condition",
+) -> Any:
+    """Poll ``predicate`` (sync or async) until it returns something truthy; return that.
+
+    Raises ``AssertionError`` naming ``message`` when ``timeout`` seconds pass first.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(interval)
+
+
+# -- the ledger -----------------------------------------------------------------------------------
+@dataclass
+class Ledger:
+    """The handlers' own record of what ran: one JSON object per line (see ``apps.record``)."""
+
+    path: Path
+
+    def events(self, event: str | None = None) -> list[dict[str, Any]]:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in text.splitlines(keepends=True):
+            if not line.endswith("\n"):
+                break  # being written right now
+            entry = json.loads(line)
+            if event is None or entry["event"] == event:
+                out.append(entry)
+        return out
+
+    def starts(self, job: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.events("start") if job is None or e["job"] == job]
+
+    def by_job(self, event: str = "start") -> dict[str, list[dict[str, Any]]]:
+        grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for entry in self.events(event):
+            grouped[entry["job"]].append(entry)
+        return dict(grouped)
+
+
+# -- processes ------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class Proc:
+    """A process a test started (in its own session, so teardown can reap its children)."""
+
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    argv: list[str]
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        self.popen.send_signal(sig)
+
+    async def wait_exit(self, timeout: float) -> int:
+        """Wait (polling) for the process to exit; its return code."""
+        await wait_until(lambda: not self.alive, timeout, message=f"pid {self.pid} to exit")
+        code = self.popen.wait()
+        return code
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def reap(self) -> None:
+        """Kill the process and everything in its session; wait for it."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.kill()
+        self.popen.wait(10)
+
+
+def worker_pid(lease_owner: str | None) -> int | None:
+    """The pid inside a worker id (``host:pid:random``)."""
+    if not lease_owner:
+        return None
+    parts = lease_owner.split(":")
+    return int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
+
+
+# -- the store ------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class Store:
+    """One isolated store with the acceptance app bound to it (see the module docstring)."""
+
+    kind: str
+    url: str
+    options: dict[str, Any]
+    tmp: Path
+    lease: float
+    heartbeat: float
+    max_stalls: int
+    app: Conveyor
+    ledger: Ledger
+    procs: list[Proc] = field(default_factory=list)
+    _counter: int = 0
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+        env.update(
+            {
+                apps.ENV_URL: self.url,
+                apps.ENV_OPTIONS: json.dumps(self.options),
+                apps.ENV_LEDGER: str(self.ledger.path),
+                apps.ENV_LEASE: str(self.lease),
+                apps.ENV_HEARTBEAT: str(self.heartbeat),
+                apps.ENV_MAX_STALLS: str(self.max_stalls),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(extra)
+        return env
+
+    def spawn(self, argv: list[str], name: str) -> Proc:
+        self._counter += 1
+        log_path = self.tmp / f"{name}-{self._counter}.log"
+        with open(log_path, "wb") as out:
+            popen = subprocess.Popen(
+                argv,
+                cwd=REPO,
+                env=self.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proc = Proc(popen, log_path, argv)
+        self.procs.append(proc)
+        return proc
+
+    def start_worker(
+        self,
+        *extra: str,
+        concurrency: int = 4,
+        grace: float | None = None,
+        log_level: str = "warning",
+    ) -> Proc:
+        """``python -m conveyor worker tests.acceptance.apps:from_env …`` on this store."""
+        argv = [
+            sys.executable,
+            "-m",
+            "conveyor",
+            "worker",
+            APP_PATH,
+            "--concurrency",
+            str(concurrency),
+            "--poll-interval",
+            "0.2",
+            "--log-level",
+            log_level,
+        ]
+        if grace is not None:
+            argv += ["--grace", str(grace)]
+        return self.spawn([*argv, *extra], "worker")
+
+    def cli(
+        self, *args: str, with_app: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``conveyor ARGS --app …`` (stdin not a TTY) and return the finished process."""
+        argv = [sys.executable, "-m", "conveyor", *args]
+        if with_app:
+            argv += ["--app", APP_PATH]
+        return subprocess.run(
+            argv,
+            cwd=REPO,
+            env=self.env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def cli_json(self, *args: str, ok: tuple[int, ...] = (0,)) -> Any:
+        done = self.cli(*args, "--json")
+        assert done.returncode in ok, f"{args} -> {done.returncode}\n{done.stdout}\n{done.stderr}"
+        return json.loads(done.stdout)
+
+    # -- reading the store ----------------------------------------------------------------------
+    async def record(self, job_id: str) -> JobRecord:
+        backend = await self.app.backend()
+        rec = await backend.get_job(job_id)
+        assert rec is not None, f"job {job_id} is missing from the store"
+        return rec
+
+    async def records(self, ids: Iterable[str]) -> dict[str, JobRecord]:
+        return {job_id: await self.record(job_id) for job_id in ids}
+
+    async def in_state(self, state: JobState, limit: int = 100_000) -> list[JobRecord]:
+        backend = await self.app.backend()
+        return await backend.list_jobs(JobFilter(states=(state,)), limit=limit)
+
+    async def count(self, state: JobState) -> int:
+        backend = await self.app.backend()
+        return sum(r.count for r in await backend.count_jobs() if r.state is state)
+
+    async def insert_raw(self, task: str, payload: bytes, **fields: Any) -> str:
+        """Store a job through the backend API directly (bypassing the core's checks)."""
+        job_id = new_job_id()
+        backend = await self.app.backend()
+        await backend.enqueue(
+            [NewJob(id=job_id, task=task, queue="default", payload=payload, **fields)]
+        )
+        return job_id
+
+    def check_logs_clean(self, *procs: Proc) -> None:
+        """No worker printed a traceback it did not mean to."""
+        for proc in procs or tuple(self.procs):
+            text = proc.log()
+            assert "Traceback" not in text or "RuntimeError: boom" in text, text[-4000:]
+
+
+# -- backend availability -------------------------------------------------------------------------
+_AVAILABLE: dict[str, str | None] = {}
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2.0):
+            return True
+    except OSError:
+        return False
+
+
+def _url_and_options(kind: str, tmp: Path) -> tuple[str, dict[str, Any]]:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp}/jobs.db", {}
+    if kind == "postgres":
+        return POSTGRES_URL, {"schema": f"acc_{uuid4().hex[:12]}"}
+    if kind == "redis":
+        return REDIS_URL, {"prefix": f"acc{uuid4().hex[:12]}"}
+    raise ValueError(kind)
+
+
+async def _smoke(kind: str, tmp: Path) -> None:
+    """Enqueue, claim and complete one job on a throwaway store of ``kind``."""
+    url, options = _url_and_options(kind, tmp)
+    factory = factory_from_url(url, **options)
+    try:
+        await factory.migrate()
+        client = factory.create()
+        await client.open()
+        try:
+            job_id = new_job_id()
+            await client.enqueue([NewJob(id=job_id, task="t", queue="default", payload=b"[]")])
+            claimed = await client.claim("smoke:1:x", ["default"], 1, 5.0)
+            assert [c.id for c in claimed] == [job_id], claimed
+            assert await client.complete(job_id, claimed[0].fence, None)
+            rec = await client.get_job(job_id)
+            assert rec is not None and rec.state is JobState.COMPLETED, rec
+        finally:
+            await client.close()
+    finally:
+        await factory.destroy()
+
+
+async def require_kind(kind: str, tmp: Path) -> None:
+    """Skip (with the reason) when the backend ``kind`` cannot run acceptance tests here."""
+    if kind not in _AVAILABLE:
+        reason: str | None = None
+        server = _SERVERS.get(kind)
+        try:
+            importlib.import_module(f"conveyor.backends.{kind}")
+        except ImportError as exc:
+            reason = f"conveyor.backends.{kind} is not importable yet: {exc}"
+        if reason is None and server is not None and not _reachable(*server):
+            reason = f"{kind} server at {server[0]}:{server[1]} is unreachable"
+        if reason is None:
+            try:
+                await asyncio.wait_for(_smoke(kind, tmp), 20)
+            except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+                reason = f"{kind} backend failed the smoke check: {type(exc).__name__}: {exc}"
+        _AVAILABLE[kind] = reason
+    reason = _AVAILABLE[kind]
+    if reason is not None:
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+MakeStore = Callable[..., Awaitable[Store]]
+
+
+@pytest.fixture
+async def make_store(tmp_path: Path) -> AsyncIterator[MakeStore]:
+    """``await make_store(kind, lease=…, heartbeat=…, max_stalls=…)``: a fresh :class:`Store`."""
+    made: list[Store] = []
+
+    async def make(
+        kind: str = "sqlite", *, lease: float = 2.0, heartbeat: float = 0.5, max_stalls: int = 1
+    ) -> Store:
+        await require_kind(kind, tmp_path)
+        directory = tmp_path / f"store{len(made)}"
+        directory.mkdir()
+        url, options = _url_and_options(kind, directory)
+        app = apps.build_app(
+            url,
+            backend_options=options or None,
+            lease=lease,
+            heartbeat=heartbeat,
+            max_stalls=max_stalls,
+        )
+        await app.migrate()
+        store = Store(
+            kind, url, options, directory, lease, heartbeat, max_stalls, app,
+            Ledger(directory / "ledger.jsonl"),
+        )  # fmt: skip
+        made.append(store)
+        return store
+
+    try:
+        yield make
+    finally:
+        for store in made:
+            for proc in store.procs:
+                proc.reap()
+        for store in made:
+            with contextlib.suppress(Exception):
+                await store.app.close()
+            if store.kind != "sqlite":
+                with contextlib.suppress(Exception):
+                    await store.app.factory.destroy()
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def write_result(name: str, data: dict[str, Any]) -> Path:
+    """Save a measurement under ``tests/acceptance/.results/`` (gitignored) and print it."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({**data, "recorded_at": time.time()}, indent=2, sort_keys=True))
+    print(f"\n[acceptance] {name}: {json.dumps(data, sort_keys=True)}")
+    return path

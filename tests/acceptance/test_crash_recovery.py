@@ -1,0 +1,101 @@
+"""kill -9 a worker with jobs in flight: every job still completes, once per surviving run.
+
+Two real worker processes share a store; one is SIGKILLed while it holds leases. The survivor
+recovers the dead worker's jobs when their leases expire and runs them again (attempt 2, one
+stall); nothing is lost, and the only jobs that ran twice are the ones the dead worker held.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from conveyor.domain.states import JobState
+
+from .conftest import MakeStore, wait_until, worker_pid, write_result
+
+pytestmark = pytest.mark.acceptance
+
+JOBS = 200
+
+
+async def test_kill_9_with_jobs_in_flight_loses_nothing(make_store: MakeStore, kind: str) -> None:
+    store = await make_store(kind, lease=2.0, heartbeat=0.5)
+    rng = random.Random(7)
+    work = store.app.tasks["work"]
+    handles = await store.app.enqueue_many([work.call(rng.randint(50, 200)) for _ in range(JOBS)])
+    ids = {h.id for h in handles}
+    victim = store.start_worker(concurrency=4)
+    survivor = store.start_worker(concurrency=4)
+
+    # Kill the victim once it has done some work and holds leases right now.
+    async def victim_busy() -> bool:
+        done_by_victim = [e for e in store.ledger.events("end") if e["pid"] == victim.pid]
+        if len(done_by_victim) < 10:
+            return False
+        running = await store.in_state(JobState.RUNNING)
+        return any(worker_pid(r.lease_owner) == victim.pid for r in running)
+
+    await wait_until(victim_busy, 60, message="the victim to hold leases")
+    killed_at = time.time()
+    os.kill(victim.pid, signal.SIGKILL)
+    assert await victim.wait_exit(10) == -signal.SIGKILL
+
+    # What the victim held when it died (frozen now: nobody else owns its leases yet).
+    running = await store.in_state(JobState.RUNNING)
+    in_flight = {r.id for r in running if worker_pid(r.lease_owner) == victim.pid}
+    assert in_flight, "the victim held no lease when it was killed"
+    unfinished_by_victim = {
+        e["job"] for e in store.ledger.starts() if e["pid"] == victim.pid
+    } - {e["job"] for e in store.ledger.events("end") if e["pid"] == victim.pid}
+    assert unfinished_by_victim <= in_flight
+
+    async def all_completed() -> bool:
+        return await store.count(JobState.COMPLETED) == JOBS
+
+    await wait_until(all_completed, 60, interval=0.1, message=f"all {JOBS} jobs to complete")
+    assert survivor.alive
+
+    records = await store.records(ids)
+    assert {r.state for r in records.values()} == {JobState.COMPLETED}
+    starts = store.ledger.by_job("start")
+    ends = store.ledger.by_job("end")
+    assert set(starts) == ids, "some job never ran"
+    for job_id in ids:
+        rec = records[job_id]
+        runs = starts[job_id]
+        live_runs = [e for e in runs if e["pid"] != victim.pid]
+        if job_id in in_flight:
+            # Recovered: counted as a second attempt with one stall, run by the survivor.
+            assert rec.attempts == 2 and rec.stalls == 1, rec
+            assert [e["attempt"] for e in live_runs] == [2], runs
+            assert all(e["pid"] == survivor.pid for e in live_runs)
+            assert len(runs) - len(live_runs) <= 1, runs
+        else:
+            assert rec.attempts == 1 and rec.stalls == 0, rec
+            assert len(runs) == 1 and runs[0]["attempt"] == 1, runs
+            # It finished exactly once, in the process that started it.
+            assert [e["pid"] for e in ends[job_id]] == [runs[0]["pid"]]
+
+    # Recovery: from the kill to the last recovered job's completion (as the store saw it).
+    recovered_finished = [records[j].finished_at for j in in_flight]
+    first_rerun = min(e["t"] for j in in_flight for e in starts[j] if e["pid"] == survivor.pid)
+    recovery = max(f for f in recovered_finished if f is not None) - killed_at
+    assert recovery < 2.0 + 5.0 + 5.0, recovery  # lease + maintenance tick + slack
+    write_result(
+        f"kill9_recovery-{kind}",
+        {
+            "backend": kind,
+            "jobs": JOBS,
+            "in_flight_at_kill": len(in_flight),
+            "started_but_unfinished_by_victim": len(unfinished_by_victim),
+            "lease_s": store.lease,
+            "first_rerun_after_kill_s": round(first_rerun - killed_at, 3),
+            "recovery_s": round(recovery, 3),
+            "duplicated_runs": sum(len(v) - 1 for v in starts.values()),
+        },
+    )
