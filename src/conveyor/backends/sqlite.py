@@ -17,7 +17,6 @@ written by a newer Conveyor is refused with :class:`~conveyor.errors.SchemaVersi
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sqlite3
 import threading
@@ -204,9 +203,10 @@ class SQLiteBackend(Backend):
     ) -> list[EnqueueResult]:
         if not jobs:
             return []
-        prepared = [_prepare(job) for job in jobs]
+        batch = list(jobs)
+        encoded = [_encode(job) for job in batch]
         engine = await self.factory.engine()
-        return await engine.write(lambda conn, fx: ops.enqueue(conn, fx, prepared, now))
+        return await engine.write(lambda conn, fx: ops.enqueue(conn, fx, batch, encoded, now))
 
     # -- worker -------------------------------------------------------------------------------
     async def claim(
@@ -413,32 +413,15 @@ class SQLiteBackend(Backend):
         )
 
 
-def _prepare(job: NewJob) -> ops.PreparedJob:
+def _encode(job: NewJob) -> tuple[str, str]:
+    """A job's metadata and parents as JSON text (checked here, before any lock is taken)."""
     try:
-        metadata = dumps(job.metadata)
+        metadata = dumps(job.metadata) if job.metadata else "{}"
     except (TypeError, ValueError) as exc:
         raise SerializationError(
             f"job {job.id} ({job.task}): metadata must be JSON-serializable: {exc}"
         ) from exc
-    return ops.PreparedJob(
-        id=job.id,
-        task=job.task,
-        queue=job.queue,
-        payload=job.payload,
-        priority=job.priority,
-        run_at=job.run_at,
-        max_attempts=job.max_attempts,
-        timeout=job.timeout,
-        expires_at=job.expires_at,
-        idempotency_key=job.idempotency_key,
-        concurrency_key=job.concurrency_key,
-        trace_id=job.trace_id,
-        metadata=metadata,
-        workflow_id=job.workflow_id,
-        parents=json.dumps(list(job.parents)),
-        payload_version=job.payload_version,
-        blocked=job.blocked,
-    )
+    return metadata, (dumps(list(job.parents)) if job.parents else "[]")
 
 
 def _waiting(conn: sqlite3.Connection, queues: str) -> tuple[bool, float | None]:

@@ -24,6 +24,7 @@ from conveyor.domain.job import (
     ErrorInfo,
     JobFilter,
     LeaseStatus,
+    NewJob,
     RecoveredJob,
 )
 from conveyor.domain.states import KEY_HOLDING_STATES, TERMINAL_STATES, JobState
@@ -41,34 +42,18 @@ def _one(cursor: sqlite3.Cursor) -> Any:
     return rows[0] if rows else None
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedJob:
-    """A :class:`~conveyor.domain.job.NewJob` with its JSON fields encoded by the caller."""
-
-    id: str
-    task: str
-    queue: str
-    payload: bytes
-    priority: int
-    run_at: float | None
-    max_attempts: int
-    timeout: float | None
-    expires_at: float | None
-    idempotency_key: str | None
-    concurrency_key: str | None
-    trace_id: str | None
-    metadata: str
-    workflow_id: str | None
-    parents: str
-    payload_version: int
-    blocked: bool
-
-
 # -- producer ------------------------------------------------------------------------------
 def enqueue(
-    conn: sqlite3.Connection, fx: Effects, jobs: Sequence[PreparedJob], now: float | None
+    conn: sqlite3.Connection,
+    fx: Effects,
+    jobs: Sequence[NewJob],
+    encoded: Sequence[tuple[str, str]],
+    now: float | None,
 ) -> list[EnqueueResult]:
-    """Store jobs in order, honouring idempotency keys and existing ids (see ``Backend``)."""
+    """Store jobs in order, honouring idempotency keys and existing ids (see ``Backend``).
+
+    ``encoded`` holds each job's metadata and parents as JSON text, made by the caller.
+    """
     t = _clock(now)
     keys = [job.idempotency_key for job in jobs if job.idempotency_key is not None]
     holders: dict[str, tuple[str, JobState]] = {}
@@ -76,7 +61,7 @@ def enqueue(
         for key, job_id, state in conn.execute(Q["key_holders"], (dumps(keys),)).fetchall():
             if JobState(state) in KEY_HOLDING_STATES:
                 holders[key] = (job_id, JobState(state))
-    plan = _plan(jobs, dict(holders), {}, t)
+    plan = _plan(jobs, encoded, dict(holders), {}, t)
     conn.execute("SAVEPOINT conveyor_enqueue")
     try:
         conn.executemany(Q["insert_job"], plan.rows)
@@ -88,7 +73,7 @@ def enqueue(
             row[0]: JobState(row[1])
             for row in conn.execute(Q["existing_among"], (dumps(ids),)).fetchall()
         }
-        plan = _plan(jobs, dict(holders), existing, t)
+        plan = _plan(jobs, encoded, dict(holders), existing, t)
         conn.executemany(Q["insert_job"], plan.rows)
     conn.execute("RELEASE conveyor_enqueue")
     if plan.keys:
@@ -110,13 +95,14 @@ class _Plan:
 
 
 def _plan(
-    jobs: Sequence[PreparedJob],
+    jobs: Sequence[NewJob],
+    encoded: Sequence[tuple[str, str]],
     holders: dict[str, tuple[str, JobState]],
     existing: dict[str, JobState],
     t: float,
 ) -> _Plan:
     plan = _Plan([], [], [])
-    for job in jobs:
+    for job, (metadata, parents) in zip(jobs, encoded, strict=True):
         key = job.idempotency_key
         if key is not None and key in holders:
             holder_id, holder_state = holders[key]
@@ -127,17 +113,17 @@ def _plan(
             continue
         run_at = t if job.run_at is None else job.run_at
         if job.blocked:
-            state = JobState.BLOCKED
+            state, text = JobState.BLOCKED, "blocked"
         elif run_at > t:
-            state = JobState.SCHEDULED
+            state, text = JobState.SCHEDULED, "scheduled"
         else:
-            state = JobState.QUEUED
+            state, text = JobState.QUEUED, "queued"
         plan.rows.append(
             (
                 job.id,
                 job.task,
                 job.queue,
-                state.value,
+                text,
                 job.payload,
                 job.priority,
                 run_at,
@@ -148,9 +134,9 @@ def _plan(
                 key,
                 job.concurrency_key,
                 job.trace_id,
-                job.metadata,
+                metadata,
                 job.workflow_id,
-                job.parents,
+                parents,
                 job.payload_version,
             )
         )
@@ -164,10 +150,12 @@ def _plan(
 
 # -- worker ----------------------------------------------------------------------------------
 def _promote_and_expire(conn: sqlite3.Connection, fx: Effects, t: float) -> None:
-    conn.execute(Q["promote_due"], (t,))
-    expiring = conn.execute(Q["select_expiring"], (t,)).fetchall()
-    if not expiring:
+    [(due, expiring_any)] = conn.execute(Q["due_work"], {"now": t}).fetchall()
+    if due:
+        conn.execute(Q["promote_due"], (t,))
+    if not expiring_any:
         return
+    expiring = conn.execute(Q["select_expiring"], (t,)).fetchall()
     rows = []
     for job_id, attempts in expiring:
         error = ErrorInfo(
@@ -223,7 +211,8 @@ def claim(
             break
         params["queue"] = queue
         params["limit"] = remaining
-        rows = conn.execute(sql, params).fetchall()
+        single = remaining == 1 and not filtered
+        rows = conn.execute(Q["claim_one"] if single else sql, params).fetchall()
         rows.sort(key=lambda r: (-r[4], r[16], r[0]))
         claimed.extend(_claimed(row, t + lease) for row in rows)
     return claimed

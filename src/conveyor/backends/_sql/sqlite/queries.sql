@@ -21,6 +21,15 @@ WHERE k.key IN (SELECT value FROM json_each(?));
 -- name: take_key
 INSERT OR REPLACE INTO conveyor_idempotency_keys (key, job_id) VALUES (?, ?);
 
+-- name: due_work
+-- Two index probes in one statement: is any scheduled job due, has any waiting job expired?
+SELECT
+    EXISTS (SELECT 1 FROM conveyor_jobs WHERE state = 'scheduled' AND run_at <= :now),
+    EXISTS (
+        SELECT 1 FROM conveyor_jobs
+        WHERE state IN ('queued', 'scheduled') AND expires_at <= :now
+    );
+
 -- name: promote_due
 UPDATE conveyor_jobs SET state = 'queued' WHERE state = 'scheduled' AND run_at <= ?;
 
@@ -42,6 +51,20 @@ WHERE rowid IN (
     WHERE state = 'queued' AND queue = :queue
     ORDER BY priority DESC, run_at, id
     LIMIT :limit
+)
+RETURNING id, task, queue, payload, priority, attempts, max_attempts, fence, timeout, trace_id,
+    idempotency_key, metadata, payload_version, created_at, stalls, workflow_id, run_at;
+
+-- name: claim_one
+-- The same as claim for a limit of 1 (an equality on rowid is cheaper than IN).
+UPDATE conveyor_jobs
+SET state = 'running', attempts = attempts + 1, fence = fence + 1, lease_owner = :owner,
+    lease_until = :until, started_at = :now
+WHERE rowid = (
+    SELECT rowid FROM conveyor_jobs
+    WHERE state = 'queued' AND queue = :queue
+    ORDER BY priority DESC, run_at, id
+    LIMIT 1
 )
 RETURNING id, task, queue, payload, priority, attempts, max_attempts, fence, timeout, trace_id,
     idempotency_key, metadata, payload_version, created_at, stalls, workflow_id, run_at;
