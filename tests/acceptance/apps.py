@@ -128,9 +128,9 @@ def build_app(
         record("start")
         return a + b
 
-    @app.task(
-        name="boom", retry=RetryPolicy.build(BOOM_ATTEMPTS, backoff="fixed", delay=0.1, jitter=False)
-    )
+    boom_retry = RetryPolicy.build(BOOM_ATTEMPTS, backoff="fixed", delay=0.1, jitter=False)
+
+    @app.task(name="boom", retry=boom_retry)
     async def boom(message: str = "boom") -> None:
         """Always raises: retried, then dead-lettered with code ``error``."""
         record("start")

@@ -49,9 +49,9 @@ async def test_kill_9_with_jobs_in_flight_loses_nothing(make_store: MakeStore, k
     running = await store.in_state(JobState.RUNNING)
     in_flight = {r.id for r in running if worker_pid(r.lease_owner) == victim.pid}
     assert in_flight, "the victim held no lease when it was killed"
-    unfinished_by_victim = {
-        e["job"] for e in store.ledger.starts() if e["pid"] == victim.pid
-    } - {e["job"] for e in store.ledger.events("end") if e["pid"] == victim.pid}
+    unfinished_by_victim = {e["job"] for e in store.ledger.starts() if e["pid"] == victim.pid} - {
+        e["job"] for e in store.ledger.events("end") if e["pid"] == victim.pid
+    }
     assert unfinished_by_victim <= in_flight
 
     async def all_completed() -> bool:
