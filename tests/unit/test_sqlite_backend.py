@@ -32,6 +32,7 @@ from conveyor.domain.states import JobState
 from conveyor.errors import (
     BackendError,
     ConfigurationError,
+    InvalidStateError,
     SchemaVersionError,
     StorageUnavailableError,
 )
@@ -670,3 +671,65 @@ async def test_a_thread_blocked_on_the_writer_does_not_block_the_event_loop(
         blocker.close()
     [result] = await asyncio.wait_for(pending, 10)
     assert result.created
+
+
+# -- the outbox pattern ----------------------------------------------------------------------------
+async def test_jobs_enqueued_in_the_applications_transaction_follow_its_fate(
+    backend: SQLiteBackend, factory: SQLiteFactory
+) -> None:
+    await factory.migrate()
+    conn = sqlite3.connect(factory.path, isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+        rolled_back, committed = _job(), _job()
+
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO orders DEFAULT VALUES")
+        [result] = await backend.enqueue_on(conn, [rolled_back])
+        assert result.created
+        conn.execute("ROLLBACK")
+        assert await backend.get_job(rolled_back.id) is None
+
+        waiter = asyncio.create_task(backend.wait_for_jobs(["q"], 60))
+        await _blocked_in(backend, factory, waiter)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO orders DEFAULT VALUES")
+        factory.enqueue_on_sync(conn, [committed])
+        assert await backend.get_job(committed.id) is None  # not visible before the commit
+        conn.execute("COMMIT")
+        done = time.monotonic()
+        await asyncio.wait_for(waiter, 30)
+        assert time.monotonic() - done <= PROMPT
+
+        [claimed] = await backend.claim("w", ["q"], 5, 30)
+        assert claimed.id == committed.id
+        conn.execute("BEGIN IMMEDIATE")
+        assert factory.complete_on_sync(conn, claimed.id, claimed.fence, b"r")
+        conn.execute("ROLLBACK")
+        record = await backend.get_job(committed.id)
+        assert record is not None and record.state is JobState.RUNNING
+        conn.execute("BEGIN IMMEDIATE")
+        assert await backend.complete_on(conn, claimed.id, claimed.fence, b"r")
+        conn.execute("COMMIT")
+        record = await backend.get_job(committed.id)
+        assert record is not None and record.state is JobState.COMPLETED
+    finally:
+        conn.close()
+
+
+async def test_the_outbox_refuses_a_connection_it_cannot_use_safely(
+    factory: SQLiteFactory, tmp_path: Path
+) -> None:
+    await factory.migrate()
+    conn = sqlite3.connect(factory.path, isolation_level=None)
+    elsewhere = sqlite3.connect(tmp_path / "other.db", isolation_level=None)
+    try:
+        with pytest.raises(InvalidStateError, match="BEGIN IMMEDIATE"):
+            factory.enqueue_on_sync(conn, [_job()])
+        elsewhere.execute("BEGIN IMMEDIATE")
+        with pytest.raises(ConfigurationError, match="queue's file"):
+            factory.enqueue_on_sync(elsewhere, [_job()])
+        elsewhere.execute("ROLLBACK")
+    finally:
+        conn.close()
+        elsewhere.close()

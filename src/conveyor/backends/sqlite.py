@@ -25,18 +25,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from conveyor.backends import sqlite_ops as ops
+from conveyor.backends import sqlite_reads as reads
+from conveyor.backends import sqlite_tx
 from conveyor.backends.base import Backend, BackendFactory, CancelOutcome, redact_url
 from conveyor.backends.sqlite_engine import Engine
 from conveyor.backends.sqlite_notify import Notifier, Waiter
 from conveyor.backends.sqlite_queries import (
-    JOB_COLUMNS,
     Q,
     dumps,
-    filter_where,
+    encode_job,
     glob_pattern,
     log_lines,
-    row_to_record,
-    row_to_worker,
     worker_row,
 )
 from conveyor.backends.sqlite_schema import (
@@ -61,7 +60,7 @@ from conveyor.domain.job import (
     WorkerInfo,
 )
 from conveyor.domain.states import JobState
-from conveyor.errors import ConfigurationError, SerializationError
+from conveyor.errors import ConfigurationError
 
 __all__ = ["SQLiteBackend", "SQLiteFactory"]
 
@@ -110,7 +109,9 @@ class SQLiteFactory(BackendFactory):
                 engine = self._engine
                 if engine is None or engine.pid != os.getpid() or engine.failed or engine.closed:
                     if engine is not None and engine.pid != os.getpid():
-                        self._users = 0  # inherited across fork: never touch its connections
+                        # Inherited across fork: never touch its connections or waiters.
+                        self._users = 0
+                        self.notifier = Notifier()
                     engine = Engine(self.path, self.durability, self.busy_timeout, self.notifier)
                     engine.start()
                     self._engine = engine
@@ -162,6 +163,25 @@ class SQLiteFactory(BackendFactory):
             except FileNotFoundError:
                 pass
 
+    # -- the outbox pattern: the application's own connection and transaction ---------------
+    def enqueue_on_sync(
+        self, conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float | None = None
+    ) -> list[EnqueueResult]:
+        """Enqueue inside the open transaction of the application's ``sqlite3`` connection to
+        this file; the jobs exist if and only if it commits."""
+        return sqlite_tx.enqueue_on_sync(conn, self.path, jobs, now)
+
+    def complete_on_sync(
+        self,
+        conn: sqlite3.Connection,
+        job_id: str,
+        fence: int,
+        result: bytes | None,
+        now: float | None = None,
+    ) -> bool:
+        """Fenced completion inside the application's open transaction on ``conn``."""
+        return sqlite_tx.complete_on_sync(conn, self.path, job_id, fence, result, now)
+
     def describe(self) -> dict[str, Any]:
         return {
             "url": redact_url(self.url),
@@ -182,6 +202,8 @@ async def _stop(engine: Engine) -> None:
 
 class SQLiteBackend(Backend):
     """One client of a :class:`SQLiteFactory`; usable from any event loop."""
+
+    supports_transactions = True
 
     def __init__(self, factory: SQLiteFactory) -> None:
         self.factory = factory
@@ -204,9 +226,27 @@ class SQLiteBackend(Backend):
         if not jobs:
             return []
         batch = list(jobs)
-        encoded = [_encode(job) for job in batch]
+        encoded = [encode_job(job) for job in batch]
         engine = await self.factory.engine()
         return await engine.write(lambda conn, fx: ops.enqueue(conn, fx, batch, encoded, now))
+
+    async def enqueue_on(
+        self, conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float | None = None
+    ) -> list[EnqueueResult]:
+        """Enqueue inside the open transaction of the application's connection (the outbox
+        pattern). Runs on the calling thread: a ``sqlite3`` connection belongs to its thread."""
+        return self.factory.enqueue_on_sync(conn, jobs, now)
+
+    async def complete_on(
+        self,
+        conn: sqlite3.Connection,
+        job_id: str,
+        fence: int,
+        result: bytes | None,
+        now: float | None = None,
+    ) -> bool:
+        """Fenced completion inside the application's open transaction on ``conn``."""
+        return self.factory.complete_on_sync(conn, job_id, fence, result, now)
 
     # -- worker -------------------------------------------------------------------------------
     async def claim(
@@ -308,7 +348,7 @@ class SQLiteBackend(Backend):
         try:
             while True:
                 waiter.reset()
-                ready, next_due = await engine.read(lambda conn: _waiting(conn, names))
+                ready, next_due = await engine.read(lambda conn: reads.waiting(conn, names))
                 if ready:
                     return
                 remaining = deadline - loop.time()
@@ -374,7 +414,7 @@ class SQLiteBackend(Backend):
     # -- reading --------------------------------------------------------------------------------
     async def get_job(self, job_id: str) -> JobRecord | None:
         engine = await self.factory.engine()
-        return await engine.read(lambda conn: _get_job(conn, job_id))
+        return await engine.read(lambda conn: reads.get_job(conn, job_id))
 
     async def list_jobs(
         self, flt: JobFilter, *, limit: int = 50, offset: int = 0
@@ -382,11 +422,11 @@ class SQLiteBackend(Backend):
         if limit <= 0:
             return []
         engine = await self.factory.engine()
-        return await engine.read(lambda conn: _list_jobs(conn, flt, limit, max(offset, 0)))
+        return await engine.read(lambda conn: reads.list_jobs(conn, flt, limit, max(offset, 0)))
 
     async def count_jobs(self) -> list[CountRow]:
         engine = await self.factory.engine()
-        return await engine.read(_count_jobs)
+        return await engine.read(reads.count_jobs)
 
     # -- workers --------------------------------------------------------------------------------
     async def register_worker(self, info: WorkerInfo) -> None:
@@ -402,50 +442,10 @@ class SQLiteBackend(Backend):
 
     async def list_workers(self) -> list[WorkerInfo]:
         engine = await self.factory.engine()
-        return await engine.read(
-            lambda conn: [row_to_worker(r) for r in conn.execute(Q["list_workers"]).fetchall()]
-        )
+        return await engine.read(reads.list_workers)
 
     async def prune_workers(self, heartbeat_before: float) -> int:
         engine = await self.factory.engine()
         return await engine.write(
             lambda conn, fx: ops.execute(conn, fx, Q["prune_workers"], (heartbeat_before,))
         )
-
-
-def _encode(job: NewJob) -> tuple[str, str]:
-    """A job's metadata and parents as JSON text (checked here, before any lock is taken)."""
-    try:
-        metadata = dumps(job.metadata) if job.metadata else "{}"
-    except (TypeError, ValueError) as exc:
-        raise SerializationError(
-            f"job {job.id} ({job.task}): metadata must be JSON-serializable: {exc}"
-        ) from exc
-    return metadata, (dumps(list(job.parents)) if job.parents else "[]")
-
-
-def _waiting(conn: sqlite3.Connection, queues: str) -> tuple[bool, float | None]:
-    if conn.execute(Q["waiting_ready"], (queues,)).fetchall():
-        return True, None
-    rows = conn.execute(Q["waiting_next_due"], (queues,)).fetchall()
-    return False, (rows[0][0] if rows else None)
-
-
-def _get_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
-    rows = conn.execute(f"SELECT {JOB_COLUMNS} FROM conveyor_jobs WHERE id = ?", (job_id,))
-    found = rows.fetchall()
-    return row_to_record(found[0]) if found else None
-
-
-def _list_jobs(
-    conn: sqlite3.Connection, flt: JobFilter, limit: int, offset: int
-) -> list[JobRecord]:
-    where, params = filter_where(flt)
-    sql = f"SELECT {JOB_COLUMNS} FROM conveyor_jobs WHERE {where} ORDER BY id DESC LIMIT ? OFFSET ?"
-    return [row_to_record(r) for r in conn.execute(sql, [*params, limit, offset]).fetchall()]
-
-
-def _count_jobs(conn: sqlite3.Connection) -> list[CountRow]:
-    rows = conn.execute(Q["count_jobs"]).fetchall()
-    counts = sorted((str(q), str(t), str(s), int(n)) for q, t, s, n in rows)
-    return [CountRow(q, t, JobState(s), n) for q, t, s, n in counts]

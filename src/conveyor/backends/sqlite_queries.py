@@ -13,8 +13,9 @@ import re
 from importlib import resources
 from typing import Any
 
-from conveyor.domain.job import ErrorInfo, JobFilter, JobRecord, LogEntry, WorkerInfo
+from conveyor.domain.job import ErrorInfo, JobFilter, JobRecord, LogEntry, NewJob, WorkerInfo
 from conveyor.domain.states import JobState
+from conveyor.errors import SerializationError
 
 SQL_DIR = resources.files("conveyor.backends").joinpath("_sql", "sqlite")
 
@@ -46,6 +47,17 @@ JOB_COLUMNS = (
 def dumps(value: Any) -> str:
     """Compact JSON text (ASCII only, so one value never contains a line break)."""
     return json.dumps(value, separators=(",", ":"))
+
+
+def encode_job(job: NewJob) -> tuple[str, str]:
+    """A job's metadata and parents as JSON text (done by the caller, before any lock)."""
+    try:
+        metadata = dumps(job.metadata) if job.metadata else "{}"
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"job {job.id} ({job.task}): metadata must be JSON-serializable: {exc}"
+        ) from exc
+    return metadata, (dumps(list(job.parents)) if job.parents else "[]")
 
 
 def error_line(error: ErrorInfo) -> str:
