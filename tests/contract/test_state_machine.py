@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -34,8 +34,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from conveyor.backends import Backend, BackendFactory
-from conveyor.backends.memory import MemoryFactory
+from conveyor.backends import Backend, BackendFactory, CancelOutcome
+from conveyor.backends.memory import MemoryBackend, MemoryFactory
 from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import ErrorInfo, JobFilter, JobRecord, LogEntry, NewJob
 from conveyor.domain.states import JobState
@@ -123,7 +123,7 @@ class BackendAgreement(RuleBasedStateMachine):
         self._real: Backend | None = None
         try:
             self.real_factory = self.run(open_factory(self.kind, self.tmp))
-            real = self.real_factory.create()
+            real = self.create_real(self.real_factory)
             self.run(real.open())
             self._real = real
         except BaseException:
@@ -137,6 +137,9 @@ class BackendAgreement(RuleBasedStateMachine):
         self.may_lower_attempts: set[str] = set()
 
     # -- plumbing ----------------------------------------------------------------------------
+    def create_real(self, factory: BackendFactory) -> Backend:
+        return factory.create()
+
     @property
     def real(self) -> Backend:
         assert self._real is not None
@@ -476,3 +479,63 @@ def test_backend_agrees_with_memory(kind: str) -> None:
     require_kind(kind)
     machine = type(f"{kind.title()}AgreesWithMemory", (BackendAgreement,), {"kind": kind})
     run_state_machine_as_test(machine, settings=SETTINGS)
+
+
+# -- the harness itself can fail -------------------------------------------------------------
+
+
+class _ReleaseCountsTheAttempt(MemoryBackend):
+    async def release(self, job_id: str, fence: int, now: float | None = None) -> bool:
+        with self.store.lock:
+            job = self.store.jobs.get(job_id)
+            if job is None or job.state is not JobState.RUNNING or job.fence != fence:
+                return False
+            self.store.jobs[job_id] = replace(
+                job, state=JobState.QUEUED, lease_owner=None, lease_until=None
+            )
+        return True
+
+
+class _CompleteIgnoresTheFence(MemoryBackend):
+    async def complete(
+        self, job_id: str, fence: int, result: bytes | None, now: float | None = None
+    ) -> bool:
+        job = self.store.jobs.get(job_id)
+        if job is None or job.state is not JobState.RUNNING:
+            return False
+        return await super().complete(job_id, job.fence, result, now)
+
+
+class _RecoveryForgetsCancellation(MemoryBackend):
+    async def cancel(
+        self, job_id: str, reason: str | None = None, now: float | None = None
+    ) -> CancelOutcome:
+        job = self.store.jobs.get(job_id)
+        if job is not None and job.state is JobState.RUNNING:
+            return CancelOutcome.REQUESTED
+        return await super().cancel(job_id, reason, now)
+
+
+MUTANTS: dict[str, type[MemoryBackend]] = {
+    "release-counts-attempt": _ReleaseCountsTheAttempt,
+    "complete-ignores-fence": _CompleteIgnoresTheFence,
+    "cancel-request-lost": _RecoveryForgetsCancellation,
+}
+
+
+@pytest.mark.parametrize("mutant", list(MUTANTS.values()), ids=list(MUTANTS))
+def test_the_state_machine_catches_a_divergent_backend(mutant: type[MemoryBackend]) -> None:
+    """Run the machine with a subtly wrong memory backend as the "real" one: it must fail."""
+
+    class Mutant(BackendAgreement):
+        kind = "memory"
+
+        def create_real(self, factory: BackendFactory) -> Backend:
+            assert isinstance(factory, MemoryFactory)
+            return mutant(factory.store)
+
+    quick = settings(
+        SETTINGS, max_examples=200, database=None, print_blob=False, phases=[Phase.generate]
+    )
+    with pytest.raises(AssertionError):
+        run_state_machine_as_test(Mutant, settings=quick)
