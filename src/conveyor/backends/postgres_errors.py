@@ -20,16 +20,34 @@ from conveyor.errors import BackendError, ConveyorError, SchemaVersionError, Sto
 MIGRATE_HINT = "run `conveyor db migrate` (or pass auto_migrate=True to create it at start-up)"
 
 
-def _target(url: str) -> str:
+def _parts(url: str) -> tuple[str, int, str, str] | None:
     try:
         parts = urlsplit(url)
         host = parts.hostname or "localhost"
         port = parts.port or 5432
-        database = (parts.path or "/").lstrip("/") or parts.username or "postgres"
-        user = parts.username or "(default user)"
     except ValueError:
+        return None
+    database = (parts.path or "/").lstrip("/") or parts.username or "postgres"
+    return host, port, database, parts.username or "(default user)"
+
+
+def _target(url: str) -> str:
+    parts = _parts(url)
+    if parts is None:
         return redact_url(url)
+    host, port, database, user = parts
     return f"{host}:{port} database {database!r} as user {user!r}"
+
+
+def _detail(text: str) -> str:
+    """The informative part of a libpq message, on one line."""
+    for line in text.splitlines():
+        if "FATAL:" in line:
+            return " ".join(line.split("FATAL:", 1)[1].split())
+    flat = " ".join(text.split())
+    for prefix in ("connection failed: ", "connection is bad: "):
+        flat = flat.removeprefix(prefix)
+    return flat
 
 
 def describe_connect_error(exc: BaseException, url: str) -> str:
@@ -37,34 +55,32 @@ def describe_connect_error(exc: BaseException, url: str) -> str:
     text = str(exc).strip()
     low = text.lower()
     where = _target(url)
+    parts = _parts(url)
+    database = parts[2] if parts else "<name>"
     if "password authentication failed" in low or "no password supplied" in low:
-        fix = "check the user name and password in the URL"
-        problem = "the password was rejected"
-    elif "does not exist" in low and "database" in low:
-        fix = "create it (e.g. `createdb <name>`) or fix the database name in the URL"
+        problem, fix = "the password was rejected", "check the user name and password in the URL"
+    elif "database" in low and "does not exist" in low:
         problem = "the database does not exist"
+        fix = f"create it (`createdb {database}`) or fix the database name in the URL"
     elif "role" in low and "does not exist" in low:
-        fix = "create the role or fix the user name in the URL"
-        problem = "the user does not exist"
+        problem, fix = "the user does not exist", "create the role or fix the user name in the URL"
     elif "pg_hba.conf" in low:
-        fix = "allow this client in the server's pg_hba.conf or use another user"
         problem = "the server refused this client"
-    elif "connection refused" in low or "could not connect" in low or "timeout" in low:
-        fix = "check that PostgreSQL is running and the host and port in the URL are right"
+        fix = "allow this client in the server's pg_hba.conf or use another user"
+    elif "invalid" in low and ("connection option" in low or "uri" in low or "url" in low):
+        problem = "the URL is invalid"
+        fix = "write it as postgresql://user:password@host:5432/database"
+    elif "translate host name" in low or "resolve host" in low or "not known" in low:
+        problem, fix = "the host name does not resolve", "fix the host name in the URL"
+    elif "refused" in low or "could not connect" in low or "timeout" in low or "timed out" in low:
         problem = "the server is not reachable"
-    elif "translate host name" in low or "name or service not known" in low:
-        fix = "fix the host name in the URL"
-        problem = "the host name does not resolve"
+        fix = "check that PostgreSQL is running and the host and port in the URL are right"
     elif "permission denied" in low or isinstance(exc, pg_errors.InsufficientPrivilege):
-        fix = "grant the user CREATE on the database (or USAGE on the schema), or use another user"
         problem = "permission denied"
-    elif isinstance(exc, psycopg.ProgrammingError) and "invalid" in low:
-        fix = "fix the URL (postgresql://user:password@host:5432/database)"
-        problem = "the connection URL is invalid"
+        fix = "grant the user CREATE on the database (or USAGE on the schema), or use another user"
     else:
-        fix = "check the URL and that the server is up"
-        problem = "connection failed"
-    detail = text.splitlines()[-1] if text else type(exc).__name__
+        problem, fix = "connection failed", "check the URL and that the server is up"
+    detail = _detail(text) or type(exc).__name__
     return f"cannot use PostgreSQL at {where}: {problem} ({detail}); {fix}"
 
 
@@ -72,16 +88,16 @@ def translate(exc: psycopg.Error, url: str, schema: str) -> ConveyorError:
     """The Conveyor error for a psycopg error raised while using the store."""
     if isinstance(exc, pg_errors.UndefinedTable | pg_errors.InvalidSchemaName):
         return SchemaVersionError(
-            f"the Conveyor schema {schema!r} is missing in PostgreSQL at {_target(url)}; "
+            f"the Conveyor schema {schema!r} is missing at {_target(url)}; "
             + MIGRATE_HINT
         )
     if isinstance(exc, pg_errors.InsufficientPrivilege):
         return StorageUnavailableError(describe_connect_error(exc, url))
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        detail = _detail(str(exc).strip()) or type(exc).__name__
         return StorageUnavailableError(
-            f"PostgreSQL at {_target(url)} is unavailable ({first}); the call was not "
-            "completed; it is safe to retry once the server is back"
+            f"PostgreSQL at {_target(url)} is unavailable ({detail}); the call may not have "
+            "taken effect"
         )
     return BackendError(f"PostgreSQL error: {str(exc).strip() or type(exc).__name__}")
 

@@ -1,0 +1,177 @@
+"""Helpers for the PostgreSQL integration tests (no tests here).
+
+* the shared server at 127.0.0.1:5432 (database ``test``), isolated per test by a fresh schema
+  that is dropped afterwards;
+* a private PostgreSQL cluster on a free loopback port (initdb'd into a temporary directory,
+  run as the ``postgres`` OS user) for tests that restart or stop the server, always shut
+  down afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from conveyor.backends import factory_from_url
+from conveyor.backends.postgres import PostgresFactory
+from conveyor.backends.postgres_backend import PostgresBackend
+from conveyor.domain.ids import new_job_id
+from conveyor.domain.job import NewJob
+
+URL = "postgresql://postgres@127.0.0.1:5432/test"
+T = 1_700_000_000.0
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skip_or_fail(message: str) -> None:
+    if in_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def require_server() -> None:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=2.0):
+            return
+    except OSError:
+        skip_or_fail("PostgreSQL at 127.0.0.1:5432 is unreachable")
+
+
+def fresh_schema() -> str:
+    return f"it_{uuid4().hex[:12]}"
+
+
+def job(task: str = "tasks.work", queue: str = "default", **fields: Any) -> NewJob:
+    fields.setdefault("id", new_job_id())
+    fields.setdefault("payload", b"payload")
+    return NewJob(task=task, queue=queue, **fields)
+
+
+@asynccontextmanager
+async def migrated_factory(url: str = URL, **options: Any) -> AsyncIterator[PostgresFactory]:
+    """A factory over a fresh, migrated schema, dropped on exit."""
+    options.setdefault("schema", fresh_schema())
+    factory = factory_from_url(url, **options)
+    assert isinstance(factory, PostgresFactory)
+    await factory.migrate()
+    try:
+        yield factory
+    finally:
+        await factory.destroy()
+
+
+@asynccontextmanager
+async def client(factory: PostgresFactory) -> AsyncIterator[PostgresBackend]:
+    backend = factory.create()
+    await backend.open()
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0, interval: float = 0.01
+) -> None:
+    """Poll ``check`` (sync or async) until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+
+    async def holds() -> bool:
+        value = check()
+        return bool(await value) if inspect.isawaitable(value) else bool(value)
+
+    while not await holds():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+# -- a private cluster ------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PrivateCluster:
+    """A throwaway PostgreSQL server on a loopback port (trust auth), controlled by pg_ctl."""
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.port = port
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        command = list(args)
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        return subprocess.run(command, check=check, capture_output=True, text=True, timeout=120)
+
+    def init(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 "
+            f"-c unix_socket_directories={self.root} -c fsync=off"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.root / "log"),
+            "-w",
+            "start",
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
+
+    def restart(self, mode: str = "fast") -> None:
+        self.stop(mode)
+        self.start()
+
+
+@contextmanager
+def private_cluster() -> Iterator[PrivateCluster]:
+    """Start a private cluster (skip when the PostgreSQL binaries or the OS user are missing)."""
+    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
+        skip_or_fail("initdb/pg_ctl are not installed")
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            skip_or_fail("no 'postgres' OS user to run a private cluster as root")
+            raise
+    root = Path(tempfile.mkdtemp(prefix="conveyor-pg-"))
+    if os.geteuid() == 0:
+        os.chown(root, user.pw_uid, user.pw_gid)
+    cluster = PrivateCluster(root, _free_port())
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
