@@ -42,5 +42,11 @@ contract: $(STAMP)
 acceptance: $(STAMP)
 	$(BIN)/pytest tests/acceptance $(PYTEST_ARGS)
 
+bench: $(STAMP)  ## Full benchmark against the peer libraries (writes bench/results/, BENCHMARKS.md)
+	bash bench/run.sh
+
+bench-smoke: $(STAMP)  ## Seconds-long run of every benchmark workload (also part of `make test`)
+	bash bench/run.sh --smoke
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist src/*.egg-info
