@@ -241,6 +241,23 @@ class Backend(ABC):
             await asyncio.sleep(min(interval, remaining))
             interval = min(interval * 1.5, 0.25)
 
+    # -- small shared state (schedules) --------------------------------------------------
+    async def kv_get(self, namespace: str, key: str) -> bytes | None:
+        """The value stored under ``(namespace, key)``, or ``None``."""
+        raise NotImplementedError(f"{type(self).__name__} does not store key-value state yet")
+
+    async def kv_list(self, namespace: str) -> dict[str, bytes]:
+        """Every key and value of a namespace."""
+        raise NotImplementedError(f"{type(self).__name__} does not store key-value state yet")
+
+    async def kv_swap(
+        self, namespace: str, key: str, expected: bytes | None, value: bytes | None
+    ) -> bool:
+        """Compare-and-set, atomically: if the stored value equals ``expected`` (``None`` =
+        absent), store ``value`` (``None`` = delete) and return ``True``; else change nothing
+        and return ``False``."""
+        raise NotImplementedError(f"{type(self).__name__} does not store key-value state yet")
+
     # -- worker registry ------------------------------------------------------------------
     @abstractmethod
     async def register_worker(self, info: WorkerInfo) -> None:

@@ -47,6 +47,7 @@ class MemoryStore:
         self.jobs: dict[str, JobRecord] = {}
         self.keys: dict[str, str] = {}
         self.workers: dict[str, WorkerInfo] = {}
+        self.kv: dict[tuple[str, str], bytes] = {}
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
     def wake(self) -> None:
@@ -545,6 +546,27 @@ class MemoryBackend(Backend):
                 key = (job.queue, job.task, job.state)
                 counts[key] = counts.get(key, 0) + 1
         return [CountRow(q, t, s, n) for (q, t, s), n in sorted(counts.items())]
+
+    # -- key-value state --------------------------------------------------------------------
+    async def kv_get(self, namespace: str, key: str) -> bytes | None:
+        with self.store.lock:
+            return self.store.kv.get((namespace, key))
+
+    async def kv_list(self, namespace: str) -> dict[str, bytes]:
+        with self.store.lock:
+            return {k: v for (ns, k), v in self.store.kv.items() if ns == namespace}
+
+    async def kv_swap(
+        self, namespace: str, key: str, expected: bytes | None, value: bytes | None
+    ) -> bool:
+        with self.store.lock:
+            if self.store.kv.get((namespace, key)) != expected:
+                return False
+            if value is None:
+                self.store.kv.pop((namespace, key), None)
+            else:
+                self.store.kv[(namespace, key)] = value
+            return True
 
     # -- workers ----------------------------------------------------------------------------
     async def register_worker(self, info: WorkerInfo) -> None:

@@ -105,6 +105,9 @@ class Conveyor:
 
         self.inspect = Inspector(self)
         self.dead_letters = DeadLetters(self)
+        from conveyor.scheduler.scheduler import Schedules
+
+        self.schedules = Schedules(self)
 
     def __repr__(self) -> str:
         return f"<Conveyor {self.factory.describe()['url']} tasks={len(self.tasks)}>"
@@ -136,6 +139,7 @@ class Conveyor:
         executor: Executor | None = None,
         metadata: dict[str, Any] | None = None,
         middleware: Sequence[Middleware] = (),
+        schedule: dict[str, Any] | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(  # type: ignore[misc]
@@ -153,12 +157,15 @@ class Conveyor:
         executor: Executor | None = None,
         metadata: dict[str, Any] | None = None,
         middleware: Sequence[Middleware] = (),
+        schedule: dict[str, Any] | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Declare a task (decorator, with or without options).
 
         ``executor``: ``"async"`` (default for ``async def``), ``"thread"`` (default for plain
         functions) or ``"process"`` (CPU-bound; runs in a child process that is killed on
         timeout). ``concurrency``: most jobs of this task one worker runs at once.
+        ``schedule``: an inline schedule named after the task, e.g.
+        ``{"cron": "0 3 * * *", "timezone": "Europe/Paris"}`` (see :meth:`schedule`).
         """
 
         def decorate(func: Callable[P, R]) -> Task[P, R]:
@@ -196,6 +203,8 @@ class Conveyor:
                 raise ConfigurationError(f"a task named {config.name!r} is already declared")
             task: Task[P, R] = Task(self, func, config)
             self.tasks[config.name] = task
+            if schedule is not None:
+                self.schedule(config.name, task, **schedule)
             return task
 
         return decorate(fn) if fn is not None else decorate
@@ -221,6 +230,45 @@ class Conveyor:
         config = QueueConfig(name, concurrency, prio, coerce_retry(retry), dead_letter)
         self.queues[name] = config
         return config
+
+    def schedule(
+        self,
+        name: str,
+        task: Task[Any, Any] | str,
+        *,
+        cron: str | None = None,
+        every: Duration | None = None,
+        timezone: str = "UTC",
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Any:
+        """Declare a named schedule that enqueues ``task`` with ``args``/``kwargs``.
+
+        ``cron`` (5 fields, or 6 with seconds first) or ``every`` (a duration); ``timezone``
+        (IANA name); options: ``start``/``end`` (aware datetimes), ``jitter``, ``overlap``
+        (default False: skip a tick while the previous run is queued or running),
+        ``on_missed`` (``"skip"`` or ``"catch_up"``), ``catch_up_limit``, ``misfire_grace``,
+        ``queue``, ``priority``. Invalid values raise :class:`ConfigurationError` naming the
+        field.
+        """
+        from conveyor.scheduler.spec import build_spec
+
+        task_name = task if isinstance(task, str) else task.name
+        try:
+            spec = build_spec(
+                name,
+                task_name,
+                cron=cron,
+                every=every,
+                timezone=timezone,
+                args=tuple(args),
+                kwargs=kwargs,
+                **options,
+            )
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"schedule {name!r}: {exc}") from None
+        return self.schedules.declare(spec)
 
     def queue_config(self, name: str) -> QueueConfig:
         return self.queues.get(name) or QueueConfig(name)

@@ -54,6 +54,7 @@ class WorkerConfig:
     process_pool_size: int | None = None
     burst: bool = False
     burst_waits_for_scheduled: bool = True
+    scheduler: bool = True
     worker_id: str | None = None
 
 
@@ -159,6 +160,12 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop(), name="conveyor-heartbeat"),
             asyncio.create_task(self._maintenance_loop(), name="conveyor-maintenance"),
         ]
+        if self.config.scheduler and not self.config.burst:
+            helpers.append(
+                asyncio.create_task(
+                    self.app.schedules.run(self._stop_event), name="conveyor-scheduler"
+                )
+            )
         try:
             await self._claim_loop()
             await self._drain()
