@@ -88,8 +88,7 @@ def translate(exc: psycopg.Error, url: str, schema: str) -> ConveyorError:
     """The Conveyor error for a psycopg error raised while using the store."""
     if isinstance(exc, pg_errors.UndefinedTable | pg_errors.InvalidSchemaName):
         return SchemaVersionError(
-            f"the Conveyor schema {schema!r} is missing at {_target(url)}; "
-            + MIGRATE_HINT
+            f"the Conveyor schema {schema!r} is missing at {_target(url)}; " + MIGRATE_HINT
         )
     if isinstance(exc, pg_errors.InsufficientPrivilege):
         return StorageUnavailableError(describe_connect_error(exc, url))

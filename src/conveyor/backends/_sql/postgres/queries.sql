@@ -1,5 +1,9 @@
 -- The statements of the PostgreSQL backend, one per `-- name:` section.
 --
+-- Batch updates name their rows as `id = ANY (ARRAY(SELECT id FROM cte))`: an uncorrelated
+-- array the planner turns into a primary-key index scan whatever it guesses about the CTE's
+-- size (a join could become a hash join over the whole table).
+--
 -- Placeholders: `{schema}` is the quoted schema name; `{now}` is the caller's clock when
 -- `%(now)s` is given, else the server's (constant within one statement); `{holding}` is the
 -- list of states that hold an idempotency key; `{filter}` (only where used) is a JobFilter
@@ -88,12 +92,12 @@ ORDER BY n.ord
 -- claimer is staging right now is theirs to stage.
 WITH clock AS (SELECT {now} AS now),
 doomed AS MATERIALIZED (
-    SELECT j.id FROM {schema}.jobs j, clock c
+    SELECT j.id FROM {schema}.jobs j
     WHERE j.state IN ('queued', 'scheduled')
-      AND j.expires_at IS NOT NULL AND j.expires_at <= c.now
+      AND j.expires_at IS NOT NULL AND j.expires_at <= (SELECT now FROM clock)
     ORDER BY j.expires_at
     LIMIT 1000
-    FOR UPDATE OF j SKIP LOCKED
+    FOR UPDATE SKIP LOCKED
 ),
 expired AS (
     UPDATE {schema}.jobs j
@@ -107,21 +111,21 @@ expired AS (
             'code', 'expired', 'type', 'Expired',
             'message', 'the job''s TTL passed before it started',
             'traceback', NULL, 'attempt', j.attempts, 'at', c.now))
-    FROM doomed d, clock c
-    WHERE j.id = d.id
+    FROM clock c
+    WHERE j.id = ANY (ARRAY(SELECT id FROM doomed))
     RETURNING j.id
 ),
 due AS MATERIALIZED (
-    SELECT j.id FROM {schema}.jobs j, clock c
-    WHERE j.state = 'scheduled' AND j.run_at <= c.now
-      AND (j.expires_at IS NULL OR j.expires_at > c.now)
+    SELECT j.id FROM {schema}.jobs j
+    WHERE j.state = 'scheduled' AND j.run_at <= (SELECT now FROM clock)
+      AND (j.expires_at IS NULL OR j.expires_at > (SELECT now FROM clock))
     ORDER BY j.run_at
     LIMIT 5000
-    FOR UPDATE OF j SKIP LOCKED
+    FOR UPDATE SKIP LOCKED
 ),
 promoted AS (
     UPDATE {schema}.jobs j SET state = 'queued'
-    FROM due WHERE j.id = due.id
+    WHERE j.id = ANY (ARRAY(SELECT id FROM due))
     RETURNING j.id
 )
 SELECT (SELECT count(*) FROM expired), (SELECT count(*) FROM promoted)
@@ -250,7 +254,7 @@ stuck AS MATERIALIZED (
                 'traceback', NULL, 'attempt', j.attempts, 'at', c.now)
         END AS err
     FROM {schema}.jobs j, clock c
-    WHERE j.state = 'running' AND j.lease_until < c.now
+    WHERE j.state = 'running' AND j.lease_until < (SELECT now FROM clock)
     ORDER BY j.lease_until, j.id
     LIMIT %(limit)s
     FOR UPDATE OF j SKIP LOCKED
@@ -339,8 +343,8 @@ upd AS (
         attempts = CASE WHEN %(reset)s THEN 0 ELSE j.attempts END,
         stalls = 0, finished_at = NULL, cancel_requested = false, cancel_reason = NULL,
         dead_letter_queue = NULL, lease_owner = NULL, lease_until = NULL
-    FROM picked p, clock c
-    WHERE j.id = p.id
+    FROM clock c
+    WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
     RETURNING j.id, j.queue
 )
 SELECT id, CASE WHEN %(channel)s::text IS NOT NULL THEN pg_notify(%(channel)s, queue) END
@@ -358,7 +362,9 @@ WITH doomed AS MATERIALIZED (
     FOR UPDATE OF j SKIP LOCKED
 ),
 gone AS (
-    DELETE FROM {schema}.jobs j USING doomed WHERE j.id = doomed.id RETURNING j.id
+    DELETE FROM {schema}.jobs j
+    WHERE j.id = ANY (ARRAY(SELECT id FROM doomed))
+    RETURNING j.id
 ),
 unused AS (
     SELECT k.key FROM {schema}.idempotency_keys k
