@@ -25,6 +25,7 @@ from conveyor.cli.common import (
 )
 from conveyor.cli.dlq import dlq
 from conveyor.cli.jobs import jobs
+from conveyor.cli.schedules_cmd import scheduler, schedules
 from conveyor.cli.worker_cmd import worker
 from conveyor.domain.states import JobState
 from conveyor.errors import ConveyorError, InvalidArgumentsError
@@ -43,6 +44,8 @@ def cli() -> None:
 cli.add_command(worker)
 cli.add_command(jobs)
 cli.add_command(dlq)
+cli.add_command(schedules)
+cli.add_command(scheduler)
 
 
 @cli.command()
