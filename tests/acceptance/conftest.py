@@ -22,6 +22,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,9 +245,21 @@ class Store:
             check=False,
         )
 
-    def cli_json(self, *args: str, ok: tuple[int, ...] = (0,)) -> Any:
-        done = self.cli(*args, "--json")
-        assert done.returncode in ok, f"{args} -> {done.returncode}\n{done.stdout}\n{done.stderr}"
+    def cli_many(self, *commands: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
+        """Run independent (read-only) commands concurrently; results in order."""
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            return list(pool.map(lambda args: self.cli(*args), commands))
+
+    def cli_json(self, *args: str) -> Any:
+        return self.parse_json(args, self.cli(*args, "--json"))
+
+    def cli_json_many(self, *commands: tuple[str, ...]) -> list[Any]:
+        done = self.cli_many(*[(*args, "--json") for args in commands])
+        return [self.parse_json(args, d) for args, d in zip(commands, done, strict=True)]
+
+    @staticmethod
+    def parse_json(args: tuple[str, ...], done: subprocess.CompletedProcess[str]) -> Any:
+        assert done.returncode == 0, f"{args} -> {done.returncode}\n{done.stdout}\n{done.stderr}"
         return json.loads(done.stdout)
 
     # -- reading the store ----------------------------------------------------------------------
