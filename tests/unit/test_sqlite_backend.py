@@ -733,3 +733,42 @@ async def test_the_outbox_refuses_a_connection_it_cannot_use_safely(
     finally:
         conn.close()
         elsewhere.close()
+
+
+def _enqueue_forever(url: str, batch: int) -> None:
+    async def run() -> None:
+        backend = SQLiteFactory(url, busy_timeout=30).create()
+        await backend.open()
+        while True:
+            await backend.enqueue([_job(queue="bulk") for _ in range(batch)])
+
+    asyncio.run(run())
+
+
+@pytest.mark.timeout(120)
+async def test_kill_9_during_bulk_enqueues_leaves_whole_batches_and_a_sound_file(
+    backend: SQLiteBackend, factory: SQLiteFactory
+) -> None:
+    batch = 500
+    proc = SPAWN.Process(target=_enqueue_forever, args=(factory.url, batch))
+    proc.start()
+    try:
+
+        async def stored() -> int:
+            return sum(r.count for r in await backend.count_jobs())
+
+        deadline = time.monotonic() + 60
+        while await stored() < 5 * batch:
+            assert time.monotonic() < deadline and proc.is_alive()
+            await asyncio.sleep(0.01)
+        assert proc.pid is not None
+        os.kill(proc.pid, 9)
+    finally:
+        await asyncio.to_thread(proc.join, 30)
+    assert proc.exitcode == -9
+    total = await stored()
+    assert total % batch == 0, "a batch was stored in part"
+    await backend.enqueue([_job()])
+    assert len(await backend.claim("w", ["q"], 5, 30)) == 1
+    with sqlite3.connect(factory.path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
