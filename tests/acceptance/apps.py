@@ -91,6 +91,14 @@ def build_app(
         record("end")
         return ms
 
+    @app.task(name="whoami")
+    async def whoami(ms: int) -> dict[str, int]:
+        """Work that reports which process and attempt produced the stored result."""
+        record("start")
+        await asyncio.sleep(ms / 1000)
+        record("end")
+        return {"pid": os.getpid(), "attempt": current_job().attempt}
+
     @app.task(name="sleeper")
     async def sleeper(seconds: float) -> str:
         """A long async job that notes how it was interrupted."""

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from conveyor import CancelOutcome
 from conveyor.domain.states import JobState
 
 from .conftest import MakeStore, wait_until, worker_pid, write_result
@@ -99,3 +100,59 @@ async def test_kill_9_with_jobs_in_flight_loses_nothing(make_store: MakeStore, k
             "duplicated_runs": sum(len(v) - 1 for v in starts.values()),
         },
     )
+
+
+async def test_a_paused_worker_cannot_overwrite_the_newer_attempt(
+    make_store: MakeStore, kind: str
+) -> None:
+    """SIGSTOP a worker mid-job past its lease; another worker recovers and re-runs the job;
+    SIGCONT the zombie: its late outcome is fenced off and the newer attempt's result stands."""
+    store = await make_store(kind, lease=2.0, heartbeat=0.5)
+    handle = await store.app.tasks["whoami"].enqueue(2500)
+    zombie = store.start_worker(concurrency=1)
+    await wait_until(lambda: store.ledger.starts(handle.id), 30, message="the first run")
+    zombie.signal(signal.SIGSTOP)
+    rescuer = store.start_worker(concurrency=1)
+
+    def rerun() -> list[dict[str, object]]:
+        return [e for e in store.ledger.starts(handle.id) if e["pid"] == rescuer.pid]
+
+    await wait_until(rerun, 30, message="the rescuer to re-run the job")
+    zombie.signal(signal.SIGCONT)
+    # The zombie wakes while the rescuer holds the lease and finds out it lost its own.
+    await wait_until(lambda: "lease" in zombie.log(), 15, message="the zombie to notice")
+    assert await handle.result(timeout=30) == {"pid": rescuer.pid, "attempt": 2}
+    rec = await store.record(handle.id)
+    assert rec.state is JobState.COMPLETED and rec.attempts == 2 and rec.stalls == 1, rec
+    assert zombie.alive and rescuer.alive
+    for proc in (zombie, rescuer):
+        proc.signal(signal.SIGTERM)
+    for proc in (zombie, rescuer):
+        assert await proc.wait_exit(10) == 0, proc.log()
+    assert await handle.result(timeout=1) == {"pid": rescuer.pid, "attempt": 2}
+
+
+async def test_cancelling_the_job_of_a_dead_worker(make_store: MakeStore, kind: str) -> None:
+    """A cancellation requested while the job's worker is dead is honoured at recovery: the job
+    ends cancelled and never runs again."""
+    store = await make_store(kind, lease=2.0, heartbeat=0.5)
+    handle = await store.app.tasks["sleeper"].enqueue(30.0)
+    victim = store.start_worker(concurrency=1)
+    await wait_until(lambda: store.ledger.starts(handle.id), 30, message="the job to start")
+    os.kill(victim.pid, signal.SIGKILL)
+    await victim.wait_exit(10)
+    assert await handle.cancel("owner died") is CancelOutcome.REQUESTED
+    rescuer = store.start_worker(concurrency=1)
+
+    async def cancelled() -> bool:
+        return (await store.record(handle.id)).state is JobState.CANCELLED
+
+    await wait_until(cancelled, 30, interval=0.1, message="the job to end cancelled")
+    # One more claim cycle passes in the rescuer; the cancelled job is not run again.
+    done = await store.app.tasks["work"].enqueue(1)
+    assert await done.result(timeout=15) == 1
+    assert [e["pid"] for e in store.ledger.starts(handle.id)] == [victim.pid]
+    rec = await store.record(handle.id)
+    assert rec.lease_owner is None and rec.stalls == 1, rec
+    rescuer.signal(signal.SIGTERM)
+    assert await rescuer.wait_exit(10) == 0, rescuer.log()
