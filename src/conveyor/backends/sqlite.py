@@ -318,6 +318,8 @@ class SQLiteBackend(Backend):
     async def recover_expired(
         self, max_stalls: int, now: float | None = None, limit: int = 1000
     ) -> list[RecoveredJob]:
+        if limit <= 0:
+            return []
         engine = await self.factory.engine()
         return await engine.write(
             lambda conn, fx: ops.recover_expired(conn, fx, max_stalls, now, limit)
@@ -402,12 +404,16 @@ class SQLiteBackend(Backend):
         now: float | None = None,
         limit: int = 1000,
     ) -> list[str]:
+        if limit <= 0:
+            return []
         engine = await self.factory.engine()
         return await engine.write(
             lambda conn, fx: ops.retry_jobs(conn, fx, flt, reset_attempts, now, limit)
         )
 
     async def delete_jobs(self, flt: JobFilter, *, limit: int = 1000) -> int:
+        if limit <= 0:
+            return 0
         engine = await self.factory.engine()
         return await engine.write(lambda conn, fx: ops.delete_jobs(conn, fx, flt, limit))
 
