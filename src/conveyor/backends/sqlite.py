@@ -195,9 +195,10 @@ class SQLiteFactory(BackendFactory):
 
 
 async def _stop(engine: Engine) -> None:
+    """Stop the engine and wait until its threads closed their connections (a start still in
+    progress finishes first, then stops)."""
     engine.stop()
-    if engine.started.done():
-        await asyncio.wrap_future(engine.stopped)
+    await asyncio.wrap_future(engine.stopped)
 
 
 class SQLiteBackend(Backend):

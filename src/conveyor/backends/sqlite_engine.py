@@ -162,8 +162,7 @@ class Engine:
         try:
             conn = connect(self.path, durability=self.durability, busy_timeout=self.busy_timeout)
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
-            self.started.set_exception(exc)
-            self.stopped.set_result(None)
+            self._failed_start(exc)
             return
         try:
             applied = migrate(conn, self.path)
@@ -171,8 +170,7 @@ class Engine:
             reader = connect(self.path, durability=self.durability, busy_timeout=self.busy_timeout)
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
             conn.close()
-            self.started.set_exception(self._mapped(exc))
-            self.stopped.set_result(None)
+            self._failed_start(self._mapped(exc))
             return
         self._reader = threading.Thread(
             target=self._run_reader,
@@ -190,6 +188,22 @@ class Engine:
             self._reader.join()
             conn.close()
             self.stopped.set_result(None)
+
+    def _failed_start(self, exc: BaseException) -> None:
+        with self._submit:
+            self._closed = True
+        self.started.set_exception(exc)
+        pending: list[tuple[_Request, bool, Any]] = []
+        for source in (self._writes, self._reads):
+            while True:
+                try:
+                    item = source.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, _Request):
+                    pending.append((item, False, exc))
+        _deliver(pending)
+        self.stopped.set_result(None)
 
     def _writer_loop(self, conn: sqlite3.Connection) -> None:
         writes = self._writes
