@@ -12,7 +12,7 @@ import pytest
 from conveyor.backends.redis import RedisFactory
 from conveyor.backends.redis_connect import _version
 from conveyor.domain.ids import new_job_id
-from conveyor.domain.job import NewJob
+from conveyor.domain.job import JobFilter, NewJob
 from conveyor.errors import ConfigurationError, StorageUnavailableError
 
 try:
@@ -194,6 +194,40 @@ async def test_memory_per_queued_job_stays_under_the_documented_bound(
             per_job = (after - before) / n
             print(f"\nRedis memory per queued job, {payload_size} B payload: {per_job:.0f} B")
             assert payload_size < per_job < MAX_BYTES_PER_JOB[payload_size]
+        finally:
+            await backend.close()
+            await raw.aclose()
+
+
+# -- out of memory ----------------------------------------------------------------------------
+
+
+async def test_a_full_redis_refuses_new_jobs_but_workers_still_drain_it(tmp_path: Path) -> None:
+    async with private_server(tmp_path, "--maxmemory-policy", "noeviction") as server:
+        backend = RedisFactory(server.url, prefix="p").create()
+        raw = server.client()
+        try:
+            await backend.open()
+            stored = 2000
+            for _ in range(stored // 100):
+                await backend.enqueue([job(payload=b"x" * 1000) for _ in range(100)], now=T)
+            used = (await raw.info("memory"))["used_memory"]
+            await raw.config_set("maxmemory", used // 2)  # now far over the limit
+            with pytest.raises(StorageUnavailableError, match="out of memory") as info:
+                await backend.enqueue([job()], now=T)
+            assert "maxmemory" in str(info.value)
+            # Dequeue and acknowledge run although Redis is full (scripts flagged allow-oom),
+            # so workers drain the queue: a full Redis must not also stop the workers that
+            # would free it (Slack's job queue incident).
+            done = 0
+            while batch := await backend.claim("w", ["default"], 50, 30, now=T):
+                for c in batch:
+                    assert await backend.complete(c.id, c.fence, b"result", now=T + 1)
+                done += len(batch)
+            assert done == stored
+            assert await backend.delete_jobs(JobFilter(), limit=100_000) == stored
+            await raw.config_set("maxmemory", 0)
+            assert (await backend.enqueue([job()], now=T))[0].created
         finally:
             await backend.close()
             await raw.aclose()

@@ -23,6 +23,7 @@ from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
     ConnectionError,
+    OutOfMemoryError,
     RedisError,
     ResponseError,
     TimeoutError,
@@ -100,10 +101,10 @@ def blocking_client(client: Redis) -> Redis:
 @contextmanager
 def translate_errors(url: str, prefix: str) -> Iterator[None]:
     """Turn redis-py errors into Conveyor's, with the problem and the fix in the message."""
-    where = redact_url(url)
     try:
         yield
     except (AuthenticationError, AuthorizationError) as exc:
+        where = redact_url(url)
         if "NOAUTH" in str(exc) or ("authenticated" in str(exc) and not _has_password(url)):
             raise StorageUnavailableError(
                 f"Redis at {where} requires a password; put it in the URL: "
@@ -114,12 +115,13 @@ def translate_errors(url: str, prefix: str) -> Iterator[None]:
             "(redis://:PASSWORD@host:6379/0 or redis://USER:PASSWORD@host:6379/0)"
         ) from exc
     except (ConnectionError, TimeoutError, OSError) as exc:
+        where = redact_url(url)
         raise StorageUnavailableError(
             f"cannot reach Redis at {where} ({exc}); check that the server is running and "
             "that the URL's host and port are right"
         ) from exc
     except ResponseError as exc:
-        message = str(exc)
+        where, message = redact_url(url), str(exc)
         if message.startswith("NOAUTH"):
             raise StorageUnavailableError(
                 f"Redis at {where} requires a password; put it in the URL: "
@@ -131,11 +133,17 @@ def translate_errors(url: str, prefix: str) -> Iterator[None]:
                 f"wrong type ({message}); another program uses that prefix: choose another "
                 "prefix= for Conveyor, or delete that program's keys"
             ) from exc
+        if isinstance(exc, OutOfMemoryError) or "> 'maxmemory'" in message:
+            raise StorageUnavailableError(
+                f"Redis at {where} is out of memory (maxmemory reached, noeviction): new jobs "
+                "cannot be stored until workers finish jobs or finished jobs are deleted; "
+                "raise maxmemory or prune completed jobs sooner"
+            ) from exc
         if "MOVED" in message or "CROSSSLOT" in message:
             raise ConfigurationError(_cluster_message(where)) from exc
         raise StorageUnavailableError(f"Redis at {where} answered an error: {message}") from exc
     except RedisError as exc:
-        raise StorageUnavailableError(f"Redis at {where} failed: {exc}") from exc
+        raise StorageUnavailableError(f"Redis at {redact_url(url)} failed: {exc}") from exc
 
 
 def _has_password(url: str) -> bool:

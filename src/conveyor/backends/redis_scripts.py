@@ -1,8 +1,9 @@
 """The Redis backend's Lua scripts: read from package data, run with EVALSHA.
 
 Every state transition is one script in ``backends/_lua/<name>.lua``. Each script gets
-``lib.lua`` prepended (and any file it names on a first line ``--! other.lua``), so helpers
-live in one place while Redis still sees one self-contained script. Scripts are sent by SHA1;
+``lib.lua`` prepended (and any file it names on a leading line ``--! other.lua``), so helpers
+live in one place while Redis still sees one self-contained script. A leading Redis 7
+shebang line (``#!lua flags=allow-oom``) stays first. Scripts are sent by SHA1;
 after a server restart or ``SCRIPT FLUSH`` the server answers ``NOSCRIPT`` and the script is
 loaded again and re-run, once.
 """
@@ -40,12 +41,16 @@ def _read(name: str) -> str:
 @cache
 def script(name: str) -> Script:
     """The script ``<name>.lua`` with ``lib.lua`` and its own includes prepended."""
-    body = _read(f"{name}.lua")
-    parts = [_read("lib.lua")]
-    first = body.split("\n", 1)[0]
-    if first.startswith(_INCLUDE):
-        parts.extend(_read(include.strip()) for include in first[len(_INCLUDE) :].split(","))
-    parts.append(body)
+    lines = _read(f"{name}.lua").split("\n")
+    shebang: list[str] = []
+    includes: list[str] = []
+    while lines and (lines[0].startswith("#!") or lines[0].startswith(_INCLUDE)):
+        line = lines.pop(0)
+        if line.startswith("#!"):
+            shebang.append(line)
+        else:
+            includes.extend(x.strip() for x in line[len(_INCLUDE) :].split(","))
+    parts = [*shebang, _read("lib.lua"), *(_read(x) for x in includes), "\n".join(lines)]
     source = "\n".join(parts)
     return Script(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
 

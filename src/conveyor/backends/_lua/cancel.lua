@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- cancel: waiting -> cancelled at once; running -> flag it and tell its worker (PUBLISH).
 -- ARGV: id, reason (opt), now. Returns the CancelOutcome value.
 local id = ARGV[1]

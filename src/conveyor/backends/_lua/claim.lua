@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- claim: promote due scheduled jobs and expire stale waiting ones (every queue), then lease
 -- up to `limit` queued jobs of the given queues in precedence order and, within a queue, in
 -- (priority desc, run-at asc, id asc) order, skipping tasks the worker does not take.

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- complete: running -> completed, fenced. ARGV: id, fence, has_result (1/0), result, now.
 -- Returns 1, or 0 when the lease is not held under that fence.
 local id = ARGV[1]

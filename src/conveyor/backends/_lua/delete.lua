@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 --! select.lua
 -- delete_jobs: remove matching terminal jobs (oldest id first).
 -- ARGV: limit, budget, filter (states already narrowed to terminal ones). Returns the count.

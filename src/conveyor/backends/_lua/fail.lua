@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- fail: record a failed attempt, fenced; retry now, retry later, or finish in `terminal`.
 -- ARGV: id, fence, error_json, retry_delay ('' = no retry), now, terminal, dead_letter_queue.
 -- Returns the new state, or false when the lease is not held under that fence.

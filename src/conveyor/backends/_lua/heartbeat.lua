@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- heartbeat: extend every lease still held to now + lease. ARGV: now, lease, (id, fence)...
 -- Returns held (1/0) and cancel_requested (1/0) for each lease, in order.
 local t = clock(ARGV[1])

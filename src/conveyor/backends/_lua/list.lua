@@ -1,3 +1,4 @@
+#!lua flags=no-writes
 --! select.lua
 -- list_jobs: matching jobs, newest first (read only). ARGV: offset, limit, budget, filter...
 -- Returns id, HGETALL and payload for each job.

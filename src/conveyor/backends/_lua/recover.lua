@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- recover_expired: running jobs whose lease expired get stalls + 1 and are cancelled (a
 -- cancellation was asked), dead-lettered as poison messages (too many stalls) or queued
 -- again with their run-at unchanged. ARGV: max_stalls, now, limit.

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- release: hand a running job back (graceful shutdown), fenced. ARGV: id, fence.
 -- Queued again at once with its run-at unchanged; the attempt is not counted.
 local id = ARGV[1]
