@@ -438,3 +438,22 @@ async def test_a_handler_connection_from_the_pool(backend: PostgresBackend) -> N
         cur = await conn.execute("SELECT 1")
         assert await cur.fetchone() == (1,)
         assert conn.autocommit
+
+
+async def test_concurrent_completions_share_statements(backend: PostgresBackend) -> None:
+    await backend.enqueue([job() for _ in range(200)], now=T)
+    claimed = await backend.claim("w", ["default"], 200, 30, T)
+    stale = claimed[0]
+    results = await asyncio.gather(
+        *(backend.complete(c.id, c.fence, c.id.encode(), T + 1) for c in claimed),
+        backend.complete(stale.id, stale.fence + 7, None, T + 1),  # a fence never issued
+        backend.complete(stale.id, stale.fence, b"again", T + 1),  # the same job twice
+    )
+    assert results == [True] * 200 + [False, False]
+    stats = backend.stats()
+    assert stats["complete_items"] == 202
+    assert stats["complete_batches"] < 20
+    for c in claimed[:5]:
+        record = await backend.get_job(c.id)
+        assert record is not None and record.result == c.id.encode()
+        assert record.finished_at == T + 1

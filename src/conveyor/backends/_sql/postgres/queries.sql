@@ -177,6 +177,30 @@ WITH upd AS (
 SELECT id, CASE WHEN %(channel)s::text IS NOT NULL THEN pg_notify(%(channel)s, id) END
 FROM upd
 
+-- name: complete_batch
+-- Several fenced completions in one statement (concurrent complete() calls of one client);
+-- returns the ids that were completed. Each row brings its own `now` (NULL: server clock).
+WITH input AS (
+    SELECT * FROM unnest(
+        %(ids)s::text[], %(fences)s::bigint[], %(results)b::bytea[], %(nows)s::float8[]
+    ) AS i (id, fence, result, now)
+),
+upd AS (
+    UPDATE {schema}.jobs j
+    SET state = 'completed', result = i.result,
+        finished_at = coalesce(i.now, extract(epoch FROM statement_timestamp())::float8),
+        lease_owner = NULL, lease_until = NULL
+    FROM input i
+    WHERE j.id = i.id AND j.fence = i.fence AND j.state = 'running'
+    RETURNING j.id
+)
+SELECT id FROM upd
+UNION ALL
+SELECT NULL FROM (
+    SELECT pg_notify(%(channel)s, '')
+    WHERE %(channel)s::text IS NOT NULL AND EXISTS (SELECT 1 FROM upd)
+) AS n
+
 -- name: fail
 -- delay NULL: to the terminal state; delay <= 0: queued now; else scheduled after delay.
 -- Notifies %(jobs_channel)s (payload: queue) on a retry, %(done_channel)s (payload: id) when
