@@ -329,3 +329,51 @@ async def test_concurrent_claims_never_hand_out_a_job_twice(
     records = await backend.list_jobs(JobFilter(), limit=100)
     assert {r.state for r in records} == {JobState.RUNNING}
     assert {r.attempts for r in records} == {1}
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+async def test_claim_with_no_room_touches_nothing(backend: Backend, limit: int) -> None:
+    ready, due, stale = job(), job(run_at=T + 1), job(expires_at=T + 1)
+    await backend.enqueue([ready, due, stale], now=T)
+    before = await backend.list_jobs(JobFilter())
+    assert await backend.claim("w", ["default"], limit, 30, now=T + 5) == []
+    assert await backend.list_jobs(JobFilter()) == before
+
+
+async def test_order_holds_at_extreme_priorities_and_close_run_ats(backend: Backend) -> None:
+    top, bottom = 2**15 - 1, -(2**15)
+    jobs = {
+        "bottom": job(priority=bottom, run_at=T - 86400 * 365),
+        "top-later": job(priority=top, run_at=T + 0.002),
+        "top-earlier": job(priority=top, run_at=T + 0.001),
+        "top-same-a": job(priority=top, run_at=T + 0.002),
+        "next": job(priority=top - 1, run_at=T - 1000),
+        "bottom-b": job(priority=bottom, run_at=T - 86400 * 365),
+        "zero": job(priority=0, run_at=T + 0.003),
+    }
+    await backend.enqueue(list(jobs.values()), now=T - 86400 * 366)
+    names = {j.id: name for name, j in jobs.items()}
+    claimed = await backend.claim("w", ["default"], 10, 30, now=T + 1)
+    assert [names[c.id] for c in claimed] == [
+        "top-earlier",
+        "top-later",
+        "top-same-a",
+        "next",
+        "zero",
+        "bottom",
+        "bottom-b",
+    ]
+
+
+async def test_ids_need_not_come_from_the_id_generator(backend: Backend) -> None:
+    custom = [job(id=i) for i in ("job-2", "job-10", "job:1", "JOB'3")]
+    results = await backend.enqueue(custom, now=T)
+    assert all(r.created for r in results)
+    listed = await backend.list_jobs(JobFilter())
+    assert [r.id for r in listed] == sorted((j.id for j in custom), reverse=True)
+    claimed = await backend.claim("w", ["default"], 10, 30, now=T)
+    assert [c.id for c in claimed] == sorted(j.id for j in custom)
+    for c in claimed:
+        assert await backend.complete(c.id, c.fence, c.id.encode(), now=T + 1)
+        record = await backend.get_job(c.id)
+        assert record is not None and record.result == c.id.encode()

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conveyor.backends import Backend
+from conveyor.backends import Backend, CancelOutcome
 from conveyor.domain.job import EnqueueResult, JobFilter, JobRecord
 from conveyor.domain.states import JobState
 
@@ -250,14 +250,35 @@ async def test_key_of_a_deleted_job_is_free_again(backend: Backend) -> None:
     ]
 
 
-async def test_retried_job_keeps_its_key_even_if_another_job_took_it(backend: Backend) -> None:
+async def test_retried_job_does_not_take_back_a_key_another_job_took(backend: Backend) -> None:
     old_id = await _bring_to(backend, "k", JobState.FAILED)
     newer = job(idempotency_key="k")
     assert (await backend.enqueue([newer], now=T + 5))[0].created
-    # Retrying from the dead-letter set is never refused because of the key.
+    # Retrying from the dead-letter set is never refused because of the key...
     assert await backend.retry_jobs(JobFilter(ids=(old_id,)), now=T + 6) == [old_id]
     old = await backend.get_job(old_id)
     assert old is not None and old.state is JobState.QUEUED and old.idempotency_key == "k"
-    # The key stays taken: a third enqueue is deduplicated onto one of the two live holders.
-    [third] = await backend.enqueue([job(idempotency_key="k")], now=T + 7)
-    assert not third.created and third.id in (old_id, newer.id)
+    # ...and the key stays with the job that took it last.
+    assert await backend.enqueue([job(idempotency_key="k")], now=T + 7) == [
+        EnqueueResult(newer.id, False, JobState.QUEUED)
+    ]
+
+
+async def test_key_after_its_last_taker_died_and_an_older_holder_came_back(
+    backend: Backend,
+) -> None:
+    # An older job is live again after a retry, but the key was last taken by a newer job that
+    # has since died. The protocol does not settle whether the key is free now (memory, SQLite
+    # and Redis: yes, so two live jobs share it) or held by the older job (PostgreSQL); either
+    # way the enqueue must answer with a live job that has the key.
+    old_id = await _bring_to(backend, "k", JobState.FAILED)
+    newer = job(idempotency_key="k", queue="other")
+    await backend.enqueue([newer], now=T + 5)
+    assert await backend.cancel(newer.id, now=T + 6) is CancelOutcome.CANCELLED
+    assert await backend.retry_jobs(JobFilter(ids=(old_id,)), now=T + 7) == [old_id]
+    third = job(idempotency_key="k")
+    [result] = await backend.enqueue([third], now=T + 8)
+    assert result.id in (old_id, third.id) and result.created == (result.id == third.id)
+    holder = await backend.get_job(result.id)
+    assert holder is not None and holder.state is JobState.QUEUED
+    assert holder.idempotency_key == "k"

@@ -205,3 +205,39 @@ async def test_release_after_a_retry_counts_only_the_failed_run(backend: Backend
 async def test_claim_sets_lease_relative_to_now(backend: Backend, lease: float) -> None:
     claimed = await _claim_one(backend, lease=lease)
     assert claimed.lease_until == approx_t(T + lease)
+
+
+async def test_an_expired_lease_still_holds_until_it_is_recovered(backend: Backend) -> None:
+    late = await _claim_one(backend, lease=10)
+    done = await _claim_one(backend, lease=10)
+    # Past lease_until, but nobody recovered the jobs: the leases still hold.
+    [status] = await backend.heartbeat("w", [(late.id, late.fence)], 10, now=T + 15)
+    assert status.held
+    record = await backend.get_job(late.id)
+    assert record is not None and record.lease_until == approx_t(T + 25)
+    assert await backend.complete(done.id, done.fence, b"late but fine", now=T + 16)
+    assert await backend.recover_expired(3, now=T + 20) == []
+
+
+async def test_recover_with_a_limit_of_zero_recovers_nothing(backend: Backend) -> None:
+    claimed = await _claim_one(backend, lease=10)
+    assert await backend.recover_expired(3, now=T + 11, limit=0) == []
+    record = await backend.get_job(claimed.id)
+    assert record is not None and record.state is JobState.RUNNING
+
+
+@pytest.mark.parametrize("how", ["release", "retry"])
+async def test_a_cancel_request_survives_a_hand_back(backend: Backend, how: str) -> None:
+    first = await _claim_one(backend, max_attempts=3)
+    assert await backend.cancel(first.id, "stop it", now=T + 1) == "requested"
+    if how == "release":
+        assert await backend.release(first.id, first.fence, now=T + 2)
+    else:
+        await backend.fail(first.id, first.fence, error(), retry_delay=0, now=T + 2)
+    record = await backend.get_job(first.id)
+    assert record is not None and record.state is JobState.QUEUED
+    assert record.cancel_requested and record.cancel_reason == "stop it"
+    # The next worker learns of it at once.
+    [second] = await backend.claim("w2", ["default"], 1, 10, now=T + 3)
+    [status] = await backend.heartbeat("w2", [(second.id, second.fence)], 10, now=T + 4)
+    assert status.held and status.cancel_requested

@@ -261,3 +261,13 @@ async def test_deleted_jobs_leave_no_trace(backend: Backend) -> None:
     assert await backend.cancel(job_id, now=T + 10) is CancelOutcome.NOT_FOUND
     await backend.append_logs(job_id, [])
     assert await backend.get_job(job_id) is None
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+async def test_bulk_operations_with_no_room_touch_nothing(backend: Backend, limit: int) -> None:
+    failed = await _job_in(backend, JobState.FAILED)
+    done = await _job_in(backend, JobState.COMPLETED)
+    assert await backend.retry_jobs(JobFilter(), now=T + 50, limit=limit) == []
+    assert await backend.delete_jobs(JobFilter(), limit=limit) == 0
+    assert (await _get(backend, failed)).state is JobState.FAILED
+    assert (await _get(backend, done)).state is JobState.COMPLETED

@@ -149,3 +149,34 @@ async def test_prune_workers_forgets_stale_heartbeats(backend: Backend) -> None:
     assert await backend.prune_workers(T + 10) == 0
     assert await backend.prune_workers(T + 100) == 2
     assert await backend.list_workers() == []
+
+
+async def test_logs_of_a_finished_job_are_still_appended(backend: Backend) -> None:
+    new = job()
+    await backend.enqueue([new], now=T)
+    [claimed] = await backend.claim("w", ["default"], 1, 30, now=T)
+    await backend.complete(new.id, claimed.fence, None, now=T + 1)
+    late = log_entry("after the fact", at=T + 2)
+    await backend.append_logs(new.id, [late])
+    record = await backend.get_job(new.id)
+    assert record is not None and record.logs == (late,)
+
+
+async def test_metadata_values_round_trip(backend: Backend) -> None:
+    metadata = {
+        "i64": 2**63 - 1,
+        "neg": -(2**63),
+        "tenth": 0.1,
+        "huge": 1e300,
+        "tiny": 5e-324,
+        "empty-dict": {},
+        "empty-list": [],
+        "deep": {"a": {"b": {"c": [[], [{}], None, False]}}},
+        "": "empty key",
+    }
+    new = job(metadata=metadata)
+    await backend.enqueue([new], now=T)
+    record = await backend.get_job(new.id)
+    assert record is not None and record.metadata == metadata
+    [claimed] = await backend.claim("w", ["default"], 1, 30, now=T)
+    assert claimed.metadata == metadata

@@ -267,7 +267,7 @@ class BackendAgreement(RuleBasedStateMachine):
     @rule(
         worker=st.sampled_from(WORKERS),
         queues=st.sampled_from((("q1",), ("q2",), ("q1", "q2"), ("q2", "q1"))),
-        limit=st.integers(1, 3),
+        limit=st.integers(0, 3),
         lease=st.sampled_from((5.0, 30.0)),
         tasks=st.sampled_from((None, None, ("a*",), ("b",), ("a.x", "b"))),
         exclude=st.sampled_from(((), (), ("a",))),
@@ -409,7 +409,7 @@ class BackendAgreement(RuleBasedStateMachine):
     def retry_jobs(self, data: st.DataObject, reset: bool) -> None:
         flt = self.filters(data)
         # A job whose idempotency key a newer job has taken since is left out: the protocol does
-        # not say which of two live holders of one key a later enqueue should return.
+        # not settle who holds a key once its last taker died and an older holder is retried.
         superseded = {i for owners in self.key_owners.values() for i in owners[:-1]}
         if superseded:
             allowed = [i for i in (flt.ids or self.ids) if i not in superseded]
