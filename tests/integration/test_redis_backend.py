@@ -389,3 +389,15 @@ async def test_a_foreign_key_of_the_wrong_type_is_named(raw: aioredis.Redis) -> 
 
 def _error(message: str) -> ErrorInfo:
     return ErrorInfo(code="error", type="RuntimeError", message=message, attempt=1, at=T)
+
+
+async def test_valkey_scheme_is_accepted() -> None:
+    require_shared_server()
+    f = factory_from_url("valkey://127.0.0.1:6379/0", prefix=fresh_prefix())
+    b = f.create()
+    try:
+        await b.open()
+        assert (await b.enqueue([job()], now=T))[0].created
+    finally:
+        await b.close()
+        await f.destroy()

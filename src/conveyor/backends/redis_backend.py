@@ -75,7 +75,6 @@ class RedisBackend(Backend):
         self._owns_client = owns_client
         self._blocking: Redis | None = None
         self._notifier: Notifier | None = None
-        self._wake_key = f"{base}wake:{uuid4().hex}"
         self._error_pause = 0.05
         self.server: dict[str, Any] = {}
 
@@ -249,10 +248,11 @@ class RedisBackend(Backend):
             await asyncio.sleep(bound)
             return
         keys = [queue_key(self.base, q, "m") for q in names]
+        wake_key = f"{self.base}wake:{uuid4().hex}"
         if precise:
             # Redis times blocked commands out on its ~100 ms tick; for a due job we wake
-            # ourselves exactly on time by pushing our own wake key.
-            keys.append(self._wake_key)
+            # ourselves exactly on time by pushing a wake key of our own.
+            keys.append(wake_key)
         pop = asyncio.ensure_future(
             self._blocking_client().bzpopmin(keys, timeout=bound + 1.0 if precise else bound)
         )
@@ -261,8 +261,8 @@ class RedisBackend(Backend):
                 done, _ = await asyncio.wait({pop}, timeout=bound)
                 if not done:
                     async with self.client.pipeline(transaction=True) as pipe:
-                        pipe.zadd(self._wake_key, {"1": 0})
-                        pipe.pexpire(self._wake_key, 60_000)
+                        pipe.zadd(wake_key, {"1": 0})
+                        pipe.pexpire(wake_key, 10_000)
                         await pipe.execute()
             await pop
             self._error_pause = 0.05

@@ -75,13 +75,23 @@ def make_retry(retries: int) -> Retry:
 
 
 def make_client(url: str, retries: int) -> Redis:
-    """A client for ``url`` that retries connection errors and timeouts with backoff."""
+    """A client for ``url`` that retries connection errors and timeouts with backoff.
+
+    ``valkey://`` and ``valkeys://`` are accepted as ``redis://`` and ``rediss://``. Unless the
+    URL says otherwise, connecting times out after 5 s and a reply after 30 s (a hung server
+    then surfaces as an error instead of a hang; blocking waits use their own connection).
+    """
+    scheme, sep, rest = url.partition("://")
+    if scheme.lower() in ("valkey", "valkeys"):
+        url = scheme.lower().replace("valkey", "redis") + sep + rest
     try:
         return Redis.from_url(
             url,
             retry=make_retry(retries),
             retry_on_error=[ConnectionError, TimeoutError],
             socket_keepalive=True,
+            socket_connect_timeout=5.0,
+            socket_timeout=30.0,
         )
     except ValueError as exc:
         raise ConfigurationError(
