@@ -401,3 +401,34 @@ async def test_valkey_scheme_is_accepted() -> None:
     finally:
         await b.close()
         await f.destroy()
+
+
+async def test_key_value_state_compare_and_set(backend: RedisBackend) -> None:
+    ns = "schedules: {odd} ns"
+    assert await backend.kv_get(ns, "a") is None
+    assert await backend.kv_list(ns) == {}
+    assert await backend.kv_swap(ns, "a", None, b"1")
+    assert not await backend.kv_swap(ns, "a", None, b"2")  # present, expected absent
+    assert not await backend.kv_swap(ns, "a", b"0", b"2")  # wrong expectation
+    assert await backend.kv_swap(ns, "a", b"1", b"")  # empty bytes are a value, not absence
+    assert await backend.kv_get(ns, "a") == b""
+    assert await backend.kv_swap(ns, "b:é", None, b"\x00\xff")
+    assert await backend.kv_list(ns) == {"a": b"", "b:é": b"\x00\xff"}
+    assert await backend.kv_list("other") == {}
+    assert await backend.kv_swap(ns, "a", b"", None)  # delete
+    assert not await backend.kv_swap(ns, "a", b"", None)
+    assert await backend.kv_list(ns) == {"b:é": b"\x00\xff"}
+
+
+async def test_concurrent_kv_swaps_have_one_winner(
+    backend: RedisBackend, rfactory: RedisFactory
+) -> None:
+    others = [rfactory.create() for _ in range(5)]
+    try:
+        wins = await asyncio.gather(
+            *(b.kv_swap("s", "tick", None, str(i).encode()) for i, b in enumerate(others))
+        )
+        assert sum(wins) == 1
+    finally:
+        for b in others:
+            await b.close()

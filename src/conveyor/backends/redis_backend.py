@@ -26,6 +26,7 @@ from conveyor.backends.redis_codec import (
     encode_logs,
     encode_new_job,
     encode_worker,
+    escape_queue,
     num,
     opt_num,
     opt_str,
@@ -365,6 +366,28 @@ class RedisBackend(Backend):
         with translate_errors(self.url, self.prefix):
             counts = cast(BytesMap, await self.client.hgetall(self.base + "counts"))
         return decode_counts(counts)
+
+    # -- small shared state (schedules) -------------------------------------------------------
+    def _kv_key(self, namespace: str) -> str:
+        return f"{self.base}kv:{escape_queue(namespace)}"
+
+    async def kv_get(self, namespace: str, key: str) -> bytes | None:
+        with translate_errors(self.url, self.prefix):
+            value = await self.client.hget(self._kv_key(namespace), key)
+        return cast(bytes | None, value)
+
+    async def kv_list(self, namespace: str) -> dict[str, bytes]:
+        with translate_errors(self.url, self.prefix):
+            raw = cast(BytesMap, await self.client.hgetall(self._kv_key(namespace)))
+        return {k.decode(): v for k, v in raw.items()}
+
+    async def kv_swap(
+        self, namespace: str, key: str, expected: bytes | None, value: bytes | None
+    ) -> bool:
+        def enc(v: bytes | None) -> bytes:
+            return b"" if v is None else b"=" + v
+
+        return bool(await self._run("kv_swap", [namespace, key, enc(expected), enc(value)]))
 
     # -- workers ----------------------------------------------------------------------------
     async def register_worker(self, info: WorkerInfo) -> None:

@@ -16,6 +16,8 @@
 --   B..'q:'<q>':s'         ZSET  scheduled jobs, score run-at
 --   B..'q:'<q>':m'         ZSET  wake-up marker workers BZPOPMIN on
 --   B..'q:'<q>':x:'<state> ZSET  all jobs of the queue in a state, score 0 (id order)
+--   B..'kv:'<namespace>    HASH  small shared state (schedules), compare-and-set by kv_swap
+--   B..'workers' / 'beats' HASH / ZSET  worker registry and last heartbeats
 --
 -- <q> is the queue name with '%', ':', '{' and '}' percent-escaped. Numbers are written with
 -- '%.17g' so that every float survives the trip through Lua exactly.
