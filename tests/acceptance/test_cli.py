@@ -138,12 +138,6 @@ async def test_cli_enqueue_list_show_cancel_retry(make_store: MakeStore) -> None
     assert rec.state is JobState.QUEUED and rec.run_at <= time.time()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: cli/common.py run() maps InvalidArgumentsError to exit 1 before enqueue's "
-    "own handler can turn it into a usage error (2); fail() renders '[invalid_arguments]' "
-    "as rich markup, so the code vanishes from the message",
-)
 async def test_cli_enqueue_with_misfit_arguments_is_a_usage_error(make_store: MakeStore) -> None:
     store = await make_store("sqlite")
     done = store.cli("enqueue", "add", "--args", "[1]")
@@ -151,11 +145,6 @@ async def test_cli_enqueue_with_misfit_arguments_is_a_usage_error(make_store: Ma
     assert done.returncode == EXIT_USAGE, done.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: cli/jobs.py show prints 'no job with id' to stdout, so with --json a script "
-    "reading stdout gets text that is not JSON; errors belong on stderr",
-)
 async def test_cli_show_unknown_job_with_json_keeps_stdout_clean(make_store: MakeStore) -> None:
     store = await make_store("sqlite")
     done = store.cli("jobs", "show", "0" * 32, "--json")

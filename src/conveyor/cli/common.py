@@ -15,10 +15,16 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from conveyor.core.app import Conveyor
-from conveyor.errors import ConveyorError, InvalidStateError, JobNotFoundError
+from conveyor.errors import (
+    ConveyorError,
+    InvalidArgumentsError,
+    InvalidStateError,
+    JobNotFoundError,
+)
 
 T = TypeVar("T")
 
@@ -97,13 +103,15 @@ def run(app: Conveyor, coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
         fail(str(exc), EXIT_NOT_FOUND)
     except InvalidStateError as exc:
         fail(str(exc), EXIT_INVALID_STATE)
+    except InvalidArgumentsError as exc:
+        fail(f"[{exc.code}] {exc}", EXIT_USAGE)
     except ConveyorError as exc:
         fail(f"[{exc.code}] {exc}", EXIT_ERROR)
     raise AssertionError("unreachable")
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise SystemExit(code)
 
 

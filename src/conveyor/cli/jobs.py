@@ -14,6 +14,7 @@ from conveyor.cli.common import (
     app_options,
     console,
     emit_json,
+    fail,
     fmt_age,
     fmt_duration,
     fmt_time,
@@ -139,8 +140,8 @@ def show(job_id: str, seed000: bool, app_path: str | None, url: str | None, as_j
     app = load_app(app_path, url)
     info = run(app, lambda: app.inspect.job(job_id))
     if info is None:
-        console.print(f"[red]no job with id {job_id!r}[/]")
-        raise SystemExit(EXIT_NOT_FOUND)
+        fail(f"no job with id {job_id!r}", EXIT_NOT_FOUND)
+        return
     if as_json:
         if seed000:
             emit_json(
