@@ -27,6 +27,8 @@ class ContextHost(Protocol):
 
     def is_shutting_down(self) -> bool: ...
 
+    async def open_transaction(self, ctx: JobContext) -> Any: ...
+
 
 class JobLog:
     """``ctx.log.info("…", key=value)``: log lines stored with the job (and sent to logging)."""
@@ -109,6 +111,20 @@ class JobContext:
     def is_shutting_down(self) -> bool:
         """Whether the worker is draining: finish quickly or raise to be retried later."""
         return self._host.is_shutting_down() if self._host is not None else False
+
+    async def transaction(self) -> Any:
+        """A database connection in an open transaction that commits **together with this
+        job's completion** (PostgreSQL, async handlers).
+
+        Do the handler's own writes through it; when the handler returns, the worker marks the
+        job completed in the same transaction (fenced by the lease) and commits. If the handler
+        raises, the lease was lost, or the worker dies first, everything rolls back and the job
+        runs again — so effects that live in the database happen exactly once. Calling it again
+        returns the same connection.
+        """
+        if self._host is None:
+            raise ConveyorError("transaction() needs a running worker")
+        return await self._host.open_transaction(self)
 
     # -- cancellation -----------------------------------------------------------------------
     @property

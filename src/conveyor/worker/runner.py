@@ -17,7 +17,14 @@ from conveyor.core.middleware import ExecuteCall, ExecuteNext, compose_execute
 from conveyor.core.serialization import decode_call
 from conveyor.domain.job import ErrorInfo, RecoveredJob
 from conveyor.domain.states import JobState
-from conveyor.errors import Cancelled, ErrorCode, JobTimeout, Retry, SerializationError
+from conveyor.errors import (
+    Cancelled,
+    ConfigurationError,
+    ErrorCode,
+    JobTimeout,
+    Retry,
+    SerializationError,
+)
 from conveyor.worker.processes import ChildProcessDied, ProcessPool, RemoteError
 from conveyor.worker.threads import DaemonThreadPool
 
@@ -35,6 +42,10 @@ class _Permanent(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class _Rollback(Exception):
+    """Raised into a handler transaction's context to roll it back."""
 
 
 class _Interrupted(Exception):
@@ -137,6 +148,41 @@ class JobRunner:
 
     def is_shutting_down(self) -> bool:
         return self.worker.stopping
+
+    async def open_transaction(self, ctx: JobContext) -> Any:
+        active = self.worker.active.get(ctx.job_id)
+        if active is None:
+            raise ConfigurationError("transaction() was called after the job finished")
+        if "tx" in active.extra:
+            return active.extra["tx"][0]
+        backend = self.worker.backend
+        connection = getattr(backend, "connection", None)
+        if connection is None or not hasattr(backend, "complete_on"):
+            raise ConfigurationError(
+                "current_job().transaction() needs a backend with transactional completion "
+                f"(PostgreSQL); {self.app.factory.describe()['url']} has none"
+            )
+        stack = contextlib.AsyncExitStack()
+        try:
+            conn = await stack.enter_async_context(connection())
+            await stack.enter_async_context(conn.transaction())
+        except BaseException:
+            await stack.aclose()
+            raise
+        active.extra["tx"] = (conn, stack)
+        return conn
+
+    async def _end_transaction(self, active: ActiveJob, *, commit: bool) -> None:
+        """Roll back (or commit) a handler transaction that is still open."""
+        tx = active.extra.pop("tx", None)
+        if tx is None:
+            return
+        _, stack = tx
+        if commit:
+            await stack.aclose()
+            return
+        with contextlib.suppress(Exception):
+            await stack.__aexit__(_Rollback, _Rollback(), None)
 
     # -- interruption -------------------------------------------------------------------------
     def interrupt(self, active: ActiveJob, reason: str, cancel_reason: str | None = None) -> None:
@@ -314,9 +360,17 @@ class JobRunner:
             await self._failed(active, self.app.tasks.get(job.task), exc, duration, permanent=True)
             return
         await self._flush_logs(active)
-        ok = await self._store(
-            lambda: self.worker.backend.complete(job.id, job.fence, data, self.app.backend_now())
-        )
+        ok: bool | None
+        if "tx" in active.extra:
+            ok = await self._complete_in_transaction(active, data)
+        else:
+            ok = await self._store(
+                lambda: self.worker.backend.complete(
+                    job.id, job.fence, data, self.app.backend_now()
+                )
+            )
+        if ok is None:
+            return  # the store stayed unreachable: lease recovery reruns the job
         if not ok:
             self._lease_lost(active)
             return
@@ -364,6 +418,39 @@ class JobRunner:
                 delay = min(delay * 2, 2.0)
         return None
 
+    async def _complete_in_transaction(self, active: ActiveJob, data: bytes | None) -> bool:
+        """Complete inside the handler's transaction and commit both together.
+
+        If the store fails here, nothing is committed: the job stays running, its lease
+        expires and it runs again, and the handler's writes were rolled back with it.
+        """
+        job = active.job
+        conn, _ = active.extra["tx"]
+        backend: Any = self.worker.backend
+        try:
+            ok = bool(
+                await backend.complete_on(conn, job.id, job.fence, data, self.app.backend_now())
+            )
+        except Exception as exc:  # noqa: BLE001
+            log.error(
+                "transactional completion of %s failed: %s", job.id, exc, extra=self._fields(active)
+            )
+            await self._end_transaction(active, commit=False)
+            return True  # nothing more to record: recovery will rerun the job
+        if not ok:
+            await self._end_transaction(active, commit=False)
+            return False
+        try:
+            await self._end_transaction(active, commit=True)
+        except Exception as exc:  # noqa: BLE001
+            log.error(
+                "commit of %s failed: %s; the job will run again",
+                job.id,
+                exc,
+                extra=self._fields(active),
+            )
+        return True
+
     def _lease_lost(self, active: ActiveJob) -> None:
         self.worker.stats.lease_lost += 1
         log.warning(
@@ -375,6 +462,7 @@ class JobRunner:
     async def _interrupted(self, active: ActiveJob, reason: str, duration: float) -> None:
         job = active.job
         backend = self.worker.backend
+        await self._end_transaction(active, commit=False)
         await self._flush_logs(active)
         if reason == "timeout":
             await self._failed(
@@ -440,6 +528,7 @@ class JobRunner:
         permanent: bool = False,
     ) -> None:
         job = active.job
+        await self._end_transaction(active, commit=False)
         if isinstance(exc, Cancelled):
             active.cancel_reason = active.cancel_reason or str(exc)
             await self._interrupted(active, "cancel", duration)
