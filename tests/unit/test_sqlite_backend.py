@@ -158,6 +158,17 @@ async def test_opening_migrates_a_new_file(backend: SQLiteBackend, factory: SQLi
     assert await factory.migrate() == []
 
 
+async def test_migrations_are_idempotent(backend: SQLiteBackend, factory: SQLiteFactory) -> None:
+    """A file whose version was lost (restored from an old backup header, say) is migrated
+    again without harm: every step is written to run twice."""
+    new = _job()
+    await backend.enqueue([new])
+    with sqlite3.connect(factory.path) as conn:
+        conn.execute("PRAGMA user_version = 0")
+    assert await factory.migrate() == ["0001_initial"]
+    assert await backend.get_job(new.id) is not None
+
+
 async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
     with sqlite3.connect(path) as conn:
