@@ -84,6 +84,8 @@ class PostgresClient:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def open(self) -> None:
+        if self._pool is not None:
+            return
         s = self.settings
         try:
             conninfo = s.conninfo()

@@ -109,7 +109,7 @@ class Listener:
                 backoff = 0.05
                 async for note in conn.notifies():
                     self._on_notify(note.channel, note.payload)
-            except psycopg.Error as exc:
+            except (psycopg.Error, OSError) as exc:
                 if self.connected:
                     log.warning("LISTEN connection lost (%s); reconnecting", exc)
                     self.reconnects += 1
