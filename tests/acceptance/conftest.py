@@ -367,8 +367,19 @@ async def require_kind(kind: str, tmp: Path) -> None:
 MakeStore = Callable[..., Awaitable[Store]]
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.stash[_FAILED] = report.failed
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
 @pytest.fixture
-async def make_store(tmp_path: Path) -> AsyncIterator[MakeStore]:
+async def make_store(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[MakeStore]:
     """``await make_store(kind, lease=…, heartbeat=…, max_stalls=…)``: a fresh :class:`Store`."""
     made: list[Store] = []
 
@@ -397,8 +408,13 @@ async def make_store(tmp_path: Path) -> AsyncIterator[MakeStore]:
     try:
         yield make
     finally:
+        failed = request.node.stash.get(_FAILED, False)
         for store in made:
             for proc in store.procs:
+                if failed:
+                    # Shown with the failure report: what each process said.
+                    print(f"--- pid {proc.pid} ({' '.join(proc.argv[3:6])}) log tail ---")
+                    print(proc.log()[-3000:])
                 proc.reap()
         for store in made:
             with contextlib.suppress(Exception):

@@ -46,6 +46,11 @@ async def snapshot(store: Store) -> list[tuple[Any, ...]]:
     return sorted((r.id, r.state.value, r.attempts, r.run_at) for r in records)
 
 
+def flat(text: str) -> str:
+    """Output with rich's line wrapping undone."""
+    return " ".join(text.split())
+
+
 def enqueue(store: Store, task: str, *options: str) -> str:
     out = store.cli_json("enqueue", task, *options)
     assert out["task"] == task and out["created"] is True
@@ -67,13 +72,11 @@ async def test_cli_enqueue_list_show_cancel_retry(make_store: MakeStore) -> None
         (("enqueue", "add", "--args", '{"a": 1}'), "--args must be a JSON list"),
         (("enqueue", "add", "--priority", "urgentest", "--args", "[1, 2]"), "urgentest"),
         (("enqueue", "add", "--delay", "-5s", "--args", "[1, 2]"), "-5s"),
+        (("enqueue", "add", "--args", "[1]"), "missing a required argument: 'b'"),
     ]
-    results = store.cli_many(*[args for args, _ in bad], ("enqueue", "add", "--args", "[1]"))
-    for (args, message), done in zip(bad, results, strict=False):
+    for (args, message), done in zip(bad, store.cli_many(*[args for args, _ in bad]), strict=True):
         assert done.returncode == EXIT_USAGE, (args, done.returncode, done.stderr)
-        assert message in done.stderr, (args, done.stderr)
-    misfit = results[-1]
-    assert misfit.returncode != 0 and "missing a required argument: 'b'" in misfit.stderr
+        assert message in flat(done.stderr), (args, done.stderr)
     assert await snapshot(store) == before
 
     listed, scheduled, billing, adds, page, rest, seed_list, shown, shown_later, seed = (
@@ -141,8 +144,10 @@ async def test_cli_enqueue_list_show_cancel_retry(make_store: MakeStore) -> None
 async def test_cli_enqueue_with_misfit_arguments_is_a_usage_error(make_store: MakeStore) -> None:
     store = await make_store("sqlite")
     done = store.cli("enqueue", "add", "--args", "[1]")
-    assert "[invalid_arguments]" in done.stderr or done.returncode == EXIT_USAGE
     assert done.returncode == EXIT_USAGE, done.stderr
+    assert "[invalid_arguments]" in done.stderr
+    assert "missing a required argument" in flat(done.stderr)
+    assert await snapshot(store) == []
 
 
 async def test_cli_show_unknown_job_with_json_keeps_stdout_clean(make_store: MakeStore) -> None:
@@ -201,7 +206,7 @@ async def test_cli_dead_letters(make_store: MakeStore) -> None:
     )
     for args, done in zip(refusals, refused, strict=True):
         assert done.returncode == EXIT_ABORTED, (args, done.stdout, done.stderr)
-        assert "without --yes" in done.stdout + done.stderr
+        assert "without --yes" in flat(done.stdout + done.stderr)
     assert nowhere.returncode == EXIT_NOT_FOUND
     assert alive.returncode == EXIT_INVALID_STATE
     assert await snapshot(store) == before
