@@ -432,3 +432,25 @@ async def test_concurrent_kv_swaps_have_one_winner(
     finally:
         for b in others:
             await b.close()
+
+
+async def test_complete_and_claim_is_complete_then_claim(backend: RedisBackend) -> None:
+    a, b, c = job(priority=2), job(priority=1), job()
+    await backend.enqueue([a, b, c], now=T)
+    [first] = await backend.claim("w", ["default"], 1, 30, now=T)
+    done, nxt = await backend.complete_and_claim(
+        first.id, first.fence, b"r", "w", ["default"], 5, 30, now=T + 1
+    )
+    assert done and [n.id for n in nxt] == [b.id, c.id]
+    record = await backend.get_job(a.id)
+    assert record is not None and record.state is JobState.COMPLETED and record.result == b"r"
+    assert record.finished_at == T + 1
+    assert nxt[0].lease_until == T + 31 and nxt[0].attempt == 1
+    # A stale fence completes nothing, but the claim still happens.
+    await backend.enqueue([d := job()], now=T)
+    done, nxt = await backend.complete_and_claim(
+        a.id, first.fence, None, "w", ["default"], 1, 30, now=T + 2, tasks=["tasks.*"]
+    )
+    assert not done and [n.id for n in nxt] == [d.id]
+    done, nxt = await backend.complete_and_claim(b.id, 99, None, "w", ["default"], 0, 30)
+    assert not done and nxt == []

@@ -16,11 +16,12 @@ from conveyor.domain.job import JobFilter, NewJob
 from conveyor.errors import ConfigurationError, StorageUnavailableError
 
 try:
-    from .test_redis_support import calls_delta, command_calls, private_server
+    from .test_redis_support import calls_delta, command_calls, free_port, private_server
 except ImportError:  # tests/integration is not a package
     from test_redis_support import (  # type: ignore[no-redef]
         calls_delta,
         command_calls,
+        free_port,
         private_server,
     )
 
@@ -94,8 +95,11 @@ async def test_no_warning_with_noeviction(tmp_path: Path, caplog: pytest.LogCapt
 
 async def test_cluster_mode_is_refused_with_a_reason(tmp_path: Path) -> None:
     async with private_server(
-        tmp_path, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"
-    ) as server:
+        tmp_path,
+        "--cluster-enabled", "yes",
+        "--cluster-config-file", "nodes.conf",
+        "--cluster-port", str(free_port()),  # not port + 10000, which may exceed 65535
+    ) as server:  # fmt: skip
         backend = RedisFactory(server.url, prefix="p").create()
         try:
             with pytest.raises(ConfigurationError, match="cluster mode"):
@@ -151,6 +155,20 @@ async def test_each_transition_is_one_command(tmp_path: Path) -> None:
             assert len(batch) == 50
             assert _client_commands(calls_delta(before, await command_calls(raw))) == {
                 "evalsha": 51
+            }
+
+            # Completing a job and claiming the next: one command too.
+            [held] = await backend.claim("w", ["default"], 1, 30, now=T)
+            await backend.complete_and_claim(held.id, held.fence, None, "w", ["default"], 1, 30)
+            before = await command_calls(raw)
+            for _ in range(10):
+                held = (
+                    await backend.complete_and_claim(
+                        held.id, held.fence, None, "w", ["default"], 1, 30
+                    )
+                )[1][0]
+            assert _client_commands(calls_delta(before, await command_calls(raw))) == {
+                "evalsha": 10
             }
         finally:
             await backend.close()

@@ -128,14 +128,34 @@ class RedisBackend(Backend):
     ) -> list[ClaimedJob]:
         if limit <= 0:
             return []
-        args: list[ScriptArg] = [worker_id, str(limit), num(float(lease)), opt_num(now)]
-        args += [str(PROMOTE_BATCH), str(len(queues)), *queues]
-        args += ["-1"] if tasks is None else [str(len(tasks)), *tasks]
-        args += [str(len(exclude_tasks)), *exclude_tasks]
-        reply = await self._run("claim", args)
-        return [
-            decode_claimed(reply[i : i + CLAIM_WIDTH]) for i in range(0, len(reply), CLAIM_WIDTH)
-        ]
+        args = _claim_args(worker_id, queues, limit, lease, now, tasks, exclude_tasks)
+        return _decode_claims(await self._run("claim", args))
+
+    async def complete_and_claim(
+        self,
+        job_id: str,
+        fence: int,
+        result: bytes | None,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        now: float | None = None,
+        *,
+        tasks: Sequence[str] | None = None,
+        exclude_tasks: Sequence[str] = (),
+    ) -> tuple[bool, list[ClaimedJob]]:
+        """:meth:`complete` then :meth:`claim`, fused into one script and one round trip (a
+        worker that finishes a job and has a free slot asks for the next in the same call).
+
+        Not part of the :class:`Backend` protocol (yet); same semantics as the two calls.
+        """
+        if limit <= 0:
+            return await self.complete(job_id, fence, result, now), []
+        args: list[ScriptArg] = [job_id, str(fence), "0" if result is None else "1", result or b""]
+        args += _claim_args(worker_id, queues, limit, lease, now, tasks, exclude_tasks)
+        reply = await self._run("complete_claim", args)
+        return bool(reply[0]), _decode_claims(reply[1:])
 
     async def complete(
         self, job_id: str, fence: int, result: bytes | None, now: float | None = None
@@ -403,3 +423,23 @@ class RedisBackend(Backend):
 
     async def prune_workers(self, heartbeat_before: float) -> int:
         return int(await self._run("worker_prune", [num(heartbeat_before)]))
+
+
+def _claim_args(
+    worker_id: str,
+    queues: Sequence[str],
+    limit: int,
+    lease: float,
+    now: float | None,
+    tasks: Sequence[str] | None,
+    exclude_tasks: Sequence[str],
+) -> list[ScriptArg]:
+    args: list[ScriptArg] = [worker_id, str(limit), num(float(lease)), opt_num(now)]
+    args += [str(PROMOTE_BATCH), str(len(queues)), *queues]
+    args += ["-1"] if tasks is None else [str(len(tasks)), *tasks]
+    args += [str(len(exclude_tasks)), *exclude_tasks]
+    return args
+
+
+def _decode_claims(reply: Sequence[Any]) -> list[ClaimedJob]:
+    return [decode_claimed(reply[i : i + CLAIM_WIDTH]) for i in range(0, len(reply), CLAIM_WIDTH)]

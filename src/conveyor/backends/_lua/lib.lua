@@ -138,3 +138,17 @@ local function record_error(k, err)
   redis.call('HSET', k, 'e', err)
   push_json(k, 'E', err)
 end
+
+local function complete_job(id, fence, has_result, result, now_arg)
+  -- running -> completed, fenced; true when it applied.
+  local k = jkey(id)
+  local s, f, q, task = unpack(redis.call('HMGET', k, 's', 'f', 'q', 't'))
+  if s ~= 'running' or (f or '0') ~= fence then return false end
+  if has_result == '1' then redis.call('HSET', k, 'r', result) else redis.call('HDEL', k, 'r') end
+  redis.call('HSET', k, 'fa', fmt(clock(now_arg)))
+  redis.call('HDEL', k, 'lo', 'lu')
+  redis.call('ZREM', B .. 'lease', id)
+  move(id, q, task, 'running', 'completed')
+  finished(id)
+  return true
+end

@@ -1,0 +1,158 @@
+-- Conveyor: the claim transition as a function, shared by claim.lua and complete_claim.lua.
+-- Prepended (after lib.lua) to the scripts that name it on a leading '--! ' line.
+
+local function claim_jobs(i0)
+  -- ARGV from i0: worker, limit, lease, now, budget, nq, queue..., nt (-1: all tasks),
+  -- pattern..., nx, excluded... Returns 17 values per claimed job.
+  local worker, limit, lease = ARGV[i0], tonumber(ARGV[i0 + 1]), tonumber(ARGV[i0 + 2])
+  local t = clock(ARGV[i0 + 3])
+  local now = fmt(t)
+  local budget = tonumber(ARGV[i0 + 4])
+  local i = i0 + 5
+  local queues = {}
+  for j = 1, tonumber(ARGV[i]) do queues[j] = ARGV[i + j] end
+  i = i + #queues + 1
+  local nt = tonumber(ARGV[i])
+  local patterns = nil
+  if nt >= 0 then
+    patterns = {}
+    for j = 1, nt do
+      -- A pattern is split at '*': its pieces must appear in order, the first as a prefix and
+      -- the last as a suffix. Every other character is literal.
+      local pieces, p, start = {}, ARGV[i + j], 1
+      while true do
+        local star = string.find(p, '*', start, true)
+        if not star then pieces[#pieces + 1] = string.sub(p, start); break end
+        pieces[#pieces + 1] = string.sub(p, start, star - 1)
+        start = star + 1
+      end
+      patterns[j] = pieces
+    end
+    i = i + nt
+  end
+  i = i + 1
+  local excluded = {}
+  local nx = tonumber(ARGV[i])
+  for j = 1, nx do excluded[ARGV[i + j]] = true end
+  local filtered = patterns ~= nil or nx > 0
+
+  local function glob(s, pieces)
+    local n = #pieces
+    if n == 1 then return s == pieces[1] end
+    local first, last = pieces[1], pieces[n]
+    if #s < #first + #last then return false end
+    if string.sub(s, 1, #first) ~= first then return false end
+    if #last > 0 and string.sub(s, -#last) ~= last then return false end
+    local pos, stop = #first + 1, #s - #last
+    for j = 2, n - 1 do
+      local piece = pieces[j]
+      if #piece > 0 then
+        local a, b = string.find(s, piece, pos, true)
+        if not a or b > stop then return false end
+        pos = b + 1
+      end
+    end
+    return true
+  end
+
+  local function wanted(task)
+    if excluded[task] then return false end
+    if patterns == nil then return true end
+    for _, pieces in ipairs(patterns) do
+      if glob(task, pieces) then return true end
+    end
+    return false
+  end
+
+  -- 1. Expire waiting jobs whose TTL passed (any queue).
+  local stale = redis.call('ZRANGEBYSCORE', B .. 'exp', '-inf', now, 'LIMIT', 0, budget)
+  for _, id in ipairs(stale) do
+    local k = jkey(id)
+    local s, q, task, prio, attempts = unpack(redis.call('HMGET', k, 's', 'q', 't', 'p', 'a'))
+    if s == 'queued' or s == 'scheduled' then
+      leave_waiting(id, q, s, prio or '0')
+      redis.call('HSET', k, 'fa', now)
+      record_error(k, err_json('expired', 'Expired', "the job's TTL passed before it started",
+        attempts, t))
+      move(id, q, task, s, 'expired')
+      finished(id)
+    else
+      redis.call('ZREM', B .. 'exp', id)
+    end
+  end
+
+  -- 2. Promote scheduled jobs that are due (any queue).
+  for _, q in ipairs(redis.call('ZRANGEBYSCORE', B .. 'due', '-inf', now)) do
+    local sk = qkey(q, 's')
+    local due = redis.call('ZRANGEBYSCORE', sk, '-inf', now, 'LIMIT', 0, budget)
+    for _, id in ipairs(due) do
+      local k = jkey(id)
+      local task, prio, run_at = unpack(redis.call('HMGET', k, 't', 'p', 'ra'))
+      redis.call('ZREM', sk, id)
+      move(id, q, task, 'scheduled', 'queued')
+      make_ready(id, q, prio or '0', run_at)
+    end
+    local head = redis.call('ZRANGE', sk, 0, 0, 'WITHSCORES')
+    if head[1] then
+      redis.call('ZADD', B .. 'due', head[2], q)
+    else
+      redis.call('ZREM', B .. 'due', q)
+    end
+    if #due > 0 then wake(q) end
+  end
+
+  -- 3. Lease jobs.
+  local out = {}
+  local taken = 0
+  local lease_until = fmt(t + lease)
+
+  local function take(id, q, prio)
+    local k = jkey(id)
+    unready(id, q, prio)
+    redis.call('HINCRBY', k, 'a', 1)
+    redis.call('HINCRBY', k, 'f', 1)
+    redis.call('HSET', k, 'lo', worker, 'lu', lease_until, 'sa', now)
+    redis.call('ZADD', B .. 'lease', lease_until, id)
+    redis.call('ZREM', B .. 'exp', id)
+    local row = redis.call('HMGET', k, 't', 'q', 'p', 'a', 'ma', 'f', 'lu', 'to', 'tr', 'ik', 'md',
+      'pv', 'c', 'st', 'w')
+    move(id, q, row[1], 'queued', 'running')
+    out[#out + 1] = id
+    out[#out + 1] = row[1]
+    out[#out + 1] = row[2]
+    out[#out + 1] = redis.call('GET', dkey(id))
+    for j = 3, #row do out[#out + 1] = row[j] end
+    taken = taken + 1
+  end
+
+  if limit > 0 then
+    for _, q in ipairs(queues) do
+      if taken >= limit then break end
+      local pk = qkey(q, 'p')
+      for _, prio in ipairs(redis.call('ZRANGE', pk, 0, -1)) do
+        if taken >= limit then break end
+        local rk = qkey(q, 'r:' .. prio)
+        if not filtered then
+          for _, id in ipairs(redis.call('ZRANGE', rk, 0, limit - taken - 1)) do take(id, q, prio) end
+        else
+          local picked, offset, chunk = {}, 0, 100
+          while #picked < limit - taken do
+            local ids = redis.call('ZRANGE', rk, offset, offset + chunk - 1)
+            for _, id in ipairs(ids) do
+              if wanted(redis.call('HGET', jkey(id), 't')) then
+                picked[#picked + 1] = id
+                if #picked >= limit - taken then break end
+              end
+            end
+            if #ids < chunk then break end
+            offset = offset + chunk
+          end
+          for _, id in ipairs(picked) do take(id, q, prio) end
+        end
+      end
+      -- Work is left: wake the next idle worker of this queue.
+      if redis.call('EXISTS', pk) == 1 then wake(q) end
+    end
+  end
+  return out
+end
