@@ -57,6 +57,22 @@ def record(event: str, **fields: Any) -> None:
         os.close(fd)
 
 
+def long_child_job(token: str, seconds: float) -> str:
+    """A process-mode handler (it runs in a pool child, where there is no job context): notes
+    its pid under ``token``, then works for ``seconds``."""
+    path = os.environ[ENV_LEDGER]
+    line = {"event": "child_start", "token": token, "pid": os.getpid(), "parent": os.getppid()}
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(line) + "\n").encode())
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    return token
+
+
 def build_app(
     url: str,
     *,
@@ -130,6 +146,8 @@ def build_app(
             time.sleep(0.02)
         record("end")
         return "slept"
+
+    app.task(name="long_child_job", executor="process")(long_child_job)
 
     @app.task(name="add")
     def add(a: int, b: int) -> int:

@@ -156,3 +156,31 @@ async def test_cancelling_the_job_of_a_dead_worker(make_store: MakeStore, kind: 
     assert rec.lease_owner is None and rec.stalls == 1, rec
     rescuer.signal(signal.SIGTERM)
     assert await rescuer.wait_exit(10) == 0, rescuer.log()
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: worker/processes.py pool children outlive a kill -9 of their worker and keep "
+    "running the job (no parent-death signal or parent check), while the recovered job runs "
+    "again elsewhere",
+)
+async def test_kill_9_leaves_no_process_mode_child_running(make_store: MakeStore) -> None:
+    store = await make_store("sqlite", lease=2.0, heartbeat=0.5)
+    await store.app.tasks["long_child_job"].enqueue("orphan?", 60.0)
+    worker = store.start_worker(concurrency=1)
+    started = await wait_until(
+        lambda: store.ledger.events("child_start"), 60, message="the process-mode job to start"
+    )
+    child = started[0]["pid"]
+    assert started[0]["parent"] == worker.pid and child != worker.pid  # a pool child
+    os.kill(worker.pid, signal.SIGKILL)
+    await worker.wait_exit(10)
+    await wait_until(lambda: not process_alive(child), 5, message=f"child {child} to go away")
