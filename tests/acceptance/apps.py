@@ -90,6 +90,7 @@ def build_app(
         backend_options=backend_options,
     )
     app.queue("billing")
+    app.queue("payments", dead_letter="payments-dead")
 
     @app.task(name="work")
     async def work(ms: int) -> int:
@@ -166,6 +167,11 @@ def build_app(
     def billing_boom() -> None:
         record("start")
         raise ValueError("card declined")
+
+    @app.task(name="payments_boom", queue="payments")
+    def payments_boom() -> None:
+        record("start")
+        raise ValueError("payment gateway refused")
 
     @app.task(name="crash")
     async def crash() -> None:

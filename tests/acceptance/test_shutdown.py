@@ -33,8 +33,10 @@ def assert_handed_back(records: dict[str, JobRecord]) -> None:
 
 async def test_sigterm_hands_unfinished_jobs_back_at_once(make_store: MakeStore, kind: str) -> None:
     store = await make_store(kind, lease=LONG_LEASE, heartbeat=1.0)
-    sleeper = store.app.tasks["sleeper"]
-    handles = await store.app.enqueue_many([sleeper.call(30.0) for _ in range(3)])
+    sleeper, sync_sleeper = store.app.tasks["sleeper"], store.app.tasks["sync_sleeper"]
+    handles = await store.app.enqueue_many(
+        [sleeper.call(30.0), sleeper.call(30.0), sync_sleeper.call(30.0)]
+    )
     ids = {h.id for h in handles}
     first = store.start_worker(concurrency=3, grace=0.5)
     await wait_until(lambda: len(store.ledger.starts()) == 3, 30, message="3 jobs to start")
@@ -47,8 +49,10 @@ async def test_sigterm_hands_unfinished_jobs_back_at_once(make_store: MakeStore,
 
     assert_handed_back(await store.records(ids))
     interrupted = store.ledger.events("interrupted")
-    assert {e["job"] for e in interrupted} == ids
-    assert all(e["shutting_down"] for e in interrupted), interrupted
+    # The async handlers were interrupted while the worker was shutting down. (The thread one
+    # cannot be interrupted; it may or may not have noticed its flag before the process ended.)
+    assert {h.id for h in handles[:2]} <= {e["job"] for e in interrupted}
+    assert all(e.get("shutting_down", True) for e in interrupted), interrupted
 
     second_started = time.monotonic()
     second = store.start_worker(concurrency=3, grace=0.5)
@@ -78,14 +82,16 @@ async def test_sigterm_hands_unfinished_jobs_back_at_once(make_store: MakeStore,
     )
 
 
-async def test_jobs_shorter_than_the_grace_period_finish(make_store: MakeStore, kind: str) -> None:
+async def test_jobs_shorter_than_the_grace_period_finish_on_ctrl_c(
+    make_store: MakeStore, kind: str
+) -> None:
     store = await make_store(kind, lease=LONG_LEASE, heartbeat=1.0)
     work = store.app.tasks["work"]
     handles = await store.app.enqueue_many([work.call(1500) for _ in range(5)])
     ids = [h.id for h in handles]
     worker = store.start_worker(concurrency=2, grace=10)
     await wait_until(lambda: len(store.ledger.starts()) == 2, 30, message="2 jobs to start")
-    worker.signal(signal.SIGTERM)
+    worker.signal(signal.SIGINT)  # Ctrl-C drains the same way as SIGTERM
     assert await worker.wait_exit(15) == 0, worker.log()
 
     started = {e["job"] for e in store.ledger.starts()}
