@@ -296,11 +296,6 @@ async def test_cli_stats_queues_and_live_workers(make_store: MakeStore) -> None:
     assert store.cli_json("workers") == []  # a clean stop unregisters
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: `dlq list` shows a routed job under its dead-letter queue (payments-dead) but "
-    "`--queue payments-dead` finds nothing: the filter only matches the original queue",
-)
 async def test_cli_dlq_filters_by_the_dead_letter_queue_it_shows(make_store: MakeStore) -> None:
     store = await make_store("sqlite")
     payments = enqueue(store, "payments_boom")

@@ -166,12 +166,6 @@ def process_alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: worker/processes.py pool children outlive a kill -9 of their worker and keep "
-    "running the job (no parent-death signal or parent check), while the recovered job runs "
-    "again elsewhere",
-)
 async def test_kill_9_leaves_no_process_mode_child_running(make_store: MakeStore) -> None:
     store = await make_store("sqlite", lease=2.0, heartbeat=0.5)
     await store.app.tasks["long_child_job"].enqueue("orphan?", 60.0)

@@ -8,13 +8,14 @@ and purges failed jobs.
 
 from __future__ import annotations
 
+import builtins
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from conveyor.backends.base import RETRYABLE_STATES
 from conveyor.core.handle import JobInfo, decode_record
-from conveyor.domain.job import JobFilter, WorkerInfo
+from conveyor.domain.job import JobFilter, JobRecord, WorkerInfo
 from conveyor.domain.priority import priority_name
 from conveyor.domain.states import SEED000_STATUS, JobState
 from conveyor.errors import InvalidStateError, JobNotFoundError
@@ -233,11 +234,54 @@ class DeadLetters:
         limit: int = 50,
         offset: int = 0,
     ) -> list[JobInfo]:
-        """Failed jobs, newest first, with filters (``older_than`` in seconds)."""
+        """Failed jobs, newest first, with filters (``older_than`` in seconds).
+
+        ``queue`` matches a job's own queue or the dead-letter queue it was routed to
+        (``app.queue(..., dead_letter=...)``).
+        """
         backend = await self.app.backend()
-        flt = self._filter(task, queue, error_code, older_than, self.app.now())
-        records = await backend.list_jobs(flt, limit=limit, offset=offset)
+        now = self.app.now()
+        origins = self._origins(queue)
+        if not origins:
+            flt = self._filter(task, queue, error_code, older_than, now)
+            records = await backend.list_jobs(flt, limit=limit, offset=offset)
+        else:
+            found: dict[str, JobRecord] = {}
+            for name in (queue, *origins):
+                flt = self._filter(task, name, error_code, older_than, now)
+                for r in await backend.list_jobs(flt, limit=offset + limit):
+                    routed = r.dead_letter_queue == queue
+                    own = r.queue == queue and r.dead_letter_queue in (None, queue)
+                    if routed or own:
+                        found[r.id] = r
+            records = sorted(found.values(), key=lambda r: r.id, reverse=True)
+            records = records[offset : offset + limit]
         return [decode_record(self.app.serializer, r) for r in records]
+
+    def _origins(self, queue: str | None) -> builtins.list[str]:
+        """The queues whose dead letters are routed to ``queue``."""
+        if queue is None:
+            return []
+        return [
+            q.name for q in self.app.queues.values() if q.dead_letter == queue and q.name != queue
+        ]
+
+    async def _matching_ids(
+        self, task: str | None, queue: str | None, error_code: str | None, older_than: float | None
+    ) -> builtins.list[str]:
+        ids: builtins.list[str] = []
+        while True:
+            page = await self.list(
+                task=task,
+                queue=queue,
+                error_code=error_code,
+                older_than=older_than,
+                limit=1000,
+                offset=len(ids),
+            )
+            ids += [j.id for j in page]
+            if len(page) < 1000:
+                return ids
 
     async def retry(self, job_id: str, *, reset_attempts: bool = False) -> None:
         """Re-queue one failed, cancelled or expired job.
@@ -271,6 +315,17 @@ class DeadLetters:
     ) -> int:
         """Re-queue every matching failed job; returns how many."""
         backend = await self.app.backend()
+        if self._origins(queue):
+            chosen = await self._matching_ids(task, queue, error_code, older_than)
+            done = 0
+            for i in range(0, len(chosen), batch):
+                flt = JobFilter(states=(JobState.FAILED,), ids=tuple(chosen[i : i + batch]))
+                done += len(
+                    await backend.retry_jobs(
+                        flt, reset_attempts=reset_attempts, now=self.app.backend_now(), limit=batch
+                    )
+                )
+            return done
         flt = self._filter(task, queue, error_code, older_than, self.app.now())
         total = 0
         while True:
@@ -293,6 +348,10 @@ class DeadLetters:
     ) -> int:
         """Delete matching failed jobs for good; returns how many."""
         backend = await self.app.backend()
+        if ids is None and self._origins(queue):
+            ids = tuple(await self._matching_ids(task, queue, error_code, older_than))
+            task = queue = error_code = None
+            older_than = None
         flt = self._filter(task, queue, error_code, older_than, self.app.now())
         if ids is not None:
             flt = JobFilter(

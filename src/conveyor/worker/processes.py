@@ -12,7 +12,10 @@ import asyncio
 import importlib
 import multiprocessing
 import os
+import signal
 import sys
+import threading
+import time
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
@@ -40,7 +43,35 @@ def _resolve(module: str, qualname: str) -> Any:
     return getattr(target, "fn", target)
 
 
-def _child_main(conn: Connection, paths: list[str]) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Make sure this child never outlives its worker (even after a ``kill -9``).
+
+    On Linux the kernel delivers SIGKILL when the parent dies (``PR_SET_PDEATHSIG``); elsewhere
+    a daemon thread notices the re-parenting and exits.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            pr_set_pdeathsig = 1
+            libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)  # the parent died before the signal was armed
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="conveyor-parent-watch", daemon=True).start()
+
+
+def _child_main(conn: Connection, paths: list[str], parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
     sys.path[:0] = [p for p in paths if p not in sys.path]
     while True:
         try:
@@ -67,7 +98,10 @@ class _Child:
         parent, child = ctx.Pipe()
         self.conn = parent
         self.process = ctx.Process(  # type: ignore[attr-defined]
-            target=_child_main, args=(child, list(sys.path)), daemon=True, name="conveyor-proc"
+            target=_child_main,
+            args=(child, list(sys.path), os.getpid()),
+            daemon=True,
+            name="conveyor-proc",
         )
         self.process.start()
         child.close()
