@@ -1,0 +1,366 @@
+"""Servers the reliability suite owns: private Redis and PostgreSQL, and a TCP proxy.
+
+Scenarios that restart or cut off a server never touch the shared services at 127.0.0.1:5432
+and :6379 (other tests use them in parallel). They start their own:
+
+* :class:`RedisServer`: ``redis-server`` on a free loopback port, data in a temporary
+  directory, AOF on by default (``appendfsync always``); ``kill()`` is ``kill -9``.
+* :class:`PgCluster`: a PostgreSQL cluster initdb'd once per test process into a template
+  directory and copied per test (initdb takes ~4 s here, a copy a fraction of that), run as the
+  ``postgres`` OS user on a free loopback port; ``restart("immediate")`` is a crash restart.
+* :class:`TcpProxy`: a loopback TCP proxy on its own thread and event loop (so nothing the
+  test does blocks it) that forwards to a server until told to ``pause()`` (hold every byte in
+  both directions, like a network partition that later heals), ``reset()`` (drop every
+  connection and refuse new ones, like a lost route) or ``resume()``.
+
+Every process started here is stopped by the fixture that made it, whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def accepting(port: int) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Block until ``port`` accepts connections (synchronous: used outside event loops too)."""
+    deadline = time.monotonic() + timeout
+    while not accepting(port):
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before accepting")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing accepts on {LOOPBACK}:{port} after {timeout}s")
+        time.sleep(0.02)  # a poll interval; the deadline bounds the wait
+
+
+# -- Redis ----------------------------------------------------------------------------------
+class RedisServer:
+    """A private ``redis-server`` (see the module docstring)."""
+
+    def __init__(self, directory: Path, *, appendfsync: str | None = "always") -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FileNotFoundError("redis-server is not installed")
+        self.binary = binary
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.appendfsync = appendfsync
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    def start(self) -> None:
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", self.appendfsync]
+            if self.appendfsync
+            else ["--appendonly", "no"]
+        )
+        argv = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", LOOPBACK,
+            "--dir", str(self.directory),
+            "--save", "",
+            "--daemonize", "no",
+            "--protected-mode", "no",
+            *persistence,
+        ]  # fmt: skip
+        log = open(self.directory / "redis.log", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.process = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory
+            )
+        finally:
+            log.close()
+        wait_port(self.port, 15, self.process)
+
+    def kill(self) -> None:
+        """``kill -9``: no shutdown hook, no final save."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+    def client_count(self) -> int:
+        """Clients connected right now (``INFO clients``), minus the one asking."""
+        import redis
+
+        client = redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=5)
+        try:
+            return int(client.info("clients")["connected_clients"]) - 1
+        finally:
+            client.close()
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------
+_TEMPLATE: dict[str, Path] = {}
+_TEMPLATE_LOCK = threading.Lock()
+
+
+def _as_postgres(argv: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+def pg_unavailable_reason() -> str | None:
+    """Why a private cluster cannot run here, or ``None``."""
+    for tool in ("initdb", "pg_ctl"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root without a 'postgres' OS user to own a private cluster"
+    return None
+
+
+def _chown_postgres(path: Path) -> None:
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(path, user.pw_uid, user.pw_gid)
+
+
+def _template() -> Path:
+    """An initdb'd data directory made once per process, copied for each cluster."""
+    with _TEMPLATE_LOCK:
+        path = _TEMPLATE.get("data")
+        if path is not None:
+            return path
+        root = Path(tempfile.mkdtemp(prefix="conveyor-rel-pgtemplate-"))
+        _chown_postgres(root)
+        data = root / "data"
+        subprocess.run(
+            _as_postgres(["initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"]),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        _TEMPLATE["data"] = data
+        return data
+
+
+def drop_template() -> None:
+    path = _TEMPLATE.pop("data", None)
+    if path is not None:
+        shutil.rmtree(path.parent, ignore_errors=True)
+
+
+class PgCluster:
+    """A private PostgreSQL cluster (see the module docstring). ``fsync`` stays on: a crash
+    restart (``-m immediate``) then replays the WAL the way a real crash would."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="conveyor-rel-pg-"))
+        _chown_postgres(self.root)
+        self.data = self.root / "data"
+        subprocess.run(
+            ["cp", "-a", str(_template()), str(self.data)], check=True, capture_output=True
+        )
+        self.port = free_port()
+        self.url = f"postgresql://postgres@{LOOPBACK}:{self.port}/postgres"
+
+    def _pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            _as_postgres(["pg_ctl", "-D", str(self.data), *args]),
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -c listen_addresses={LOOPBACK} "
+            f"-c unix_socket_directories={self.root} -c max_connections=200"
+        )
+        self._pg_ctl("-o", options, "-l", str(self.root / "log"), "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._pg_ctl("-m", mode, "-w", "stop", check=False)
+
+    def restart(self, mode: str = "immediate") -> None:
+        self.stop(mode)
+        self.start()
+
+    def destroy(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def log(self) -> str:
+        try:
+            return (self.root / "log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+# -- a TCP proxy ----------------------------------------------------------------------------
+class TcpProxy:
+    """Forwards ``127.0.0.1:port`` to ``127.0.0.1:target`` (see the module docstring)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="proxy")
+        self._server: asyncio.Server | None = None
+        self._flowing = asyncio.Event()
+        self._refusing = False
+        self._pipes: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.connections_made = 0
+
+    # called from the test's thread -------------------------------------------------------
+    def start(self) -> TcpProxy:
+        self._thread.start()
+        self._call(self._start())
+        return self
+
+    def pause(self) -> None:
+        """Hold every byte in both directions; connections stay open (a partition)."""
+        self._call(self._set(flowing=False, refusing=False))
+
+    def reset(self) -> None:
+        """Drop every connection (RST) and refuse new ones until :meth:`resume`."""
+        self._call(self._reset())
+
+    def resume(self) -> None:
+        self._call(self._set(flowing=True, refusing=False))
+
+    def close(self) -> None:
+        if not self._thread.is_alive():
+            return
+        with contextlib.suppress(Exception):
+            self._call(self._close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    def open_connections(self) -> int:
+        return len(self._pipes)
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    # on the proxy's loop -----------------------------------------------------------------
+    async def _start(self) -> None:
+        self._flowing.set()
+        self._server = await asyncio.start_server(self._accept, LOOPBACK, self.port)
+
+    async def _set(self, *, flowing: bool, refusing: bool) -> None:
+        self._refusing = refusing
+        if flowing:
+            self._flowing.set()
+        else:
+            self._flowing.clear()
+
+    async def _reset(self) -> None:
+        self._refusing = True
+        self._flowing.set()
+        for client, upstream in list(self._pipes):
+            for writer in (client, upstream):
+                _abort(writer)
+        self._pipes.clear()
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        await self._reset()
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._refusing:
+            _abort(writer)
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(LOOPBACK, self.target_port)
+        except OSError:
+            _abort(writer)
+            return
+        self.connections_made += 1
+        pair = (writer, up_writer)
+        self._pipes.add(pair)
+        tasks = [
+            asyncio.create_task(self._pump(reader, up_writer, pair)),
+            asyncio.create_task(self._pump(up_reader, writer, pair)),
+        ]
+        for task in tasks:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+    ) -> None:
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                await self._flowing.wait()  # a paused link holds the bytes it has read
+                if pair not in self._pipes:
+                    break
+                writer.write(data)
+                await writer.drain()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            if pair in self._pipes:
+                self._pipes.discard(pair)
+                for w in pair:
+                    with contextlib.suppress(Exception):
+                        w.close()
+
+
+def _abort(writer: asyncio.StreamWriter) -> None:
+    transport = writer.transport
+    with contextlib.suppress(Exception):
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # SO_LINGER 0: close sends RST, as a dropped route or a crashed middlebox would.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(Exception):
+        transport.abort()
