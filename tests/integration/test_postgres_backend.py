@@ -22,6 +22,7 @@ from conveyor.backends.postgres_backend import PostgresBackend
 from conveyor.backends.postgres_sql import like_patterns, queries
 from conveyor.domain.job import JobFilter
 from conveyor.domain.states import JobState
+from conveyor.errors import BackendError
 
 try:
     from .test_postgres_support import URL, T, client, job, migrated_factory, require_server
@@ -457,3 +458,27 @@ async def test_concurrent_completions_share_statements(backend: PostgresBackend)
         record = await backend.get_job(c.id)
         assert record is not None and record.result == c.id.encode()
         assert record.finished_at == T + 1
+
+
+async def test_concurrent_enqueues_share_statements_but_fail_alone(
+    backend: PostgresBackend,
+) -> None:
+    calls = [[job(), job()] for _ in range(30)]
+    bad = [job(task="nul\x00byte")]
+    keyed = [[job(idempotency_key="shared")] for _ in range(3)]
+    results = await asyncio.gather(
+        *(backend.enqueue(c, now=T) for c in calls),
+        backend.enqueue(bad, now=T),
+        *(backend.enqueue(c, now=T) for c in keyed),
+        return_exceptions=True,
+    )
+    for call, result in zip(calls, results[:30], strict=True):
+        assert isinstance(result, list)
+        assert [r.id for r in result] == [j.id for j in call] and all(r.created for r in result)
+    assert isinstance(results[30], BackendError)
+    shared = [r for r in results[31:] if isinstance(r, list)]
+    assert len(shared) == 3 and sum(r[0].created for r in shared) == 1
+    assert len({r[0].id for r in shared}) == 1
+    assert backend.stats()["enqueue_batches"] < 34
+    assert await backend.get_job(bad[0].id) is None
+    assert sum(row.count for row in await backend.count_jobs()) == 61

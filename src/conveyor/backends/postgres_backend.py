@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json
 
 from conveyor.backends.base import Backend, CancelOutcome
 from conveyor.backends.postgres_batch import Coalescer
@@ -23,7 +23,6 @@ from conveyor.backends.postgres_errors import is_transient, translate
 from conveyor.backends.postgres_sql import (
     claimed_from_row,
     distinct,
-    dumps,
     error_json,
     filter_sql,
     like_patterns,
@@ -41,7 +40,7 @@ from conveyor.domain.job import (
     RecoveredJob,
 )
 from conveyor.domain.states import JobState
-from conveyor.errors import StorageUnavailableError
+from conveyor.errors import ConveyorError, StorageUnavailableError
 
 if TYPE_CHECKING:
     from conveyor.backends.postgres import PostgresSettings
@@ -50,6 +49,8 @@ _DELETE_BATCH = 500
 
 #: One pending completion: (job id, fence, result, now).
 CompleteItem = tuple[str, int, bytes | None, float | None]
+#: One pending enqueue call: (its jobs, now).
+EnqueueItem = tuple[list[NewJob], float | None]
 
 
 class PostgresBackend(PostgresClient, Backend):
@@ -63,8 +64,12 @@ class PostgresBackend(PostgresClient, Backend):
         self._completer: Coalescer[CompleteItem, bool] = Coalescer(
             self._complete_batch, key=lambda item: item[0]
         )
+        self._enqueuer: Coalescer[EnqueueItem, list[EnqueueResult]] = Coalescer(
+            self._enqueue_batch, key=id, max_batch=100
+        )
 
     async def close(self) -> None:
+        await self._enqueuer.close()
         await self._completer.close()
         await super().close()
 
@@ -74,6 +79,8 @@ class PostgresBackend(PostgresClient, Backend):
             **super().stats(),
             "complete_batches": self._completer.batches,
             "complete_items": self._completer.items,
+            "enqueue_batches": self._enqueuer.batches,
+            "enqueue_calls": self._enqueuer.items,
         }
 
     # -- producer -------------------------------------------------------------------------
@@ -82,6 +89,47 @@ class PostgresBackend(PostgresClient, Backend):
     ) -> list[EnqueueResult]:
         if not jobs:
             return []
+        return await self._enqueuer.submit((list(jobs), None if now is None else float(now)))
+
+    async def _enqueue_batch(
+        self, items: list[EnqueueItem]
+    ) -> list[list[EnqueueResult] | BaseException]:
+        """Store the jobs of concurrent enqueue calls in one statement per ``now`` value.
+
+        Each call's jobs stay together (atomic) and in call order, so the result is the same as
+        running the calls one after another; if the shared statement fails for a reason other
+        than the connection, each call is retried alone so one bad job fails only its caller.
+        """
+        out: list[list[EnqueueResult] | BaseException] = [[] for _ in items]
+        groups: dict[float | None, list[int]] = {}
+        for i, (_, now) in enumerate(items):
+            groups.setdefault(now, []).append(i)
+        for now, members in groups.items():
+            combined = [j for i in members for j in items[i][0]]
+            try:
+                results = await self._enqueue_now(combined, now)
+            except StorageUnavailableError as exc:
+                for i in members:
+                    out[i] = exc
+                continue
+            except ConveyorError as exc:
+                if len(members) == 1:
+                    out[members[0]] = exc
+                    continue
+                for i in members:
+                    try:
+                        out[i] = await self._enqueue_now(items[i][0], now)
+                    except ConveyorError as single:
+                        out[i] = single
+                continue
+            position = 0
+            for i in members:
+                size = len(items[i][0])
+                out[i] = results[position : position + size]
+                position += size
+        return out
+
+    async def _enqueue_now(self, jobs: list[NewJob], now: float | None) -> list[EnqueueResult]:
         notify = self.wake.allow_jobs([j.queue for j in jobs])
         channel = self.jobs_channel if notify else None
         attempts = 0
@@ -264,6 +312,8 @@ class PostgresBackend(PostgresClient, Backend):
     async def recover_expired(
         self, max_stalls: int, now: float | None = None, limit: int = 1000
     ) -> list[RecoveredJob]:
+        if limit <= 0:
+            return []
         params = {
             "now": now,
             "max_stalls": int(max_stalls),
@@ -289,7 +339,7 @@ class PostgresBackend(PostgresClient, Backend):
     async def append_logs(self, job_id: str, entries: Sequence[LogEntry]) -> None:
         if not entries:
             return
-        params = {"id": job_id, "entries": [Jsonb(e.to_dict(), dumps) for e in entries]}
+        params = {"id": job_id, "entries": [Json(e.to_dict()) for e in entries]}
         try:
             await self._fetchall("append_logs", params, STALE)
         except StorageUnavailableError:
@@ -331,6 +381,8 @@ class PostgresBackend(PostgresClient, Backend):
         now: float | None = None,
         limit: int = 1000,
     ) -> list[str]:
+        if limit <= 0:
+            return []
         where, params = filter_sql(flt)
         sql = self._sql["retry"].replace("{filter}", where)
         params.update(

@@ -21,12 +21,13 @@ class Coalescer(Generic[Item, Result]):
     """Run ``run_batch(items) -> results`` (same order) for calls that pile up concurrently.
 
     Items with the same ``key`` never share a batch (the later waits for the next one), so a
-    batch statement never sees one row twice.
+    batch statement never sees one row twice. A result that is an exception is raised to that
+    item's caller only; an exception from ``run_batch`` itself goes to every caller.
     """
 
     def __init__(
         self,
-        run_batch: Callable[[list[Item]], Awaitable[Sequence[Result]]],
+        run_batch: Callable[[list[Item]], Awaitable[Sequence[Result | BaseException]]],
         key: Callable[[Item], Hashable],
         max_batch: int = 500,
     ) -> None:
@@ -79,7 +80,11 @@ class Coalescer(Generic[Item, Result]):
                     raise
                 continue
             for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)  # this caller's own failure
+                else:
                     future.set_result(result)
 
     async def close(self) -> None:

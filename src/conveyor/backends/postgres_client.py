@@ -16,6 +16,7 @@ job, which is never lost.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -28,7 +29,6 @@ from conveyor.backends import postgres_schema as schema_ops
 from conveyor.backends.postgres_errors import describe_connect_error, is_transient, translate
 from conveyor.backends.postgres_sql import (
     channels,
-    dumps,
     filter_sql,
     queries,
     record_from_row,
@@ -193,7 +193,8 @@ class PostgresClient:
     ) -> list[JobRecord]:
         where, params = filter_sql(flt)
         sql = self._sql["list_jobs"].replace("{filter}", where)
-        params.update(limit=int(limit), offset=int(offset))
+        # Negative values select nothing / start at the beginning (no SQL error).
+        params.update(limit=max(int(limit), 0), offset=max(int(offset), 0))
 
         async def op(conn: Conn) -> list[tuple[Any, ...]]:
             cur = await conn.execute(sql, params)
@@ -217,7 +218,7 @@ class PostgresClient:
             "heartbeat_at": float(info.heartbeat_at),
             "queues": list(info.queues),
             "concurrency": int(info.concurrency),
-            "stats": dumps(info.stats or {}),
+            "stats": json.dumps(info.stats or {}),
         }
         await self._fetchall("register_worker", params, READ)
 

@@ -30,7 +30,7 @@ JOB_COLUMNS = (
     "j.max_attempts, j.created_at, j.fence, j.lease_owner, j.lease_until, j.timeout, "
     "j.expires_at, j.idempotency_key, j.concurrency_key, j.result, j.error, j.errors, "
     "j.progress, "
-    "(SELECT coalesce(jsonb_agg(l.entry ORDER BY l.seq), '[]'::jsonb) "
+    "(SELECT coalesce(json_agg(l.entry ORDER BY l.seq), '[]'::json) "
     "FROM {schema}.job_logs l WHERE l.job_id = j.id), "
     "j.trace_id, j.metadata, j.workflow_id, j.parents, j.started_at, j.finished_at, "
     "j.payload_version, j.stalls, j.cancel_requested, j.cancel_reason, j.dead_letter_queue"

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json, Jsonb
 
 from conveyor.backends.postgres_sql import channels, distinct, dumps, queries
 from conveyor.domain.job import EnqueueResult, NewJob
@@ -74,7 +74,7 @@ class EnqueueBatch:
             "keys": [j.idempotency_key for j in jobs],
             "ckeys": [j.concurrency_key for j in jobs],
             "traces": [j.trace_id for j in jobs],
-            "metas": [Jsonb(j.metadata or {}, dumps) for j in jobs],
+            "metas": [Json(j.metadata or {}) for j in jobs],
             "workflows": [j.workflow_id for j in jobs],
             "parents": [Jsonb(list(j.parents), dumps) for j in jobs],
             "versions": [int(j.payload_version) for j in jobs],

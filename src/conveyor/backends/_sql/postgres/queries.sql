@@ -29,7 +29,7 @@ WITH input AS (
         %(ids)s::text[], %(tasks)s::text[], %(queues)s::text[], %(payloads)b::bytea[],
         %(priorities)s::int[], %(run_ats)s::float8[], %(max_attempts)s::int[],
         %(timeouts)s::float8[], %(expires)s::float8[], %(keys)s::text[],
-        %(ckeys)s::text[], %(traces)s::text[], %(metas)s::jsonb[], %(workflows)s::text[],
+        %(ckeys)s::text[], %(traces)s::text[], %(metas)s::json[], %(workflows)s::text[],
         %(parents)s::jsonb[], %(versions)s::int[], %(blocked)s::bool[]
     ) WITH ORDINALITY AS n (
         id, task, queue, payload, priority, run_at, max_attempts, timeout, expires_at,
@@ -53,7 +53,7 @@ ins AS (
         END,
         n.payload, n.priority, coalesce(n.run_at, c.now), n.max_attempts, n.timeout,
         n.expires_at, n.idempotency_key, n.concurrency_key, n.trace_id,
-        coalesce(n.metadata, '{}'::jsonb), n.workflow_id,
+        coalesce(n.metadata, '{}'::json), n.workflow_id,
         ARRAY(SELECT jsonb_array_elements_text(coalesce(n.parents, '[]'::jsonb))),
         n.payload_version, c.now
     FROM input n CROSS JOIN clock c
@@ -317,7 +317,7 @@ RETURNING id
 -- name: append_logs
 INSERT INTO {schema}.job_logs (job_id, entry)
 SELECT %(id)s, x.entry
-FROM unnest(%(entries)s::jsonb[]) WITH ORDINALITY AS x (entry, ord)
+FROM unnest(%(entries)s::json[]) WITH ORDINALITY AS x (entry, ord)
 WHERE EXISTS (SELECT 1 FROM {schema}.jobs WHERE id = %(id)s)
 ORDER BY x.ord
 
@@ -435,7 +435,7 @@ SELECT pg_notify(%(channel)s, p) FROM unnest(%(payloads)s::text[]) AS p
 -- name: register_worker
 INSERT INTO {schema}.workers (id, host, pid, started_at, heartbeat_at, queues, concurrency, stats)
 VALUES (%(id)s, %(host)s, %(pid)s, %(started_at)s, %(heartbeat_at)s, %(queues)s::text[],
-        %(concurrency)s, %(stats)s::jsonb)
+        %(concurrency)s, %(stats)s::json)
 ON CONFLICT (id) DO UPDATE SET
     host = EXCLUDED.host, pid = EXCLUDED.pid, started_at = EXCLUDED.started_at,
     heartbeat_at = EXCLUDED.heartbeat_at, queues = EXCLUDED.queues,

@@ -6,7 +6,9 @@
 --
 -- Times are epoch seconds in double precision, exactly the floats the core passes in, so fake
 -- clocks round-trip bit for bit. Identifier-like text columns use the "C" collation so that
--- ordering matches Python's string order (job ids are time-sortable hex strings).
+-- ordering matches Python's string order (job ids are time-sortable hex strings). Values the
+-- application owns (metadata, log entries, worker stats) are `json`, kept as written, so every
+-- number round-trips exactly; Conveyor's own error records are `jsonb`.
 
 CREATE TABLE {schema}.jobs (
     id                text COLLATE "C" PRIMARY KEY,
@@ -33,7 +35,7 @@ CREATE TABLE {schema}.jobs (
     errors            jsonb NOT NULL DEFAULT '[]',
     progress          bytea,
     trace_id          text,
-    metadata          jsonb NOT NULL DEFAULT '{}',
+    metadata          json NOT NULL DEFAULT '{}',
     workflow_id       text,
     parents           text[] NOT NULL DEFAULT '{}',
     payload_version   integer NOT NULL DEFAULT 1,
@@ -83,7 +85,7 @@ CREATE INDEX jobs_workflow_idx ON {schema}.jobs (workflow_id)
 CREATE TABLE {schema}.job_logs (
     seq     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     job_id  text COLLATE "C" NOT NULL REFERENCES {schema}.jobs (id) ON DELETE CASCADE,
-    entry   jsonb NOT NULL
+    entry   json NOT NULL
 ) WITH (autovacuum_vacuum_insert_scale_factor = 0.2);
 CREATE INDEX job_logs_job_idx ON {schema}.job_logs (job_id, seq);
 
@@ -103,5 +105,5 @@ CREATE TABLE {schema}.workers (
     heartbeat_at  double precision NOT NULL,
     queues        text[] NOT NULL,
     concurrency   integer NOT NULL,
-    stats         jsonb NOT NULL DEFAULT '{}'
+    stats         json NOT NULL DEFAULT '{}'
 ) WITH (fillfactor = 50);

@@ -26,7 +26,7 @@ CREATE TABLE {schema}.jobs (
     errors            jsonb NOT NULL DEFAULT '[]',
     progress          bytea,
     trace_id          text,
-    metadata          jsonb NOT NULL DEFAULT '{}',
+    metadata          json NOT NULL DEFAULT '{}',
     workflow_id       text,
     parents           text[] NOT NULL DEFAULT '{}',
     payload_version   integer NOT NULL DEFAULT 1,
@@ -76,7 +76,7 @@ CREATE INDEX jobs_workflow_idx ON {schema}.jobs (workflow_id)
 CREATE TABLE {schema}.job_logs (
     seq     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     job_id  text COLLATE "C" NOT NULL REFERENCES {schema}.jobs (id) ON DELETE CASCADE,
-    entry   jsonb NOT NULL
+    entry   json NOT NULL
 ) WITH (autovacuum_vacuum_insert_scale_factor = 0.2);
 CREATE INDEX job_logs_job_idx ON {schema}.job_logs (job_id, seq);
 
@@ -96,5 +96,5 @@ CREATE TABLE {schema}.workers (
     heartbeat_at  double precision NOT NULL,
     queues        text[] NOT NULL,
     concurrency   integer NOT NULL,
-    stats         jsonb NOT NULL DEFAULT '{}'
+    stats         json NOT NULL DEFAULT '{}'
 ) WITH (fillfactor = 50);
