@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.backends import factory_from_url
+from conveyor.backends import factory_from_url, sqlite_schema
 from conveyor.backends.memory import MemoryFactory
 from conveyor.backends.sqlite import SQLiteBackend, SQLiteFactory
 from conveyor.backends.sqlite_schema import SCHEMA_VERSION
@@ -293,6 +293,35 @@ async def test_an_unwritable_directory(tmp_path: Path) -> None:
     finally:
         undo()
     assert str(directory / "jobs.db") in str(error)
+
+
+MOUNTINFO = r"""22 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+30 22 0:50 / /mnt/share rw,relatime - nfs4 srv:/export rw
+31 30 0:51 / /mnt/share/scratch rw,relatime - tmpfs tmpfs rw
+32 22 0:52 / /mnt/team\040files rw,relatime - cifs //srv/team rw
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "fstype"),
+    [
+        ("/mnt/share/jobs.db", "nfs4"),
+        ("/mnt/share/scratch/jobs.db", "tmpfs"),
+        ("/mnt/shared/jobs.db", "ext4"),
+        ("/mnt/team files/jobs.db", "cifs"),
+    ],
+)
+def test_the_filesystem_under_a_path_is_found(path: str, fstype: str) -> None:
+    assert sqlite_schema.filesystem_type(path, MOUNTINFO) == fstype
+
+
+async def test_a_network_filesystem_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_schema, "filesystem_type", lambda path: "nfs4")
+    error = await _open_error(_url(tmp_path / "jobs.db"))
+    assert "network filesystem (nfs4)" in str(error)
+    assert "local disk" in str(error)
 
 
 async def test_the_same_factory_works_once_the_problem_is_fixed(tmp_path: Path) -> None:

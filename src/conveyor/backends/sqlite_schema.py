@@ -78,6 +78,35 @@ def path_from_url(url: str) -> str:
     return os.path.abspath(path)
 
 
+#: Filesystems on which SQLite's locks (and so WAL) cannot be trusted.
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "afs", "fuse.sshfs", "ncpfs", "glusterfs", "lustre"}
+)
+
+
+def filesystem_type(path: str, mountinfo: str | None = None) -> str | None:
+    """The type of the filesystem holding ``path`` (Linux ``/proc/self/mountinfo``), or
+    ``None`` where that cannot be told."""
+    if mountinfo is None:
+        try:
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
+                mountinfo = handle.read()
+        except OSError:
+            return None
+    target = os.path.realpath(path)
+    best, fstype = "", None
+    for line in mountinfo.splitlines():
+        fields = line.split(" - ", 1)
+        left = fields[0].split()
+        if len(fields) != 2 or len(left) < 5:
+            continue
+        point = left[4].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, fstype = point, fields[1].split()[0]
+    return fstype
+
+
 def split_statements(script: str) -> Iterator[str]:
     """The complete SQL statements of a script (comments and triggers handled by SQLite)."""
     buffer = ""
@@ -169,6 +198,14 @@ def connect(path: str, *, durability: Durability, busy_timeout: float) -> sqlite
             f"cannot open the SQLite database {path}: the directory {directory} does not "
             f"exist; create it first (mkdir -p {directory}) or point the URL at an existing "
             "directory"
+        )
+    fstype = filesystem_type(directory)
+    if fstype in NETWORK_FILESYSTEMS:
+        raise StorageUnavailableError(
+            f"the SQLite database {path} is on a network filesystem ({fstype}), where SQLite's "
+            "locks and WAL shared memory do not work and jobs could be run twice or lost; put "
+            "it on a local disk, or use postgresql:// or redis:// to share a queue between "
+            "machines"
         )
     if os.path.isdir(path):
         raise StorageUnavailableError(
