@@ -92,7 +92,7 @@ def record(event: str, **fields: Any) -> None:
     except Exception:  # noqa: BLE001 - outside a job (a process-mode child, a listener)
         ctx = None
     if ctx is not None:
-        line.update(job=ctx.job_id, attempt=ctx.attempt, fence=ctx.fence)
+        line.update(job=ctx.job_id, task=ctx.task, attempt=ctx.attempt, fence=ctx.fence)
     line.update(fields)
     _write(line)
 
@@ -344,6 +344,15 @@ def build_app(
     @ledgered
     def hang_thread(seconds: float) -> float:
         """A thread handler that ignores cancellation (as most blocking code does)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+        return seconds
+
+    @app.task(name="stubborn")
+    @ledgered
+    def stubborn(seconds: float) -> float:
+        """A thread handler with no timeout that never looks at its cancellation flag."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             time.sleep(0.02)

@@ -184,11 +184,19 @@ class Rig:
         self.faults.killed(proc.pid, t)
         return t
 
-    async def sigterm(self, proc: Proc, timeout: float = 30) -> tuple[int, float]:
-        """SIGTERM; wait for the exit; (exit code, seconds it took)."""
-        t = time.monotonic()
+    async def sigterm(
+        self, proc: Proc, timeout: float = 30, *, twice: bool = False
+    ) -> tuple[int, float]:
+        """SIGTERM (``twice``: a second one 0.2 s later); wait for the exit; (exit code,
+        seconds it took). The fault log gets the shutdown window and the exit."""
+        t, wall = time.monotonic(), now()
         proc.signal(signal.SIGTERM)
+        if twice:
+            await asyncio.sleep(0.2)  # the gap between the two signals, not a wait
+            proc.signal(signal.SIGTERM)
         code = await proc.wait_exit(timeout)
+        self.faults.add("shutdown", [proc.pid], wall, now())
+        self.faults.add("exited", [proc.pid], now(), None)
         return code, time.monotonic() - t
 
     async def stop_all(self, timeout: float = 30) -> dict[int, int]:
