@@ -237,10 +237,12 @@ async def test_cli_dead_letters(make_store: MakeStore) -> None:
 
 async def test_cli_stats_queues_and_live_workers(make_store: MakeStore) -> None:
     store = await make_store("sqlite")
-    for ms in (1, 2, 3):
-        enqueue(store, "work", "--args", f"[{ms}]")
-    enqueue(store, "billing_boom")
-    enqueue(store, "sleeper", "--args", "[30]")
+    made = store.cli_json_many(
+        *[("enqueue", "work", "--args", f"[{ms}]") for ms in (1, 2, 3)],
+        ("enqueue", "billing_boom"),
+        ("enqueue", "sleeper", "--args", "[30]"),
+    )
+    assert all(m["created"] for m in made)
     worker = store.start_worker(concurrency=4, grace=0.5)
     await wait_until(lambda: len(store.ledger.starts()) == 5, 30, message="all jobs to start")
 
@@ -249,13 +251,14 @@ async def test_cli_stats_queues_and_live_workers(make_store: MakeStore) -> None:
 
     await wait_until(settled, 15, message="the short jobs to finish")
 
-    def live_worker() -> dict[str, Any] | None:
-        found = store.cli_json("workers")
-        mine = [w for w in found if w["pid"] == worker.pid]
-        return mine[0] if mine and mine[0]["totalProcessed"] == 4 else None
+    async def registry_caught_up() -> bool:
+        found = await store.app.inspect.workers()
+        return any(w.pid == worker.pid and w.stats.get("processed") == 4 for w in found)
 
     # The registry is refreshed with each heartbeat; wait for one after the jobs finished.
-    entry = await wait_until(live_worker, 15, interval=0.2, message="worker stats")
+    await wait_until(registry_caught_up, 15, interval=0.2, message="worker stats")
+    (entry,) = store.cli_json("workers")
+    assert entry["pid"] == worker.pid and entry["totalProcessed"] == 4
     schema("worker_stats").validate(entry)
     assert entry["succeeded"] == 3 and entry["failed"] == 1 and entry["active"] == 1
     assert entry["workerName"].split(":")[1] == str(worker.pid)
@@ -267,12 +270,10 @@ async def test_cli_stats_queues_and_live_workers(make_store: MakeStore) -> None:
     assert waited["result"] == 42 and waited["state"] == "completed" and waited["created"]
     again = store.cli_json("enqueue", "add", "--args", "[1, 1]", "--key", "k1")
     assert again["id"] == waited["id"] and again["created"] is False
-    assert store.cli_json("jobs", "show", waited["id"])["idempotency_key"] == "k1"
-    await wait_until(
-        lambda: store.cli_json("stats")["total"]["completed"] == 4, 15, message="stats to settle"
+    stats, queues, shown = store.cli_json_many(
+        ("stats",), ("queues",), ("jobs", "show", again["id"])
     )
-
-    stats = store.cli_json("stats")
+    assert shown["idempotency_key"] == "k1" and shown["args"] == [20, 22]
     assert set(stats) == {"queues", "tasks", "total", "metrics"}
     assert stats["total"]["completed"] == 4 and stats["total"]["failed"] == 1
     assert stats["total"]["running"] == 1
@@ -284,7 +285,6 @@ async def test_cli_stats_queues_and_live_workers(make_store: MakeStore) -> None:
     assert work["p50"] is not None and work["p50"] <= work["p95"] <= work["p99"]
     assert stats["metrics"]["billing_boom"]["dead"] == 1
 
-    queues = store.cli_json("queues")
     assert [q["name"] for q in queues] == ["default", "billing", "payments"]
     assert queues[2]["deadLetterQueue"] == "payments-dead"
     validator = schema("queue_config")
