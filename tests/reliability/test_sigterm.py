@@ -59,7 +59,7 @@ async def test_sigterm_under_load_hands_running_jobs_back_at_once(
             # The worker with 30 s of grace, while it runs a job longer than the others' grace.
             victim = workers[2]
             await wait_until(
-                lambda: long_runs(rig, victim.pid), 60, message="a long job on the 30 s worker"
+                lambda p=victim.pid: long_runs(rig, p), 60, message="a long job on the 30 s worker"
             )
         else:
             pid = await wait_until(lambda: busiest(rig), 30, message="a busy worker")
@@ -71,7 +71,7 @@ async def test_sigterm_under_load_hands_running_jobs_back_at_once(
 
     await rig.drain(timeout=size.pick(120, 600))
     final = await rig.stop_all()
-    verdict, records = await rig.verdict()
+    verdict, _ = await rig.verdict()
 
     # Hand-backs: each interrupted run's job ran again at the same attempt, soon, elsewhere.
     events = rig.ledger.events()
@@ -87,7 +87,9 @@ async def test_sigterm_under_load_hands_running_jobs_back_at_once(
         nxt = min(later, key=lambda s: s["t"])
         pickup.append(nxt["t"] - end["t"])
         if nxt["attempt"] != end["attempt"]:
-            problems.append(f"{end['job']}: re-run as attempt {nxt['attempt']}, was {end['attempt']}")
+            problems.append(
+                f"{end['job']}: re-run as attempt {nxt['attempt']}, was {end['attempt']}"
+            )
     # Thread handlers that ignore cancellation: their job is handed back while the thread
     # still runs; the thread dies with the exiting process. How long did both run at once?
     ends = {e["x"] for e in events if e["ev"] == "end"}
