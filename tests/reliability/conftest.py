@@ -143,6 +143,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()
     if report.when == "call":
         item.stash[FAILED] = report.failed
+        if HERE in Path(str(item.path)).parents:
+            _note_bug(item.nodeid, getattr(report, "wasxfail", None) if report.skipped else None)
     res = getattr(item, "funcargs", {}).get("results")
     if not isinstance(res, Results) or report.when not in ("call", "setup"):
         return
@@ -159,6 +161,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 if getattr(report, "wasxfail", None):
                     doc["xfail_reason"] = report.wasxfail
                 path.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
+
+
+def _note_bug(nodeid: str, reason: str | None) -> None:
+    """Keep ``.results/bug--<test>.json`` for each strict xfail (a known bug), and drop it once
+    the test passes."""
+    name = "bug--" + "".join(c if c.isalnum() or c in "-_." else "_" for c in nodeid)[-150:]
+    path = RESULTS / f"{name}.json"
+    if reason:
+        RESULTS.mkdir(exist_ok=True)
+        path.write_text(json.dumps({"bug": nodeid, "reason": reason, "recorded_at": time.time()}))
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -167,6 +167,8 @@ def _details(doc: dict[str, Any]) -> list[str]:
 
 def render(docs: Iterable[dict[str, Any]]) -> str:
     docs = list(docs)
+    known_bugs = sorted((d for d in docs if "bug" in d), key=lambda d: d["bug"])
+    docs = [d for d in docs if "bug" not in d]
     by: dict[tuple[str, str], dict[str, Any]] = {}
     extra: dict[str, list[dict[str, Any]]] = {}
     for doc in docs:
@@ -240,6 +242,13 @@ def render(docs: Iterable[dict[str, Any]]) -> str:
     lines += ["## Skipped (scenario does not apply)", ""]
     lines += skipped or ["- none"]
     lines += ["", "## Known bugs (strict xfail tests)", ""]
+    by_reason: dict[str, list[str]] = {}
+    for doc in known_bugs:
+        by_reason.setdefault(doc["reason"], []).append(doc["bug"].split("::", 1)[-1])
+    bugs += [
+        f"- {reason}\n  - tests: " + ", ".join(f"`{t}`" for t in tests)
+        for reason, tests in by_reason.items()
+    ]
     lines += bugs or ["- none"]
     lines.append("")
     return "\n".join(lines)

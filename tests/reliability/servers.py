@@ -235,8 +235,31 @@ class PgCluster:
 
 
 # -- a TCP proxy ----------------------------------------------------------------------------
+class _Link:
+    """One proxied connection: the client side, the server side, and its own state."""
+
+    def __init__(self, client: asyncio.StreamWriter, upstream: asyncio.StreamWriter) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.frozen = False  # bytes are read and thrown away, forever (a silently dead path)
+        self.closed = False
+
+    def abort(self) -> None:
+        self.closed = True
+        for writer in (self.client, self.upstream):
+            _abort(writer)
+
+
 class TcpProxy:
-    """Forwards ``127.0.0.1:port`` to ``127.0.0.1:target`` (see the module docstring)."""
+    """Forwards ``127.0.0.1:port`` to ``127.0.0.1:target`` on its own thread and loop.
+
+    ``pause()``/``resume()``: hold every byte in both directions on every connection, then
+    deliver them (a partition that heals while TCP still retries). ``reset()``: drop every
+    connection with RST and refuse new ones until ``resume()`` (a lost route). ``freeze()``:
+    existing connections silently stop carrying anything, forever, while new ones work (a
+    middlebox that forgot its state, no RST). ``drop_next_reply()``: the next bytes a server
+    sends are thrown away and that connection reset (a reply lost after the server acted).
+    """
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -244,9 +267,11 @@ class TcpProxy:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="proxy")
         self._server: asyncio.Server | None = None
-        self._flowing = asyncio.Event()
+        self._flowing: asyncio.Event | None = None
         self._refusing = False
-        self._pipes: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._drop_reply = False
+        self.dropped_replies = 0
+        self._links: set[_Link] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.connections_made = 0
 
@@ -257,15 +282,22 @@ class TcpProxy:
         return self
 
     def pause(self) -> None:
-        """Hold every byte in both directions; connections stay open (a partition)."""
-        self._call(self._set(flowing=False, refusing=False))
-
-    def reset(self) -> None:
-        """Drop every connection (RST) and refuse new ones until :meth:`resume`."""
-        self._call(self._reset())
+        self._call(self._set(flowing=False))
 
     def resume(self) -> None:
-        self._call(self._set(flowing=True, refusing=False))
+        self._call(self._set(flowing=True))
+
+    def reset(self) -> None:
+        self._call(self._reset())
+
+    def freeze(self) -> None:
+        self._call(self._freeze())
+
+    def drop_next_reply(self) -> None:
+        self._call(self._arm_drop())
+
+    def open_connections(self) -> int:
+        return sum(1 for link in self._links if not link.closed and not link.frozen)
 
     def close(self) -> None:
         if not self._thread.is_alive():
@@ -276,19 +308,18 @@ class TcpProxy:
         self._thread.join(10)
         self.loop.close()
 
-    def open_connections(self) -> int:
-        return len(self._pipes)
-
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
 
     # on the proxy's loop -----------------------------------------------------------------
     async def _start(self) -> None:
+        self._flowing = asyncio.Event()
         self._flowing.set()
         self._server = await asyncio.start_server(self._accept, LOOPBACK, self.port)
 
-    async def _set(self, *, flowing: bool, refusing: bool) -> None:
-        self._refusing = refusing
+    async def _set(self, *, flowing: bool) -> None:
+        assert self._flowing is not None
+        self._refusing = False
         if flowing:
             self._flowing.set()
         else:
@@ -296,11 +327,16 @@ class TcpProxy:
 
     async def _reset(self) -> None:
         self._refusing = True
-        self._flowing.set()
-        for client, upstream in list(self._pipes):
-            for writer in (client, upstream):
-                _abort(writer)
-        self._pipes.clear()
+        for link in list(self._links):
+            link.abort()
+        self._links.clear()
+
+    async def _freeze(self) -> None:
+        for link in self._links:
+            link.frozen = True
+
+    async def _arm_drop(self) -> None:
+        self._drop_reply = True
 
     async def _close(self) -> None:
         if self._server is not None:
@@ -319,13 +355,12 @@ class TcpProxy:
             _abort(writer)
             return
         self.connections_made += 1
-        pair = (writer, up_writer)
-        self._pipes.add(pair)
-        tasks = [
-            asyncio.create_task(self._pump(reader, up_writer, pair)),
-            asyncio.create_task(self._pump(up_reader, writer, pair)),
-        ]
-        for task in tasks:
+        link = _Link(writer, up_writer)
+        self._links.add(link)
+        for task in (
+            asyncio.create_task(self._pump(reader, up_writer, link, reply=False)),
+            asyncio.create_task(self._pump(up_reader, writer, link, reply=True)),
+        ):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -333,26 +368,38 @@ class TcpProxy:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+        link: _Link,
+        *,
+        reply: bool,
     ) -> None:
+        assert self._flowing is not None
         try:
             while True:
                 data = await reader.read(65536)
                 if not data:
                     break
-                await self._flowing.wait()  # a paused link holds the bytes it has read
-                if pair not in self._pipes:
+                await self._flowing.wait()  # a paused link holds what it has read
+                if link.closed:
+                    break
+                if link.frozen:
+                    continue  # swallowed: nothing arrives, nothing is refused
+                if reply and self._drop_reply:
+                    self._drop_reply = False
+                    self.dropped_replies += 1
+                    link.abort()
                     break
                 writer.write(data)
                 await writer.drain()
         except (OSError, asyncio.CancelledError):
             pass
         finally:
-            if pair in self._pipes:
-                self._pipes.discard(pair)
-                for w in pair:
+            if not link.frozen and not link.closed:
+                link.closed = True
+                for w in (link.client, link.upstream):
                     with contextlib.suppress(Exception):
                         w.close()
+            if link.closed:
+                self._links.discard(link)
 
 
 def _abort(writer: asyncio.StreamWriter) -> None:
