@@ -25,7 +25,7 @@ import pytest
 from conveyor.backends import factory_from_url, sqlite_schema
 from conveyor.backends.memory import MemoryFactory
 from conveyor.backends.sqlite import SQLiteBackend, SQLiteFactory
-from conveyor.backends.sqlite_schema import SCHEMA_VERSION
+from conveyor.backends.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import ErrorInfo, JobFilter, NewJob
 from conveyor.domain.states import JobState
@@ -147,7 +147,7 @@ async def test_durability_sets_synchronous_and_wal(
 
 # -- schema ----------------------------------------------------------------------------------------
 async def test_migrate_applies_each_step_once(factory: SQLiteFactory) -> None:
-    assert await factory.migrate() == ["0001_initial"]
+    assert await factory.migrate() == [m.name for m in MIGRATIONS]
     assert await factory.migrate() == []
     with sqlite3.connect(factory.path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -165,7 +165,7 @@ async def test_migrations_are_idempotent(backend: SQLiteBackend, factory: SQLite
     await backend.enqueue([new])
     with sqlite3.connect(factory.path) as conn:
         conn.execute("PRAGMA user_version = 0")
-    assert await factory.migrate() == ["0001_initial"]
+    assert await factory.migrate() == [m.name for m in MIGRATIONS]
     assert await backend.get_job(new.id) is not None
 
 

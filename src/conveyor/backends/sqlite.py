@@ -29,6 +29,7 @@ from conveyor.backends import sqlite_reads as reads
 from conveyor.backends import sqlite_tx
 from conveyor.backends.base import Backend, BackendFactory, CancelOutcome, redact_url
 from conveyor.backends.sqlite_engine import Engine
+from conveyor.backends.sqlite_kv import SQLiteKV
 from conveyor.backends.sqlite_notify import Notifier, Waiter
 from conveyor.backends.sqlite_queries import (
     Q,
@@ -201,7 +202,7 @@ async def _stop(engine: Engine) -> None:
     await asyncio.wrap_future(engine.stopped)
 
 
-class SQLiteBackend(Backend):
+class SQLiteBackend(SQLiteKV, Backend):
     """One client of a :class:`SQLiteFactory`; usable from any event loop."""
 
     supports_transactions = True
