@@ -188,6 +188,7 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
 
 
 def _migrate_in_child(url: str, start: MpEvent, out: Any) -> None:
+    out.put("ready")
     start.wait(30)
     try:
         out.put(asyncio.run(SQLiteFactory(url).migrate()))
@@ -202,11 +203,12 @@ async def test_processes_opening_a_new_file_at_once_migrate_it_once(tmp_path: Pa
     procs = [SPAWN.Process(target=_migrate_in_child, args=(url, start, out)) for _ in range(3)]
     for proc in procs:
         proc.start()
-    start.set()
+    assert [await asyncio.to_thread(out.get, True, 60) for _ in procs] == ["ready"] * 3
+    start.set()  # all three open the new file at once
     results = [await asyncio.to_thread(out.get, True, 60) for _ in procs]
     for proc in procs:
         await asyncio.to_thread(proc.join, 30)
-    assert sorted(map(str, results)) == ["['0001_initial']", "[]", "[]"]
+    assert sorted(map(str, results)) == sorted([str([m.name for m in MIGRATIONS]), "[]", "[]"])
 
 
 # -- bad paths and files -------------------------------------------------------------------------
@@ -527,6 +529,7 @@ def _claim_until_drained(
         await backend.open()
         claimed: list[str] = []
         try:
+            out.put((worker_id, "ready"))
             start.wait(60)
             while True:
                 finished = enqueued.is_set()
@@ -563,6 +566,8 @@ async def test_processes_never_claim_the_same_job(tmp_path: Path) -> None:
     try:
         for proc in procs:
             proc.start()
+        for _ in procs:  # every worker is open and waiting before the first job exists
+            assert (await asyncio.to_thread(out.get, True, 60))[1] == "ready"
         start.set()
         ids: list[str] = []
         for _ in range(150):  # enqueue while the workers claim: concurrent writers
