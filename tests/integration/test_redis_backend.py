@@ -454,3 +454,14 @@ async def test_complete_and_claim_is_complete_then_claim(backend: RedisBackend) 
     assert not done and [n.id for n in nxt] == [d.id]
     done, nxt = await backend.complete_and_claim(b.id, 99, None, "w", ["default"], 0, 30)
     assert not done and nxt == []
+
+
+async def test_many_concurrent_calls_wait_for_a_connection_instead_of_failing(
+    backend: RedisBackend,
+) -> None:
+    # redis-py's default pool raises past 100 connections; ours queues callers.
+    results = await asyncio.gather(*(backend.enqueue([job()], now=T) for _ in range(500)))
+    assert all(r[0].created for r in results)
+    claimed = await backend.claim("w", ["default"], 500, 30, now=T)
+    done = await asyncio.gather(*(backend.complete(c.id, c.fence, None, now=T) for c in claimed))
+    assert len(done) == 500 and all(done)

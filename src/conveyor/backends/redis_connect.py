@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
@@ -78,21 +78,26 @@ def make_client(url: str, retries: int) -> Redis:
     """A client for ``url`` that retries connection errors and timeouts with backoff.
 
     ``valkey://`` and ``valkeys://`` are accepted as ``redis://`` and ``rediss://``. Unless the
-    URL says otherwise, connecting times out after 5 s and a reply after 30 s (a hung server
+    URL says otherwise (``?max_connections=…&socket_timeout=…``), at most 64 connections are
+    open at once and further callers wait for one (instead of failing, as redis-py's default
+    pool does past 100), connecting times out after 5 s and a reply after 30 s (a hung server
     then surfaces as an error instead of a hang; blocking waits use their own connection).
     """
     scheme, sep, rest = url.partition("://")
     if scheme.lower() in ("valkey", "valkeys"):
         url = scheme.lower().replace("valkey", "redis") + sep + rest
     try:
-        return Redis.from_url(
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=64,
+            timeout=30.0,
             retry=make_retry(retries),
             retry_on_error=[ConnectionError, TimeoutError],
             socket_keepalive=True,
             socket_connect_timeout=5.0,
             socket_timeout=30.0,
         )
+        return Redis.from_pool(pool)
     except ValueError as exc:
         raise ConfigurationError(
             f"invalid Redis URL {redact_url(url)!r}: {exc}; "
