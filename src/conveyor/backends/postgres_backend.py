@@ -196,11 +196,13 @@ class PostgresBackend(PostgresClient, Backend):
         stage, claim = self._sql["stage"], self._sql["claim"]
 
         async def op(conn: Conn) -> list[tuple[Any, ...]]:
+            # One round trip: both statements and one Sync. Without BEGIN, the statements up
+            # to the Sync form one implicit transaction (an error rolls back both), and the
+            # rows are read only after it committed.
             async with conn.pipeline():
-                async with conn.transaction():
-                    await conn.execute(stage, {"now": params["now"]})
-                    cur = await conn.execute(claim, params)
-                return await cur.fetchall()
+                await conn.execute(stage, {"now": params["now"]})
+                cur = await conn.execute(claim, params)
+            return await cur.fetchall()
 
         rows = await self._run(op, STALE)
         rows.sort(key=lambda r: (r[0], -r[5], r[-1], r[1]))

@@ -131,9 +131,10 @@ async def run_enqueue(
 ) -> list[EnqueueResult]:
     """Run the enqueue rounds on ``conn``.
 
-    With ``own_transaction`` (a pooled autocommit connection) a batch with idempotency keys
-    runs as one pipelined transaction (lock keys, insert: one round trip) and one without keys
-    as a single autocommit statement. Otherwise the statements run in the caller's transaction.
+    With ``own_transaction`` (a pooled autocommit connection, no transaction open) a batch with
+    idempotency keys runs as one pipeline (lock keys, insert: one round trip, one implicit
+    transaction) and one without keys as a single autocommit statement. Otherwise the
+    statements run in the caller's transaction.
     """
     batch = EnqueueBatch(jobs)
     for _ in range(_MAX_ROUNDS):
@@ -142,11 +143,12 @@ async def run_enqueue(
             cur = await conn.execute(sql["enqueue"], params)
             inserted = await cur.fetchall()
         elif own_transaction:
+            # One round trip; the two statements share the implicit transaction that ends at
+            # the pipeline's Sync, so the key locks are held until the insert is committed.
             async with conn.pipeline():
-                async with conn.transaction():
-                    await conn.execute(sql["enqueue_lock_keys"], {"keys": params["keys"]})
-                    cur = await conn.execute(sql["enqueue"], params)
-                inserted = await cur.fetchall()
+                await conn.execute(sql["enqueue_lock_keys"], {"keys": params["keys"]})
+                cur = await conn.execute(sql["enqueue"], params)
+            inserted = await cur.fetchall()
         else:
             await conn.execute(sql["enqueue_lock_keys"], {"keys": params["keys"]})
             cur = await conn.execute(sql["enqueue"], params)
