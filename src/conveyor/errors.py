@@ -23,7 +23,8 @@ jobs, printed by the CLI and safe to match on in alerting rules. The tree::
 
 Codes stored on failed jobs (see :class:`ErrorCode`): ``error`` (the handler raised),
 ``timeout``, ``poison_message`` (stalled too many times), ``unknown_task``,
-``invalid_payload``, ``cancelled``, ``expired``, ``lease_lost``.
+``invalid_payload``, ``cancelled``, ``expired``, ``lease_lost``, ``process_died`` (a process-mode
+child exited without answering).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class ErrorCode(StrEnum):
     CANCELLED = "cancelled"
     EXPIRED = "expired"
     LEASE_LOST = "lease_lost"
+    PROCESS_DIED = "process_died"
 
 
 class ConveyorError(Exception):

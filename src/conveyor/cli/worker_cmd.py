@@ -232,7 +232,11 @@ def _supervise(n: int) -> int:
     stopping = {"signals": 0}
 
     def start(i: int) -> None:
-        children[i] = subprocess.Popen(base, env={**os.environ, "CONVEYOR_WORKER_INDEX": str(i)})
+        children[i] = subprocess.Popen(
+            base,
+            env={**os.environ, "CONVEYOR_WORKER_INDEX": str(i)},
+            preexec_fn=_term_with_parent,  # only calls prctl: safe between fork and exec
+        )
         log.info("started worker process %d (pid %d)", i, children[i].pid)
 
     def forward(signum: int, _frame: Any) -> None:
@@ -269,6 +273,17 @@ def _supervise(n: int) -> int:
                 else 0
             )
         time.sleep(0.2)
+
+
+def _term_with_parent() -> None:
+    """In a supervised child: receive SIGTERM (a graceful drain) if the supervisor dies."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
 
 
 def _without_processes(args: list[str]) -> list[str]:

@@ -370,17 +370,23 @@ class Schedules:
         return best
 
     async def run(self, stop: asyncio.Event, poll_interval: float = 1.0) -> None:
-        """Sync, then handle ticks until ``stop`` is set."""
-        await self.sync()
+        """Sync, then handle ticks until ``stop`` is set. Store outages are retried."""
+        synced = False
         while not stop.is_set():
+            upcoming: float | None = None
             try:
+                if not synced:
+                    await self.sync()
+                    synced = True
                 await self.tick()
-                now = self.app.now()
-                upcoming = await self.next_due(now)
+                upcoming = await self.next_due(self.app.now())
+            except NotImplementedError as exc:
+                if self.declared:
+                    log.error("schedules cannot run: %s", exc)
+                return
             except Exception as exc:  # noqa: BLE001 - the store may be down: retry
                 log.warning("scheduler pass failed: %s", exc)
-                upcoming = None
-                now = self.app.now()
+            now = self.app.now()
             wait = (
                 poll_interval if upcoming is None else min(max(upcoming - now, 0.01), poll_interval)
             )

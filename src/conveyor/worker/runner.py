@@ -546,7 +546,7 @@ class JobRunner:
         elif isinstance(exc, RemoteError):
             type_name, tb = exc.type_name, exc.remote_traceback
         elif isinstance(exc, ChildProcessDied):
-            code = "process_died"
+            code = ErrorCode.PROCESS_DIED
         policy = self.app.retry_policy_for(task, job.queue)
         will_retry = (
             task is not None

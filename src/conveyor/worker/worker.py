@@ -49,7 +49,7 @@ class WorkerConfig:
     concurrency: int = 10
     grace: float = 30.0
     poll_interval: float = 1.0
-    maintenance_interval: float = 5.0
+    maintenance_interval: float | None = None
     retention_interval: float = 60.0
     process_pool_size: int | None = None
     burst: bool = False
@@ -409,13 +409,17 @@ class Worker:
             log.warning("heartbeat failed: %s", exc, extra={"worker_id": self.id})
 
     async def _maintenance_loop(self) -> None:
-        last_retention = 0.0
+        # Recover at start-up (a restarted worker picks up its predecessor's jobs at once),
+        # then every half lease (at most 5 s): a dead worker's jobs wait at most
+        # lease + interval.
+        interval = self.config.maintenance_interval or min(5.0, self.app.lease / 2)
+        last_retention = time.monotonic()
         while True:
-            await asyncio.sleep(self.config.maintenance_interval)
             await self.recover()
             if time.monotonic() - last_retention >= self.config.retention_interval:
                 last_retention = time.monotonic()
                 await self.prune()
+            await asyncio.sleep(interval)
 
     async def recover(self) -> int:
         """Recover jobs whose lease expired (their worker died); returns how many."""
