@@ -20,6 +20,7 @@ from conveyor.backends.base import Backend, CancelOutcome
 from conveyor.backends.postgres_batch import Coalescer
 from conveyor.backends.postgres_client import READ, RETRY_DELAYS, STALE, Conn, PostgresClient
 from conveyor.backends.postgres_errors import is_transient, translate
+from conveyor.backends.postgres_kv import PostgresKV
 from conveyor.backends.postgres_sql import (
     claimed_from_row,
     distinct,
@@ -53,7 +54,7 @@ CompleteItem = tuple[str, int, bytes | None, float | None]
 EnqueueItem = tuple[list[NewJob], float | None]
 
 
-class PostgresBackend(PostgresClient, Backend):
+class PostgresBackend(PostgresKV, PostgresClient, Backend):
     """A client of one PostgreSQL schema, made by
     :class:`~conveyor.backends.postgres.PostgresFactory`."""
 

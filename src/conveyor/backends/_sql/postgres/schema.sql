@@ -107,3 +107,11 @@ CREATE TABLE {schema}.workers (
     concurrency   integer NOT NULL,
     stats         json NOT NULL DEFAULT '{}'
 ) WITH (fillfactor = 50);
+
+-- Small shared key-value state (schedules), updated by compare-and-set.
+CREATE TABLE {schema}.kv (
+    namespace  text COLLATE "C" NOT NULL,
+    key        text COLLATE "C" NOT NULL,
+    value      bytea NOT NULL,
+    PRIMARY KEY (namespace, key)
+) WITH (fillfactor = 70);
