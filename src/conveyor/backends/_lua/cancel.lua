@@ -14,6 +14,7 @@ if WAITING[s] then
   record_error(k, err_json('cancelled', 'Cancelled', reason or 'cancelled', attempts, t))
   move(id, q, task, s, 'cancelled')
   finished(id)
+  flush()
   return 'cancelled'
 end
 if s == 'running' then

@@ -101,27 +101,30 @@ local function claim_jobs(i0)
     if #due > 0 then wake(q) end
   end
 
-  -- 3. Lease jobs.
+  -- 3. Lease jobs: one HMGET and one HSET per job; the rest is written once per key.
   local out = {}
   local taken = 0
   local lease_until = fmt(t + lease)
+  local leases = {}
 
-  local function take(id, q, prio)
+  local function take(id, q)
     local k = jkey(id)
-    unready(id, q, prio)
-    redis.call('HINCRBY', k, 'a', 1)
-    redis.call('HINCRBY', k, 'f', 1)
-    redis.call('HSET', k, 'lo', worker, 'lu', lease_until, 'sa', now)
-    redis.call('ZADD', B .. 'lease', lease_until, id)
-    redis.call('ZREM', B .. 'exp', id)
-    local row = redis.call('HMGET', k, 't', 'q', 'p', 'a', 'ma', 'f', 'lu', 'to', 'tr', 'ik', 'md',
-      'pv', 'c', 'st', 'w')
-    move(id, q, row[1], 'queued', 'running')
-    out[#out + 1] = id
-    out[#out + 1] = row[1]
-    out[#out + 1] = row[2]
-    out[#out + 1] = redis.call('GET', dkey(id))
-    for j = 3, #row do out[#out + 1] = row[j] end
+    local row = redis.call('HMGET', k, 't', 'p', 'a', 'ma', 'f', 'to', 'tr', 'ik', 'md', 'pv', 'c',
+      'st', 'w', 'ex')
+    local attempts = tonumber(row[3] or '0') + 1
+    local fence = tonumber(row[5] or '0') + 1
+    redis.call('HSET', k, 's', 'running', 'a', attempts, 'f', fence, 'lo', worker, 'lu',
+      lease_until, 'sa', now)
+    if row[14] then redis.call('ZREM', B .. 'exp', id) end
+    leases[#leases + 1] = lease_until
+    leases[#leases + 1] = id
+    index_remove(id, q, row[1], 'queued')
+    index_add(id, q, row[1], 'running')
+    local n = #out
+    out[n + 1] = id; out[n + 2] = row[1]; out[n + 3] = q; out[n + 4] = redis.call('GET', dkey(id))
+    out[n + 5] = row[2]; out[n + 6] = attempts; out[n + 7] = row[4]; out[n + 8] = fence
+    out[n + 9] = lease_until
+    for j = 6, 13 do out[n + 4 + j] = row[j] end
     taken = taken + 1
   end
 
@@ -132,10 +135,12 @@ local function claim_jobs(i0)
       for _, prio in ipairs(redis.call('ZRANGE', pk, 0, -1)) do
         if taken >= limit then break end
         local rk = qkey(q, 'r:' .. prio)
+        local picked
         if not filtered then
-          for _, id in ipairs(redis.call('ZRANGE', rk, 0, limit - taken - 1)) do take(id, q, prio) end
+          picked = redis.call('ZRANGE', rk, 0, limit - taken - 1)
         else
-          local picked, offset, chunk = {}, 0, 100
+          local offset, chunk = 0, 100
+          picked = {}
           while #picked < limit - taken do
             local ids = redis.call('ZRANGE', rk, offset, offset + chunk - 1)
             for _, id in ipairs(ids) do
@@ -147,12 +152,20 @@ local function claim_jobs(i0)
             if #ids < chunk then break end
             offset = offset + chunk
           end
-          for _, id in ipairs(picked) do take(id, q, prio) end
+        end
+        if #picked > 0 then
+          for _, id in ipairs(picked) do take(id, q) end
+          each_chunk(picked, 1000, function(...) redis.call('ZREM', rk, ...) end)
+          if redis.call('EXISTS', rk) == 0 then redis.call('ZREM', pk, prio) end
         end
       end
       -- Work is left: wake the next idle worker of this queue.
       if redis.call('EXISTS', pk) == 1 then wake(q) end
     end
   end
+  if #leases > 0 then
+    each_chunk(leases, 2000, function(...) redis.call('ZADD', B .. 'lease', ...) end)
+  end
+  flush()
   return out
 end

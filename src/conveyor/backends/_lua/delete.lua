@@ -14,4 +14,5 @@ for _, id in ipairs(ids) do
   redis.call('ZREM', B .. 'exp', id)
   redis.call('DEL', k, dkey(id))
 end
+flush()
 return #ids

@@ -4,11 +4,21 @@
 --   concurrency_key trace_id metadata workflow_id parents payload_version blocked
 -- ('' for an absent number or empty JSON, opt() encoding for optional strings.)
 -- Returns: id, created (1/0), state for every job.
+-- The job hash and the idempotency key are written job by job (later jobs of the batch see
+-- them); the queue structures are written once per key at the end.
 local t = clock(ARGV[1])
 local now = fmt(t)
 local out = {}
-local woken = {}
 local N = 17
+local ready, levels, sched, due, expiry, queues = {}, {}, {}, {}, {}, {}
+
+local function push(map, key, score, member)
+  local list = map[key]
+  if not list then list = {}; map[key] = list end
+  list[#list + 1] = score
+  list[#list + 1] = member
+end
+
 for base = 2, #ARGV, N do
   local id, task, q, payload = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
   local prio, run_at, max_attempts = ARGV[base + 4], ARGV[base + 5], ARGV[base + 6]
@@ -61,15 +71,30 @@ for base = 2, #ARGV, N do
     if ARGV[base + 15] ~= '1' then put('pv', ARGV[base + 15]) end
     redis.call('HSET', k, unpack(fields))
     redis.call('SET', dkey(id), payload)
-    redis.call('SADD', B .. 'queues', q)
-    index_add(id, q, task, state)
     if ikey then redis.call('HSET', B .. 'idem', ikey, id) end
-    if state ~= 'blocked' then
-      if state == 'queued' then make_ready(id, q, prio, run_at) else schedule(id, q, run_at) end
-      if expires ~= '' then redis.call('ZADD', B .. 'exp', expires, id) end
-      if not woken[q] then wake(q); woken[q] = true end
+    queues[q] = true
+    index_add(id, q, task, state)
+    if state == 'queued' then
+      push(ready, qkey(q, 'r:' .. prio), run_at, id)
+      push(levels, qkey(q, 'p'), -tonumber(prio), prio)
+    elseif state == 'scheduled' then
+      push(sched, qkey(q, 's'), run_at, id)
+      if due[q] == nil or tonumber(run_at) < tonumber(due[q]) then due[q] = run_at end
     end
+    if state ~= 'blocked' and expires ~= '' then push(expiry, B .. 'exp', expires, id) end
     out[#out + 1] = id; out[#out + 1] = 1; out[#out + 1] = state
   end
 end
+
+for _, map in ipairs({ready, levels, sched, expiry}) do
+  for key, list in pairs(map) do
+    each_chunk(list, 2000, function(...) redis.call('ZADD', key, ...) end)
+  end
+end
+for q, run_at in pairs(due) do redis.call('ZADD', B .. 'due', 'LT', run_at, q) end
+for q in pairs(queues) do
+  redis.call('SADD', B .. 'queues', q)
+  wake(q)
+end
+flush()
 return out

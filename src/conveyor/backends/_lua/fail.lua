@@ -21,6 +21,7 @@ if ARGV[4] == '' then
   end
   move(id, q, task, 'running', terminal)
   finished(id)
+  flush()
   return terminal
 end
 local delay = tonumber(ARGV[4])
@@ -32,4 +33,5 @@ move(id, q, task, 'running', state)
 if state == 'queued' then make_ready(id, q, prio or '0', run_at) else schedule(id, q, run_at) end
 if expires then redis.call('ZADD', B .. 'exp', expires, id) end
 wake(q)
+flush()
 return state

@@ -44,8 +44,15 @@ local function clock(arg)
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
+local ESCAPED = {}
+
 local function escape(s)
-  return (string.gsub(s, '[%%:{}]', function(c) return string.format('%%%02X', string.byte(c)) end))
+  local e = ESCAPED[s]
+  if not e then
+    e = string.gsub(s, '[%%:{}]', function(c) return string.format('%%%02X', string.byte(c)) end)
+    ESCAPED[s] = e
+  end
+  return e
 end
 
 local function jkey(id)
@@ -60,21 +67,47 @@ local function qkey(q, suffix)
   return B .. 'q:' .. escape(q) .. ':' .. suffix
 end
 
+-- Counters and state indexes change by many small steps in one script (a batch, a claim that
+-- promotes then takes a job). They are collected as net deltas and written once by flush(),
+-- which every script that changes a state calls before it returns.
+local COUNTS, INDEX = {}, {}
+
 local function count(q, t, s, n)
   local field = s .. '\0' .. #q .. '\0' .. q .. t
-  if redis.call('HINCRBY', B .. 'counts', field, n) <= 0 then
-    redis.call('HDEL', B .. 'counts', field)
+  COUNTS[field] = (COUNTS[field] or 0) + n
+end
+
+local function index(id, q, t, s, n)
+  count(q, t, s, n)
+  local key = qkey(q, 'x:' .. s)
+  local members = INDEX[key]
+  if not members then members = {}; INDEX[key] = members end
+  members[id] = (members[id] or 0) + n
+end
+
+local function index_add(id, q, t, s) index(id, q, t, s, 1) end
+local function index_remove(id, q, t, s) index(id, q, t, s, -1) end
+
+local function each_chunk(list, size, fn)
+  for i = 1, #list, size do fn(unpack(list, i, math.min(i + size - 1, #list))) end
+end
+
+local function flush()
+  for field, n in pairs(COUNTS) do
+    if n ~= 0 and redis.call('HINCRBY', B .. 'counts', field, n) <= 0 then
+      redis.call('HDEL', B .. 'counts', field)
+    end
   end
-end
-
-local function index_add(id, q, t, s)
-  count(q, t, s, 1)
-  redis.call('ZADD', qkey(q, 'x:' .. s), 0, id)
-end
-
-local function index_remove(id, q, t, s)
-  count(q, t, s, -1)
-  redis.call('ZREM', qkey(q, 'x:' .. s), id)
+  COUNTS = {}
+  for key, members in pairs(INDEX) do
+    local add, rem = {}, {}
+    for id, n in pairs(members) do
+      if n > 0 then add[#add + 1] = 0; add[#add + 1] = id elseif n < 0 then rem[#rem + 1] = id end
+    end
+    if #add > 0 then each_chunk(add, 2000, function(...) redis.call('ZADD', key, ...) end) end
+    if #rem > 0 then each_chunk(rem, 1000, function(...) redis.call('ZREM', key, ...) end) end
+  end
+  INDEX = {}
 end
 
 local function move(id, q, t, from, to)
@@ -144,11 +177,16 @@ local function complete_job(id, fence, has_result, result, now_arg)
   local k = jkey(id)
   local s, f, q, task = unpack(redis.call('HMGET', k, 's', 'f', 'q', 't'))
   if s ~= 'running' or (f or '0') ~= fence then return false end
-  if has_result == '1' then redis.call('HSET', k, 'r', result) else redis.call('HDEL', k, 'r') end
-  redis.call('HSET', k, 'fa', fmt(clock(now_arg)))
-  redis.call('HDEL', k, 'lo', 'lu')
+  if has_result == '1' then
+    redis.call('HSET', k, 's', 'completed', 'fa', fmt(clock(now_arg)), 'r', result)
+    redis.call('HDEL', k, 'lo', 'lu')
+  else
+    redis.call('HSET', k, 's', 'completed', 'fa', fmt(clock(now_arg)))
+    redis.call('HDEL', k, 'lo', 'lu', 'r')
+  end
   redis.call('ZREM', B .. 'lease', id)
-  move(id, q, task, 'running', 'completed')
+  index_remove(id, q, task, 'running')
+  index_add(id, q, task, 'completed')
   finished(id)
   return true
 end

@@ -40,4 +40,5 @@ for _, id in ipairs(expired) do
     out[#out + 1] = stalls; out[#out + 1] = tonumber(attempts or '0')
   end
 end
+flush()
 return out

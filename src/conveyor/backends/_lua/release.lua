@@ -13,4 +13,5 @@ move(id, q, task, 'running', 'queued')
 make_ready(id, q, prio or '0', run_at)
 if expires then redis.call('ZADD', B .. 'exp', expires, id) end
 wake(q)
+flush()
 return 1

@@ -16,4 +16,5 @@ for _, id in ipairs(ids) do
   if expires then redis.call('ZADD', B .. 'exp', expires, id) end
   wake(q)
 end
+flush()
 return ids
