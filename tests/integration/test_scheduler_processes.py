@@ -4,6 +4,7 @@ against SQLite, PostgreSQL and Redis."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -85,7 +86,7 @@ async def test_many_scheduler_processes_one_job_per_tick(kind: str, tmp_path: Pa
     try:
         assert len(ticks) == len(set(ticks)), "a tick produced more than one job"
         assert len(ticks) >= RUN_SECONDS - 1
-        gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(ticks)]
         assert all(abs(g - 1.0) < 1e-6 for g in gaps), f"ticks skipped: {gaps}"
         history = await app.schedules.history("every-second")
         assert {h["outcome"] for h in history} == {"enqueued"}
