@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test check lint typecheck layers unit contract acceptance bench bench-smoke soak reliability clean
+.PHONY: install demo test check lint typecheck layers unit contract acceptance bench bench-smoke reliability clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ contract: $(STAMP)
 
 acceptance: $(STAMP)
 	$(BIN)/pytest tests/acceptance $(PYTEST_ARGS)
+
+reliability: $(STAMP)  ## The fault suite in its long form (minutes; rewrites RELIABILITY.md)
+	CONVEYOR_RELIABILITY=long $(BIN)/pytest tests/reliability -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 bench: $(STAMP)  ## Full benchmark against the peer libraries (writes bench/results/, BENCHMARKS.md)
 	bash bench/run.sh
