@@ -238,3 +238,50 @@ async def test_the_waiter_rides_out_a_server_restart(tmp_path: Path) -> None:
             await producer.close()
     finally:
         server.stop()
+
+
+async def test_pushes_survive_a_dropped_pubsub_connection(
+    server: RedisServer, clients: tuple[RedisBackend, RedisBackend]
+) -> None:
+    worker, producer = clients
+    raw = server.client()
+    received: list[str] = []
+
+    async def listen() -> None:
+        async for job_id in worker.subscribe_cancellations():
+            received.append(job_id)
+
+    listener = asyncio.create_task(listen())
+    try:
+        first, second = job(), job()
+        await producer.enqueue([first, second])
+        [c1, c2] = await producer.claim("w", ["q"], 2, 30)
+        finish = asyncio.create_task(worker.wait_for_finish(c1.id, 30))
+
+        async def subscribers() -> int:
+            return sum(1 for c in await raw.client_list() if c.get("cmd") == "subscribe"
+                       or int(c.get("sub", 0)) > 0)  # fmt: skip
+
+        async def subscribed_once() -> bool:
+            return await subscribers() == 1
+
+        await wait_until(subscribed_once)
+        assert await raw.client_kill_filter(_type="pubsub") == 1
+
+        async def resubscribed() -> bool:
+            clients = await raw.client_list()
+            return any(int(c.get("sub", 0)) == 2 for c in clients)  # cancel + done:<id>
+
+        await wait_until(resubscribed, timeout=10)
+        assert await producer.cancel(c2.id, "stop") == "requested"
+        assert await producer.complete(c1.id, c1.fence, b"ok")
+        record = await asyncio.wait_for(finish, 5)
+        assert record is not None and record.result == b"ok"
+
+        async def got_cancel() -> bool:
+            return received == [c2.id]
+
+        await wait_until(got_cancel)
+    finally:
+        listener.cancel()
+        await raw.aclose()

@@ -45,7 +45,12 @@ class Notifier:
         async with self._start_lock:
             if self._pubsub is None:
                 pubsub = self._client.pubsub()
-                await pubsub.subscribe(self._cancel_channel)
+                try:
+                    await pubsub.subscribe(self._cancel_channel)
+                except BaseException:
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    raise
                 self._pubsub = pubsub
                 self._reader = asyncio.create_task(self._read(pubsub), name="conveyor-redis-pubsub")
             return self._pubsub
