@@ -13,14 +13,7 @@ from ._support import KINDS, open_factory, require_kind
 
 #: Tests known to fail on a backend still under construction: (test function, kind) -> reason.
 #: They run as ``xfail(strict=False)`` for that kind only; fix the backend, then drop the entry.
-KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("test_bulk_operations_with_no_room_touch_nothing", "postgres"): (
-        "a negative limit reaches SQL: 'LIMIT must not be negative' instead of touching nothing"
-    ),
-    ("test_metadata_values_round_trip", "postgres"): (
-        "metadata is stored as jsonb, which turns the float 1e300 into the integer 10**300"
-    ),
-}
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -85,6 +85,7 @@ async def test_recover_requeues_an_expired_lease_keeping_its_place(backend: Back
     assert record.stalls == 1
     assert record.attempts == 1  # the stalled run counts
     assert record.run_at == approx_t(T)
+    assert record.started_at == approx_t(T)  # when the stalled run started
     assert record.lease_owner is None and record.lease_until is None
     assert record.finished_at is None and record.error is None
     [again, _] = await backend.claim("w2", ["default"], 2, 10, now=T + 11)

@@ -53,8 +53,8 @@ BIG = 100_000
 PROSE_CODES = frozenset({"expired", "poison_message"})
 
 SETTINGS = settings(
-    max_examples=35,
-    stateful_step_count=30,
+    max_examples=30,
+    stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     print_blob=True,
@@ -81,7 +81,7 @@ job_specs = st.builds(
     queue=st.sampled_from(QUEUES),
     payload=st.binary(max_size=6),
     priority=st.sampled_from((0, 0, 1, -1, 5)),
-    delay=st.sampled_from((None, None, 0.0, -3.0, 1.0, 5.0, 40.0)),
+    delay=st.sampled_from((None, None, None, 0.0, -3.0, 1.0, 5.0, 40.0)),
     ttl=st.sampled_from((None, None, None, 0.5, 4.0, 60.0)),
     key=st.sampled_from((None, None, None, "k1", "k2")),
     max_attempts=st.integers(1, 3),
@@ -215,6 +215,8 @@ class BackendAgreement(RuleBasedStateMachine):
             st.sampled_from(
                 [
                     JobFilter(),
+                    JobFilter(),
+                    JobFilter(),
                     JobFilter(queue="q1"),
                     JobFilter(task="a", queue="q2"),
                     JobFilter(states=(JobState.FAILED,)),
@@ -223,6 +225,7 @@ class BackendAgreement(RuleBasedStateMachine):
                     JobFilter(error_code="timeout"),
                     JobFilter(error_code="expired"),
                     JobFilter(finished_before=self.now - 5),
+                    JobFilter(finished_before=self.now),
                     JobFilter(ids=(picked,)),
                 ]
             ),
@@ -230,12 +233,12 @@ class BackendAgreement(RuleBasedStateMachine):
         )
 
     # -- producer ----------------------------------------------------------------------------
-    @initialize(data=st.data(), specs=st.lists(job_specs, min_size=2, max_size=6))
+    @initialize(data=st.data(), specs=st.lists(job_specs, min_size=4, max_size=10))
     def first_jobs(self, data: st.DataObject, specs: list[JobSpec]) -> None:
         # Hypothesis switches rules off at random (swarm testing); every run starts with work.
         self.enqueue(data, specs)
 
-    @rule(data=st.data(), specs=st.lists(job_specs, min_size=1, max_size=3))
+    @rule(data=st.data(), specs=st.lists(job_specs, min_size=1, max_size=4))
     def enqueue(self, data: st.DataObject, specs: list[JobSpec]) -> None:
         jobs = []
         for spec in specs:
@@ -268,7 +271,7 @@ class BackendAgreement(RuleBasedStateMachine):
         worker=st.sampled_from(WORKERS),
         queues=st.sampled_from((("q1",), ("q2",), ("q1", "q2"), ("q2", "q1"))),
         limit=st.integers(0, 3),
-        lease=st.sampled_from((5.0, 30.0)),
+        lease=st.sampled_from((5.0, 10.0, 30.0)),
         tasks=st.sampled_from((None, None, ("a*",), ("b",), ("a.x", "b"))),
         exclude=st.sampled_from(((), (), ("a",))),
     )
@@ -281,6 +284,18 @@ class BackendAgreement(RuleBasedStateMachine):
         tasks: tuple[str, ...] | None,
         exclude: tuple[str, ...],
     ) -> None:
+        self.claim_both(worker, queues, limit, lease, tasks, exclude)
+
+    def claim_both(
+        self,
+        worker: str,
+        queues: tuple[str, ...],
+        limit: int,
+        lease: float,
+        tasks: tuple[str, ...] | None = None,
+        exclude: tuple[str, ...] = (),
+    ) -> list[str]:
+        """Claim on both backends, check they agree, record the fences; the ids claimed."""
         ref, real = self.both(
             lambda b: b.claim(
                 worker, queues, limit, lease, now=self.now, tasks=tasks, exclude_tasks=exclude
@@ -292,10 +307,37 @@ class BackendAgreement(RuleBasedStateMachine):
             if earlier:
                 assert r.fence > earlier[-1].ref_fence and x.fence > earlier[-1].real_fence
             earlier.append(Claim(worker, r.fence, x.fence))
+        return [c.id for c in ref]
 
     @rule(worker=st.sampled_from(WORKERS), limit=st.integers(1, 3))
     def claim_any(self, worker: str, limit: int) -> None:
-        self.claim(worker, QUEUES, limit, 10.0, None, ())
+        self.claim_both(worker, QUEUES, limit, 10.0)
+
+    @rule(
+        worker=st.sampled_from(WORKERS),
+        outcome=st.sampled_from(("complete", "dead", "dead-dlq", "retry", "retry-later")),
+    )
+    def work_one(self, worker: str, outcome: str) -> None:
+        """Claim the next job and finish it at once: the common path, taken often."""
+        claimed = self.claim_both(worker, QUEUES, 1, 10.0)
+        if not claimed:
+            return
+        [job_id] = claimed
+        claim = self.claims[job_id][-1]
+        err = ErrorInfo("error", "RuntimeError", "boom", None, attempt=1, at=self.now)
+        if outcome == "complete":
+            self.fenced(job_id, claim, True, lambda b, f: b.complete(job_id, f, b"r", self.now))
+            return
+        delay = {"dead": None, "dead-dlq": None, "retry": 0.0, "retry-later": 2.0}[outcome]
+        dlq = "dlq" if outcome == "dead-dlq" else None
+        self.fenced(
+            job_id,
+            claim,
+            True,
+            lambda b, f: b.fail(
+                job_id, f, err, retry_delay=delay, now=self.now, dead_letter_queue=dlq
+            ),
+        )
 
     @precondition(lambda self: bool(self.claims))
     @rule(data=st.data(), result=st.sampled_from((None, b"", b"ok\x00")))
@@ -401,7 +443,8 @@ class BackendAgreement(RuleBasedStateMachine):
     # -- operating ---------------------------------------------------------------------------
     @rule(data=st.data(), reason=st.sampled_from((None, "why")))
     def cancel(self, data: st.DataObject, reason: str | None) -> None:
-        job_id = self.pick_job(data)
+        running = data.draw(st.booleans(), label="a running job")
+        job_id = self.pick_claimed(data) if running and self.claims else self.pick_job(data)
         ref, real = self.both(lambda b: b.cancel(job_id, reason, now=self.now))
         assert real == ref
 
@@ -427,9 +470,27 @@ class BackendAgreement(RuleBasedStateMachine):
         ref, real = self.both(lambda b: b.delete_jobs(flt, limit=BIG))
         assert real == ref
 
-    @rule(seconds=st.sampled_from((0.5, 1.0, 3.0, 6.0, 31.0)))
+    @rule(seconds=st.sampled_from((0.0004, 0.5, 1.0, 2.0, 5.0, 31.0)))
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+    @rule(
+        deadline=st.sampled_from(("lease_until", "run_at", "expires_at")),
+        past=st.sampled_from((0.0, 0.0, 0.0004)),
+    )
+    def advance_to_a_deadline(self, deadline: str, past: float) -> None:
+        """Move the clock to exactly the next lease end, run-at or expiry (or just past it):
+        the boundaries where ``<`` and ``<=`` part ways."""
+        states = {
+            "lease_until": (JobState.RUNNING,),
+            "run_at": (JobState.SCHEDULED,),
+            "expires_at": (JobState.QUEUED, JobState.SCHEDULED),
+        }[deadline]
+        records = self.run(self.ref.list_jobs(JobFilter(states=states), limit=BIG))
+        times = [getattr(r, deadline) for r in records]
+        ahead = [t for t in times if t is not None and t >= self.now]
+        if ahead:
+            self.now = min(ahead) + past
 
     # -- reading -----------------------------------------------------------------------------
     @rule(data=st.data(), limit=st.integers(0, 4), offset=st.integers(0, 3))
@@ -452,7 +513,12 @@ class BackendAgreement(RuleBasedStateMachine):
         counts_ref, counts_real = self.both(lambda b: b.count_jobs())
         key = lambda row: (row.queue, row.task, row.state)  # noqa: E731
         assert sorted(counts_real, key=key) == sorted(counts_ref, key=key)
+        # A deleted job's history is forgotten: its id may be enqueued afresh.
+        present = {r.id for r in ref}
+        for gone in [i for i in self.claims if i not in present]:
+            del self.claims[gone]
         for side, records in enumerate((ref, real)):
+            self.last[side] = {i: v for i, v in self.last[side].items() if i in present}
             for record in records:
                 attempts, fence = self.last[side].get(record.id, (0, 0))
                 if record.id not in self.may_lower_attempts:
