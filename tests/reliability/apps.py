@@ -388,6 +388,50 @@ def build_app(
     return app
 
 
+def _dump_locals(frame: Any) -> None:
+    import sys
+
+    name = frame.f_code.co_name
+    local = frame.f_locals
+    if name == "_claim_loop":
+        w = local.get("self")
+        sys.stderr.write(
+            f"      active={len(w.active)} zombies={w.zombie_threads} free={w.free_slots()} "
+            f"idle_claims={local.get('idle_claims')} stopping={w.stopping}\n"
+        )
+    elif name == "wait_for_jobs" and "deadline" in local:
+        loop = asyncio.get_running_loop()
+        keys = ("wait", "remaining", "due_in", "timeout")
+        shown = {k: local.get(k) for k in keys}
+        sys.stderr.write(f"      {shown} deadline-now={local['deadline'] - loop.time():.3f}\n")
+
+
+def _dump_tasks(signum: int, frame: Any) -> None:
+    """SIGUSR1: print every asyncio task's stack and every thread's (diagnosing hangs)."""
+    import faulthandler
+    import sys
+
+    try:
+        tasks = asyncio.all_tasks(asyncio.get_running_loop())
+    except RuntimeError:
+        tasks = set()
+    sys.stderr.write(f"=== {len(tasks)} asyncio tasks ===\n")
+    for task in tasks:
+        sys.stderr.write(f"-- {task.get_name()}\n")
+        awaited: Any = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is None:
+                sys.stderr.write(f"   awaits {awaited!r:.200}\n")
+                break
+            code = frame.f_code
+            sys.stderr.write(f"   {code.co_filename}:{frame.f_lineno} {code.co_name}\n")
+            _dump_locals(frame)
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    faulthandler.dump_traceback(all_threads=True)
+    sys.stderr.flush()
+
+
 def from_env() -> Conveyor:
     """The app a worker subprocess runs, configured by the environment (see the docstring)."""
     skew = float(os.environ.get(ENV_SKEW) or 0)
@@ -407,4 +451,5 @@ def from_env() -> Conveyor:
     )
     if os.environ.get(ENV_LEDGER):
         _install_observers(app)
+    signal.signal(signal.SIGUSR1, _dump_tasks)
     return app

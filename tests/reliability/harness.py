@@ -135,7 +135,7 @@ class Rig:
         skew: float | None = None,
         clock: str = "system",
         poll: float = 0.2,
-        log_level: str = "warning",
+        log_level: str = os.environ.get("REL_LOG_LEVEL", "warning"),
     ) -> Proc:
         """``python -m conveyor worker tests.reliability.apps:from_env ...`` on this store."""
         argv = [
@@ -176,6 +176,15 @@ class Rig:
             return all(p.pid in pids for p in procs)
 
         await wait_until(registered, timeout, interval=0.1, message="workers to register")
+
+    async def dump(self, proc: Proc) -> str:
+        """Ask a live worker for its asyncio task stacks (SIGUSR1); the tail of its log."""
+        if proc.alive:
+            before = len(proc.log())
+            proc.signal(signal.SIGUSR1)
+            with contextlib.suppress(AssertionError):
+                await wait_until(lambda: "Thread 0x" in proc.log()[before:], 5, message="a dump")
+        return proc.log()[-20000:]
 
     def kill(self, proc: Proc) -> float:
         """``kill -9`` now; the time is logged as a fault."""
