@@ -161,3 +161,58 @@ async def test_a_cut_off_worker_stops_its_handlers(
     finally:
         proxy.resume()
     assert now() - t_cut < limit + 1
+
+
+SILENT_PG = (
+    "bug: a PostgreSQL worker whose open connections silently stop carrying bytes (no FIN/RST: "
+    "a NAT or firewall dropped its state) hangs forever: claim (PostgresBackend.claim, "
+    "postgres_backend.py) and heartbeat (register_worker, postgres_client.py _fetchall) await "
+    "replies with no deadline, so it never claims or heartbeats again. Fix: a client-side "
+    "deadline on every operation (asyncio.timeout around PostgresClient._run, discarding the "
+    "connection on expiry) and TCP keepalives/tcp_user_timeout in the conninfo "
+    "(postgres.py PostgresSettings.conninfo)"
+)
+SILENT_REDIS = (
+    "bug: a Redis worker whose open connections silently stop carrying bytes (no FIN/RST) "
+    "stops claiming forever: RedisBackend.wait_for_jobs (redis_backend.py) awaits BZPOPMIN on "
+    "the blocking client, which has socket_timeout=None (redis_connect.blocking_client), and "
+    "Worker._claim_loop waits for it with no timeout of its own (_wait_any(..., None)). Fix: "
+    "await the pop with a client-side deadline (bound + a margin) and drop that connection on "
+    "expiry; the claim loop could also bound the wait by poll_interval plus a margin"
+)
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("postgres", marks=pytest.mark.xfail(strict=True, reason=SILENT_PG)),
+        pytest.param("redis", marks=pytest.mark.xfail(strict=True, reason=SILENT_REDIS)),
+    ],
+)
+async def test_a_worker_whose_connections_silently_die_recovers(
+    make_rig: MakeRig, tcp_proxy: type[TcpProxy], backend: str, results: Results
+) -> None:
+    """Every open connection of a worker stops carrying bytes, without a FIN or RST (a NAT
+    or firewall that dropped its state); new connections work. The worker must notice and
+    reconnect by itself, and pick up jobs only it can run."""
+    rig = await make_rig(backend, lease=2.0, heartbeat=0.5, max_stalls=5)
+    proxy = tcp_proxy(PORTS[backend])
+    a = rig.start_worker("--queues", "via-proxy", concurrency=4, url=proxied_url(rig, proxy))
+    await rig.wait_started(a)
+    work = rig.app.tasks["work"].options(queue="via-proxy")
+    first = [h.id for h in await rig.app.enqueue_many([work.call(10) for _ in range(4)])]
+    await wait_until(lambda: rig.ledger.count("acked") == 4, 30, message="A to work")
+    t_freeze = now()
+    proxy.freeze()
+    later = [h.id for h in await rig.app.enqueue_many([work.call(10) for _ in range(4)])]
+    rig.expect(first + later)
+    try:
+        await wait_until(lambda: rig.ledger.count("acked") == 8, 30, message="A to recover")
+    except AssertionError:
+        print(await rig.dump(a))
+        raise
+    recovered_after = now() - t_freeze
+    results.write(
+        "silent_connection_loss", backend, {"worker_recovered_after_s": round(recovered_after, 2)}
+    )
+    assert recovered_after < 30, recovered_after
