@@ -2,7 +2,8 @@
 
     CONVEYOR_BENCH=1 .venv/bin/pytest tests/integration/test_postgres_bench.py -s
 
-Prints jobs per second for: single enqueue, bulk enqueue (50 and 1000 per call), and
+Prints jobs per second for: single enqueue (one caller, and 50 concurrent callers sharing
+statements), bulk enqueue (50 and 1000 per call), and
 claim + complete with batches of 1 and 50 (completions awaited one by one, and concurrently
 as a worker with free slots does, which lets them share statements). The numbers depend on the
 machine: record the CPU, the load and the server's fsync settings with them.
@@ -56,12 +57,29 @@ async def test_throughput() -> None:
     require_server()
     print(f"\nload average: {os.getloadavg()}")
     async with migrated_factory() as factory, client(factory) as backend:
+        # Calibration: what one round trip and one committed one-row insert cost here.
+        async with backend.connection() as conn:
+            await conn.execute(f'CREATE TABLE "{factory.schema}".probe (v int)')
+            started = time.perf_counter()
+            for _ in range(200):
+                await conn.execute("SELECT 1")
+            rate("baseline: SELECT 1 round trips", 200, time.perf_counter() - started)
+            started = time.perf_counter()
+            for i in range(200):
+                await conn.execute(f'INSERT INTO "{factory.schema}".probe VALUES (%s)', (i,))
+            rate("baseline: one-row INSERT commits", 200, time.perf_counter() - started)
         n = 2000
         jobs = [job(payload=b"x" * 100) for _ in range(n)]
         started = time.perf_counter()
         for j in jobs:
             await backend.enqueue([j])
         rate("enqueue, 1 per call", n, time.perf_counter() - started)
+
+        callers = [[job(payload=b"x" * 100)] for _ in range(n)]
+        started = time.perf_counter()
+        for start in range(0, n, 50):
+            await asyncio.gather(*(backend.enqueue(c) for c in callers[start : start + 50]))
+        rate("enqueue, 1 per call, 50 callers at once", n, time.perf_counter() - started)
 
         for size, calls in ((50, 100), (1000, 10)):
             batches = [[job(payload=b"x" * 100) for _ in range(size)] for _ in range(calls)]

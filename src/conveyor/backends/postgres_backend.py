@@ -19,7 +19,7 @@ from psycopg.types.json import Json
 from conveyor.backends.base import Backend, CancelOutcome
 from conveyor.backends.postgres_batch import Coalescer
 from conveyor.backends.postgres_client import READ, RETRY_DELAYS, STALE, Conn, PostgresClient
-from conveyor.backends.postgres_errors import is_transient, translate
+from conveyor.backends.postgres_errors import is_transient, translate, translated
 from conveyor.backends.postgres_kv import PostgresKV
 from conveyor.backends.postgres_sql import (
     claimed_from_row,
@@ -162,13 +162,15 @@ class PostgresBackend(PostgresKV, PostgresClient, Backend):
         self, conn: Conn, jobs: Sequence[NewJob], now: float | None = None
     ) -> list[EnqueueResult]:
         """Enqueue inside the caller's transaction on ``conn`` (the outbox pattern)."""
-        return await enqueue_on(conn, jobs, now, schema=self.schema)
+        with translated(self.settings.url, self.schema):
+            return await enqueue_on(conn, jobs, now, schema=self.schema)
 
     async def complete_on(
         self, conn: Conn, job_id: str, fence: int, result: bytes | None, now: float | None = None
     ) -> bool:
         """Fenced completion inside the caller's transaction on ``conn``."""
-        return await complete_on(conn, job_id, fence, result, now, schema=self.schema)
+        with translated(self.settings.url, self.schema):
+            return await complete_on(conn, job_id, fence, result, now, schema=self.schema)
 
     # -- worker ---------------------------------------------------------------------------
     async def claim(
@@ -229,14 +231,20 @@ class PostgresBackend(PostgresKV, PostgresClient, Backend):
 
     async def _complete_batch(self, items: list[CompleteItem]) -> list[bool]:
         """Complete several jobs in one statement; one flag per item (lease still held)."""
-        params = {
-            "ids": [i[0] for i in items],
-            "fences": [i[1] for i in items],
-            "results": [i[2] for i in items],
-            "nows": [i[3] for i in items],
-            "channel": self.wake.allow_done(),
-        }
-        rows = await self._fetchall("complete_batch", params, STALE)
+        channel = self.wake.allow_done()
+        if len(items) == 1:  # scalar parameters are cheaper to send than arrays
+            job_id, fence, result, now = items[0]
+            one = {"id": job_id, "fence": fence, "result": result, "now": now, "channel": channel}
+            rows = await self._fetchall("complete", one, STALE)
+        else:
+            params = {
+                "ids": [i[0] for i in items],
+                "fences": [i[1] for i in items],
+                "results": [i[2] for i in items],
+                "nows": [i[3] for i in items],
+                "channel": channel,
+            }
+            rows = await self._fetchall("complete_batch", params, STALE)
         done = {r[0] for r in rows if r[0] is not None}
         if done:
             self.wake.wake_done()

@@ -84,6 +84,36 @@ class EnqueueBatch:
         }
         return rows, params
 
+    def statement(self, rows: list[int], params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The insert statement for this round and its parameters: ``enqueue_one`` with
+        scalars for a single row, else ``enqueue`` (no keys) or ``enqueue_keyed``."""
+        if len(rows) == 1:
+            j = self.jobs[rows[0]]
+            notify = params["notify"]
+            return "enqueue_one", {
+                "now": params["now"],
+                "id": j.id,
+                "task": j.task,
+                "queue": j.queue,
+                "payload": bytes(j.payload),
+                "priority": int(j.priority),
+                "run_at": _f(j.run_at),
+                "max_attempts": int(j.max_attempts),
+                "timeout": _f(j.timeout),
+                "expires": _f(j.expires_at),
+                "key": j.idempotency_key,
+                "ckey": j.concurrency_key,
+                "trace": j.trace_id,
+                "meta": Json(j.metadata or {}),
+                "workflow": j.workflow_id,
+                "parents": list(j.parents),
+                "version": int(j.payload_version),
+                "blocked": bool(j.blocked),
+                "channel": params["channel"] if j.queue in notify else None,
+            }
+        keyed = any(self.jobs[i].idempotency_key is not None for i in rows)
+        return ("enqueue_keyed" if keyed else "enqueue"), params
+
     def record_inserted(self, rows: list[int], inserted: Sequence[Sequence[Any]]) -> None:
         """Mark the rows the insert stored; the rest stay pending for resolution."""
         states = {str(r[0]): JobState(r[1]) for r in inserted}
@@ -139,19 +169,20 @@ async def run_enqueue(
     batch = EnqueueBatch(jobs)
     for _ in range(_MAX_ROUNDS):
         rows, params = batch.insert_params(now, channel, notify)
+        name, values = batch.statement(rows, params)
         if not _has_keys([batch.jobs[i] for i in rows]):
-            cur = await conn.execute(sql["enqueue"], params)
+            cur = await conn.execute(sql[name], values)
             inserted = await cur.fetchall()
         elif own_transaction:
             # One round trip; the two statements share the implicit transaction that ends at
             # the pipeline's Sync, so the key locks are held until the insert is committed.
             async with conn.pipeline():
                 await conn.execute(sql["enqueue_lock_keys"], {"keys": params["keys"]})
-                cur = await conn.execute(sql["enqueue"], params)
+                cur = await conn.execute(sql[name], values)
             inserted = await cur.fetchall()
         else:
             await conn.execute(sql["enqueue_lock_keys"], {"keys": params["keys"]})
-            cur = await conn.execute(sql["enqueue"], params)
+            cur = await conn.execute(sql[name], values)
             inserted = await cur.fetchall()
         batch.record_inserted(rows, inserted)
         if not batch.pending:
@@ -204,9 +235,10 @@ def _enqueue_sync(
     queues = distinct(j.queue for j in jobs)
     for _ in range(_MAX_ROUNDS):
         rows, params = batch.insert_params(now, channel, queues)
+        name, values = batch.statement(rows, params)
         if _has_keys([batch.jobs[i] for i in rows]):
             conn.execute(sql["enqueue_lock_keys"], {"keys": params["keys"]})
-        batch.record_inserted(rows, conn.execute(sql["enqueue"], params).fetchall())
+        batch.record_inserted(rows, conn.execute(sql[name], values).fetchall())
         if not batch.pending:
             break
         cur = conn.execute(sql["enqueue_resolve"], batch.resolve_params())

@@ -19,12 +19,87 @@ SELECT DISTINCT key FROM unnest(%(keys)s::text[]) AS key WHERE key IS NOT NULL O
 ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key
 
 -- name: enqueue
--- Insert a batch in input order. A row is skipped when its id exists, when a job in a
--- key-holding state has its idempotency key, or when an earlier row of the batch has the
--- same key; the caller resolves skipped rows. Notifies the given queues if anything was
--- stored.
-WITH input AS (
-    SELECT *
+-- Insert a batch without idempotency keys, in input order; a row whose id exists is skipped
+-- (the caller resolves it). Notifies the given queues if anything was stored.
+WITH ins AS (
+    INSERT INTO {schema}.jobs (
+        id, task, queue, state, payload, priority, run_at, max_attempts, timeout, expires_at,
+        idempotency_key, concurrency_key, trace_id, metadata, workflow_id, parents,
+        payload_version, created_at
+    )
+    SELECT
+        n.id, n.task, n.queue,
+        CASE
+            WHEN n.blocked THEN 'blocked'
+            WHEN coalesce(n.run_at, c.now) > c.now THEN 'scheduled'
+            ELSE 'queued'
+        END,
+        n.payload, n.priority, coalesce(n.run_at, c.now), n.max_attempts, n.timeout,
+        n.expires_at, n.idempotency_key, n.concurrency_key, n.trace_id,
+        coalesce(n.metadata, '{}'::json), n.workflow_id,
+        ARRAY(SELECT jsonb_array_elements_text(coalesce(n.parents, '[]'::jsonb))),
+        n.payload_version, c.now
+    FROM unnest(
+        %(ids)s::text[], %(tasks)s::text[], %(queues)s::text[], %(payloads)b::bytea[],
+        %(priorities)s::int[], %(run_ats)s::float8[], %(max_attempts)s::int[],
+        %(timeouts)s::float8[], %(expires)s::float8[], %(keys)s::text[],
+        %(ckeys)s::text[], %(traces)s::text[], %(metas)s::json[], %(workflows)s::text[],
+        %(parents)s::jsonb[], %(versions)s::int[], %(blocked)s::bool[]
+    ) WITH ORDINALITY AS n (
+        id, task, queue, payload, priority, run_at, max_attempts, timeout, expires_at,
+        idempotency_key, concurrency_key, trace_id, metadata, workflow_id, parents,
+        payload_version, blocked, ord
+    ),
+    (SELECT {now} AS now) AS c
+    ORDER BY n.ord
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, state
+)
+SELECT
+    ins.id,
+    ins.state,
+    (SELECT count(pg_notify(%(channel)s, q)) FROM unnest(%(notify)s::text[]) AS q)
+FROM ins
+
+-- name: enqueue_one
+-- One job, with scalar parameters (cheaper to send than a batch of arrays). Skipped when its
+-- id exists or, with an idempotency key (locked first), when a job holds the key.
+WITH c AS (SELECT {now} AS now),
+ins AS (
+    INSERT INTO {schema}.jobs (
+        id, task, queue, state, payload, priority, run_at, max_attempts, timeout, expires_at,
+        idempotency_key, concurrency_key, trace_id, metadata, workflow_id, parents,
+        payload_version, created_at
+    )
+    SELECT
+        %(id)s::text, %(task)s::text, %(queue)s::text,
+        CASE
+            WHEN %(blocked)s::bool THEN 'blocked'
+            WHEN coalesce(%(run_at)s::float8, c.now) > c.now THEN 'scheduled'
+            ELSE 'queued'
+        END,
+        %(payload)b::bytea, %(priority)s::int, coalesce(%(run_at)s::float8, c.now),
+        %(max_attempts)s::int, %(timeout)s::float8, %(expires)s::float8, %(key)s::text,
+        %(ckey)s::text, %(trace)s::text, %(meta)s::json, %(workflow)s::text,
+        %(parents)s::text[], %(version)s::int, c.now
+    FROM c
+    WHERE %(key)s::text IS NULL OR NOT EXISTS (
+        SELECT 1 FROM {schema}.jobs h
+        WHERE h.idempotency_key = %(key)s::text AND h.state IN ({holding}))
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, state
+)
+SELECT id, state,
+    CASE WHEN %(channel)s::text IS NOT NULL THEN pg_notify(%(channel)s, %(queue)s) END
+FROM ins
+
+-- name: enqueue_keyed
+-- Like `enqueue`, for a batch with idempotency keys (run after `enqueue_lock_keys` in the
+-- same transaction). A row is also skipped when a job in a key-holding state has its key
+-- (one index probe per row), or when an earlier row of the batch has the same key.
+WITH input AS MATERIALIZED (
+    SELECT n.*,
+        row_number() OVER (PARTITION BY n.idempotency_key ORDER BY n.ord) AS key_rank
     FROM unnest(
         %(ids)s::text[], %(tasks)s::text[], %(queues)s::text[], %(payloads)b::bytea[],
         %(priorities)s::int[], %(run_ats)s::float8[], %(max_attempts)s::int[],
@@ -37,7 +112,6 @@ WITH input AS (
         payload_version, blocked, ord
     )
 ),
-clock AS (SELECT {now} AS now),
 ins AS (
     INSERT INTO {schema}.jobs (
         id, task, queue, state, payload, priority, run_at, max_attempts, timeout, expires_at,
@@ -56,14 +130,14 @@ ins AS (
         coalesce(n.metadata, '{}'::json), n.workflow_id,
         ARRAY(SELECT jsonb_array_elements_text(coalesce(n.parents, '[]'::jsonb))),
         n.payload_version, c.now
-    FROM input n CROSS JOIN clock c
-    WHERE n.idempotency_key IS NULL
-       OR (NOT EXISTS (
-              SELECT 1 FROM {schema}.jobs h
-              WHERE h.idempotency_key = n.idempotency_key AND h.state IN ({holding}))
-           AND NOT EXISTS (
-              SELECT 1 FROM input e
-              WHERE e.idempotency_key = n.idempotency_key AND e.ord < n.ord))
+    FROM input n
+    CROSS JOIN (SELECT {now} AS now) AS c
+    LEFT JOIN LATERAL (
+        SELECT true AS held FROM {schema}.jobs h
+        WHERE h.idempotency_key = n.idempotency_key AND h.state IN ({holding})
+        LIMIT 1
+    ) AS k ON n.idempotency_key IS NOT NULL
+    WHERE n.idempotency_key IS NULL OR (n.key_rank = 1 AND k.held IS NULL)
     ORDER BY n.ord
     ON CONFLICT (id) DO NOTHING
     RETURNING id, state
