@@ -54,7 +54,7 @@ PROSE_CODES = frozenset({"expired", "poison_message"})
 
 SETTINGS = settings(
     max_examples=30,
-    stateful_step_count=40,
+    stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     print_blob=True,
