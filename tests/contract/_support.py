@@ -61,22 +61,30 @@ def require_kind(kind: str) -> None:
         pytest.skip(message)
 
 
-def make_factory(kind: str, directory: Path) -> BackendFactory:
-    """A factory of ``kind`` over a fresh, isolated store (not yet migrated)."""
-    if kind == "memory":
-        return factory_from_url("memory://")
+def factory_spec(kind: str, directory: Path, name: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The URL and options of a fresh, isolated store of ``kind`` (``name`` picks the file,
+    schema or key prefix; a random one by default)."""
     if kind == "sqlite":
-        return factory_from_url(f"sqlite:///{directory}/jobs.db")
+        return f"sqlite:///{directory}/{'jobs' if name is None else name}.db", {}
+    name = name or uuid4().hex[:12]
+    if kind == "memory":
+        return "memory://", {}
     if kind == "postgres":
-        return factory_from_url(POSTGRES_URL, schema=f"t_{uuid4().hex[:12]}")
+        return POSTGRES_URL, {"schema": f"t_{name}"}
     if kind == "redis":
-        return factory_from_url(REDIS_URL, prefix=f"t{uuid4().hex[:12]}")
+        return REDIS_URL, {"prefix": f"t{name}"}
     raise ValueError(f"unknown backend kind {kind!r}")
 
 
-async def open_factory(kind: str, directory: Path) -> BackendFactory:
+def make_factory(kind: str, directory: Path, name: str | None = None) -> BackendFactory:
+    """A factory of ``kind`` over a fresh, isolated store (not yet migrated)."""
+    url, options = factory_spec(kind, directory, name)
+    return factory_from_url(url, **options)
+
+
+async def open_factory(kind: str, directory: Path, name: str | None = None) -> BackendFactory:
     """:func:`make_factory`, migrated when the kind has a schema to create."""
-    factory = make_factory(kind, directory)
+    factory = make_factory(kind, directory, name)
     if kind == "postgres":
         await factory.migrate()
     return factory
