@@ -50,13 +50,23 @@ class PostgresSettings:
     prepare_threshold: int | None = 5
 
     def conninfo(self) -> str:
-        """The libpq connection string: the URL plus an ``application_name`` naming the
-        schema (unless the URL sets one), so operators can tell Conveyor's sessions apart."""
+        """The libpq connection string: the URL plus defaults it does not set itself, an
+        ``application_name`` naming the schema (so operators can tell Conveyor's sessions
+        apart) and TCP keepalives that notice a silently dead server or network within about
+        half a minute (the operating system's default is two hours), which matters most for
+        the idle LISTEN connection."""
         from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-        if "application_name" in conninfo_to_dict(self.url):
-            return self.url
-        return make_conninfo(self.url, application_name=f"conveyor:{self.schema}"[:63])
+        given = conninfo_to_dict(self.url)
+        defaults: dict[str, Any] = {
+            "application_name": f"conveyor:{self.schema}"[:63],
+            "keepalives": 1,
+            "keepalives_idle": 15,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        }
+        extra = {k: v for k, v in defaults.items() if k not in given}
+        return make_conninfo(self.url, **extra) if extra else self.url
 
 
 def _require_psycopg() -> None:
