@@ -27,6 +27,7 @@ from conveyor.backends.postgres_sql import (
     error_json,
     filter_sql,
     like_patterns,
+    stored_error,
 )
 from conveyor.backends.postgres_tx import complete_on, enqueue_on, run_enqueue
 from conveyor.domain.job import (
@@ -261,6 +262,7 @@ class PostgresBackend(PostgresKV, PostgresClient, Backend):
         terminal: JobState = JobState.FAILED,
         dead_letter_queue: str | None = None,
     ) -> JobState | None:
+        written = error_json(error)
         jobs_channel = done_channel = None
         if retry_delay is None:
             done_channel = self.wake.allow_done()
@@ -273,11 +275,29 @@ class PostgresBackend(PostgresKV, PostgresClient, Backend):
             "delay": None if retry_delay is None else float(retry_delay),
             "terminal": JobState(terminal).value,
             "dlq": dead_letter_queue,
-            "error": error_json(error),
+            "error": written,
             "jobs_channel": jobs_channel,
             "done_channel": done_channel,
         }
-        rows = await self._fetchall("fail", params, STALE)
+        try:
+            rows = await self._fetchall("fail", params, STALE)
+        except StorageUnavailableError:
+            # The outcome is unknown; the fence and the error record tell whether it was ours.
+            if retry_delay is None:
+                wrote, seen = JobState(terminal), {JobState(terminal)}
+            elif retry_delay <= 0:
+                wrote, seen = JobState.QUEUED, {JobState.QUEUED}
+            else:  # a claim may have promoted it to queued since
+                wrote, seen = JobState.SCHEDULED, {JobState.SCHEDULED, JobState.QUEUED}
+            record = await self.get_job(job_id)
+            if record is None or record.fence != fence:
+                return None
+            if record.state is JobState.RUNNING:
+                rows = await self._fetchall("fail", params, STALE)
+            elif record.state in seen and record.error == stored_error(written):
+                rows = [(wrote.value,)]
+            else:
+                return None
         if not rows:
             return None
         state = JobState(rows[0][0])
@@ -289,7 +309,19 @@ class PostgresBackend(PostgresKV, PostgresClient, Backend):
 
     async def release(self, job_id: str, fence: int, now: float | None = None) -> bool:
         params = {"id": job_id, "fence": fence, "channel": self.wake.allow_jobs_any()}
-        rows = await self._fetchall("release", params, STALE)
+        try:
+            rows = await self._fetchall("release", params, STALE)
+        except StorageUnavailableError:
+            # The outcome is unknown: queued again under our fence means it was handed back.
+            record = await self.get_job(job_id)
+            if record is None or record.fence != fence:
+                return False
+            if record.state is JobState.RUNNING:
+                rows = await self._fetchall("release", params, STALE)
+            elif record.state is JobState.QUEUED and record.lease_owner is None:
+                rows = [(record.queue,)]
+            else:
+                return False
         if rows:
             self.wake.wake_jobs([rows[0][0]])
         return bool(rows)

@@ -155,6 +155,11 @@ def error_json(error: ErrorInfo) -> str:
     return dumps(error.to_dict())
 
 
+def stored_error(text: str) -> ErrorInfo:
+    """The :class:`ErrorInfo` that reading back :func:`error_json` ``text`` gives."""
+    return ErrorInfo.from_dict(json.loads(text))
+
+
 # -- rows -----------------------------------------------------------------------------------
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
