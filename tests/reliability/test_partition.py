@@ -142,7 +142,6 @@ CUT_OFF_GAP = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=CUT_OFF_GAP)
 async def test_a_cut_off_worker_stops_its_handlers(
     make_rig: MakeRig, tcp_proxy: type[TcpProxy]
 ) -> None:

@@ -20,7 +20,39 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from conveyor.core.context import JobContext, reset_current, set_current
 from conveyor.errors import Retry
+
+
+def _snapshot(ctx: JobContext | None) -> dict[str, Any]:
+    """The picklable fields of a job context, for the child's ``current_job()``."""
+    if ctx is None:
+        return {
+            "job_id": "",
+            "task": "",
+            "queue": "",
+            "attempt": 0,
+            "max_attempts": 0,
+            "trace_id": None,
+            "idempotency_key": None,
+            "metadata": {},
+            "worker_id": "",
+            "enqueued_at": 0.0,
+        }
+    return {
+        "job_id": ctx.job_id,
+        "task": ctx.task,
+        "queue": ctx.queue,
+        "attempt": ctx.attempt,
+        "max_attempts": ctx.max_attempts,
+        "trace_id": ctx.trace_id,
+        "idempotency_key": ctx.idempotency_key,
+        "metadata": dict(ctx.metadata),
+        "worker_id": ctx.worker_id,
+        "enqueued_at": ctx.enqueued_at,
+        "fence": ctx.fence,
+        "payload_version": ctx.payload_version,
+    }
 
 
 class ChildProcessDied(Exception):
@@ -78,19 +110,28 @@ def _child_main(conn: Connection, paths: list[str], parent_pid: int) -> None:
             message = conn.recv()
         except (EOFError, KeyboardInterrupt):
             return
-        module, qualname, args, kwargs = message
+        module, qualname, args, kwargs, snapshot = message
+        ctx = JobContext(**snapshot)
+        token = set_current(ctx)
         try:
             fn = _resolve(module, qualname)
             result = fn(*args, **kwargs)
         except Retry as exc:
-            conn.send(("retry", exc.reason, exc.delay))
+            conn.send(("retry", exc.reason, exc.delay, ctx._take_logs()))
         except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
-            conn.send(("error", type(exc).__name__, str(exc), traceback.format_exc()))
+            conn.send(
+                ("error", type(exc).__name__, str(exc), traceback.format_exc(), ctx._take_logs())
+            )
         else:
+            logs = ctx._take_logs()
             try:
-                conn.send(("ok", result))
+                conn.send(("ok", result, logs))
             except Exception as exc:  # noqa: BLE001 - an unpicklable result
-                conn.send(("error", type(exc).__name__, f"result cannot be sent back: {exc}", ""))
+                conn.send(
+                    ("error", type(exc).__name__, f"result cannot be sent back: {exc}", "", logs)
+                )
+        finally:
+            reset_current(token)
 
 
 class _Child:
@@ -155,9 +196,18 @@ class ProcessPool:
             self._available.notify()
 
     async def call(
-        self, module: str, qualname: str, args: list[Any], kwargs: dict[str, Any]
+        self,
+        module: str,
+        qualname: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        ctx: JobContext | None = None,
     ) -> Any:
-        """Run ``module.qualname(*args, **kwargs)`` in a child; cancelling kills the child."""
+        """Run ``module.qualname(*args, **kwargs)`` in a child; cancelling kills the child.
+
+        The child sees a copy of ``ctx`` through ``current_job()`` (ids, attempt, trace id,
+        metadata); lines it logs come back into ``ctx``; progress is not shipped.
+        """
         child = await self._acquire()
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Any] = loop.create_future()
@@ -172,7 +222,7 @@ class ProcessPool:
 
         fd = child.conn.fileno()
         try:
-            child.conn.send((module, qualname, args, kwargs))
+            child.conn.send((module, qualname, args, kwargs, _snapshot(ctx)))
             loop.add_reader(fd, readable)
             try:
                 message = await reply
@@ -188,6 +238,9 @@ class ProcessPool:
             raise
         await self._give_back(child)
         kind = message[0]
+        if ctx is not None and message[-1]:
+            with ctx._log_lock:
+                ctx._pending_logs.extend(message[-1])
         if kind == "ok":
             return message[1]
         if kind == "retry":

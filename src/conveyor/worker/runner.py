@@ -239,7 +239,7 @@ class JobRunner:
         module, qualname = _module_name(fn), fn.__qualname__
 
         async def run_process(call: ExecuteCall) -> Any:
-            return await self.processes.call(module, qualname, call.args, call.kwargs)
+            return await self.processes.call(module, qualname, call.args, call.kwargs, call.ctx)
 
         return run_process
 
@@ -406,7 +406,8 @@ class JobRunner:
         delay = 0.05
         for attempt in range(10):
             try:
-                return await op()
+                async with asyncio.timeout(max(self.app.lease, 5.0)):
+                    return await op()
             except Exception as exc:  # noqa: BLE001
                 if attempt == 9:
                     log.error(

@@ -96,6 +96,7 @@ class Worker:
         self._started_at = time.time()
         self.zombie_threads = 0
         self._stray: set[asyncio.Future[Any]] = set()
+        self._last_beat_ok = time.monotonic()
 
     def _resolve_queues(self) -> tuple[str, ...]:
         names = (
@@ -258,6 +259,11 @@ class Worker:
         while not self._stopping:
             # Cleared before claiming so a job finishing during the claim is not missed.
             self._slot_freed.clear()
+            if self.cut_off:
+                # Until a heartbeat gets through again, claiming would only hand us jobs we
+                # may not be able to finish.
+                await self._wait_any(self._stop_event.wait(), self.app.heartbeat_interval)
+                continue
             free = self.free_slots()
             if free <= 0:
                 await self._wait_any(self._slot_freed.wait(), None)
@@ -266,7 +272,8 @@ class Worker:
             jobs: list[ClaimedJob] = []
             if queues:
                 try:
-                    jobs = await self._claim(queues, free)
+                    async with asyncio.timeout(max(self.app.lease, 5.0)):
+                        jobs = await self._claim(queues, free)
                 except Exception as exc:  # noqa: BLE001 - the store is down: back off, retry
                     log.warning("claim failed (%s); retrying", exc, extra={"worker_id": self.id})
                     await self._wait_any(
@@ -295,7 +302,8 @@ class Worker:
                     self.backend.wait_for_jobs(
                         queues or list(self.queues), self.config.poll_interval
                     ),
-                    None,
+                    # A wait stuck on a silently dead connection must not stall the worker.
+                    self.config.poll_interval * 2 + 1.0,
                     self._slot_freed.wait() if limited and self.active else None,
                 )
 
@@ -378,9 +386,38 @@ class Worker:
         interval = self.app.heartbeat_interval
         while True:
             await asyncio.sleep(interval)
-            await self.heartbeat()
+            try:
+                # A beat stuck on a dead connection counts as failed; it must not hang the loop.
+                async with asyncio.timeout(max(self.app.lease / 2, interval)):
+                    if await self.heartbeat():
+                        self._last_beat_ok = time.monotonic()
+            except TimeoutError:
+                log.warning("heartbeat timed out", extra={"worker_id": self.id})
+            self._check_cut_off()
 
-    async def heartbeat(self) -> None:
+    @property
+    def cut_off(self) -> bool:
+        """True while no heartbeat has got through for more than half a lease."""
+        return time.monotonic() - self._last_beat_ok > self.app.lease / 2
+
+    def _check_cut_off(self) -> None:
+        """Cut off from the store for over half a lease: our leases may already have been
+        recovered and handed to other workers, so stop running those jobs (they run again
+        elsewhere) instead of overlapping with the newer attempts."""
+        if not self.cut_off or not self.active:
+            return
+        log.error(
+            "no heartbeat reached the store for %.1fs (lease %.1fs): abandoning %d running "
+            "job(s); they will be recovered and run again",
+            time.monotonic() - self._last_beat_ok,
+            self.app.lease,
+            len(self.active),
+            extra={"worker_id": self.id},
+        )
+        for active in list(self.active.values()):
+            self.runner.interrupt(active, "lease_lost")
+
+    async def heartbeat(self) -> bool:
         """Extend every held lease, learn cancellations, refresh the registry entry."""
         leases = [(a.job.id, a.job.fence) for a in self.active.values()]
         try:
@@ -407,6 +444,8 @@ class Worker:
             await self.backend.register_worker(self.info())
         except Exception as exc:  # noqa: BLE001 - keep beating; leases cover the gap
             log.warning("heartbeat failed: %s", exc, extra={"worker_id": self.id})
+            return False
+        return True
 
     async def _maintenance_loop(self) -> None:
         # Recover at start-up (a restarted worker picks up its predecessor's jobs at once),
