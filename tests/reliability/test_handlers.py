@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from conveyor.domain.ids import new_job_id
 
 from . import apps
