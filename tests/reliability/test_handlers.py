@@ -187,17 +187,6 @@ async def test_memory_exhaustion_in_a_process_mode_task(
     assert set(codes.values()) == {0}, codes
 
 
-PROCESS_CONTEXT_BUG = (
-    "bug: docs/guide.md says current_job() works in process handlers (without progress/log "
-    "shipping), but JobRunner._invoker's run_process (src/conveyor/worker/runner.py) sends only "
-    "module, qualname, args and kwargs to the child (worker/processes.py _child_main), so "
-    "current_job() raises ConveyorError there and the job fails. Fix: send a picklable "
-    "snapshot of the JobContext (id, task, queue, attempt, max_attempts, trace_id, "
-    "idempotency_key, metadata, fence) and set it in the child around the call; or correct "
-    "the guide"
-)
-
-
 async def test_current_job_in_a_process_mode_handler(make_rig: MakeRig) -> None:
     rig = await make_rig("sqlite")
     handle = await rig.app.tasks["whoami_process"].enqueue()
