@@ -338,6 +338,40 @@ class BackendAgreement(RuleBasedStateMachine):
         )
 
     @precondition(lambda self: bool(self.claims))
+    @rule(
+        data=st.data(),
+        call=st.sampled_from(("complete", "fail", "retry", "release", "progress", "heartbeat")),
+    )
+    def zombie(self, data: st.DataObject, call: str) -> None:
+        """A worker whose lease is gone (an older claim, or a fence never issued) calls about a
+        job that is running now: nothing may change."""
+        running = [j for j in self.claims if self.running_on_ref(j)]
+        if not running:
+            return
+        job_id = data.draw(st.sampled_from(running), label="running job")
+        stale = [*self.claims[job_id][:-1], Claim("w1", 0, 0)]
+        claim = data.draw(st.sampled_from(stale), label="stale claim")
+        err = ErrorInfo("error", "RuntimeError", "zombie", None, attempt=1, at=self.now)
+        calls: dict[str, Callable[[Backend, int], Coroutine[Any, Any, object]]] = {
+            "complete": lambda b, f: b.complete(job_id, f, b"z", now=self.now),
+            "fail": lambda b, f: b.fail(job_id, f, err, retry_delay=None, now=self.now),
+            "retry": lambda b, f: b.fail(job_id, f, err, retry_delay=0.0, now=self.now),
+            "release": lambda b, f: b.release(job_id, f, now=self.now),
+            "progress": lambda b, f: b.set_progress(job_id, f, b"z", now=self.now),
+            "heartbeat": self._heartbeat_one(job_id, claim.worker),
+        }
+        self.fenced(job_id, claim, False, calls[call])
+
+    def _heartbeat_one(
+        self, job_id: str, worker: str
+    ) -> Callable[[Backend, int], Coroutine[Any, Any, object]]:
+        async def beat(backend: Backend, fence: int) -> bool:
+            [status] = await backend.heartbeat(worker, [(job_id, fence)], 60.0, now=self.now)
+            return status.held
+
+        return beat
+
+    @precondition(lambda self: bool(self.claims))
     @rule(data=st.data(), result=st.sampled_from((None, b"", b"ok\x00")))
     def complete(self, data: st.DataObject, result: bytes | None) -> None:
         job_id = self.pick_claimed(data)

@@ -78,13 +78,10 @@ def test_the_state_machine_catches_a_divergent_backend(mutant: type[MemoryBacken
             assert isinstance(factory, MemoryFactory)
             return mutant(factory.store)
 
+    # Random, not derandomized: one fixed sequence can miss a mutant by bad luck, while each
+    # of these is found within a few dozen random examples (the run stops at the first).
     quick = settings(
-        SETTINGS,
-        max_examples=300,
-        database=None,
-        print_blob=False,
-        phases=[Phase.generate],
-        derandomize=True,
+        SETTINGS, max_examples=500, database=None, print_blob=False, phases=[Phase.generate]
     )
     with pytest.raises(AssertionError):
         run_state_machine_as_test(Mutant, settings=quick)
