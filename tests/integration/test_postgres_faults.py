@@ -28,6 +28,7 @@ try:
         migrated_factory,
         private_cluster,
         require_server,
+        silent_proxy,
         wait_until,
     )
 except ImportError:  # tests/integration is not a package
@@ -38,6 +39,7 @@ except ImportError:  # tests/integration is not a package
         migrated_factory,
         private_cluster,
         require_server,
+        silent_proxy,
         wait_until,
     )
 
@@ -189,3 +191,54 @@ async def test_a_restart_under_load_loses_no_job(cluster: Any) -> None:
             f"{sum(completed.values()) - len(completed)} completed twice"
         )
         assert all(n == 1 for n in completed.values())
+
+
+async def test_connections_that_go_silent_are_replaced() -> None:
+    """Every open connection stops answering without an error (no FIN, no RST): calls give
+    up after ``command_timeout``, the pool and the LISTEN connection are replaced, and the
+    client carries on with fresh connections."""
+    require_server()
+    async with silent_proxy() as proxy, migrated_factory(URL) as direct:
+        factory = factory_from_url(
+            proxy.url, schema=direct.schema, command_timeout=1.0, poll_interval=0.2
+        )
+        async with client(factory) as backend, client(direct) as producer:  # type: ignore[arg-type]
+            await backend.enqueue([job()])
+            await backend.wait_for_jobs(["other"], 0.05)  # starts the LISTEN connection
+            await wait_until(lambda: backend.stats()["listening"])
+            proxy.freeze()
+            started = time.monotonic()
+            # A read retries on a fresh connection once the silent one timed out.
+            assert sum(r.count for r in await backend.count_jobs()) == 1
+            assert 1.0 <= time.monotonic() - started < 5.0
+            # Enqueue is safe to repeat, so it retries too.
+            await backend.enqueue([job()])
+            claimed = await backend.claim("w", ["default"], 5, 30)
+            assert len(claimed) == 2
+            # The LISTEN connection was replaced as well: a waiter wakes on a notification.
+            await wait_until(lambda: backend.stats()["listening"], timeout=10)
+            task = asyncio.create_task(backend.wait_for_jobs(["default"], 5.0))
+            await asyncio.sleep(0.1)
+            await producer.enqueue([job()])
+            await asyncio.wait_for(task, 5.0)
+
+
+async def test_a_write_that_gets_no_reply_raises_storage_unavailable() -> None:
+    require_server()
+    async with silent_proxy() as proxy, migrated_factory(URL) as direct:
+        factory = factory_from_url(proxy.url, schema=direct.schema, command_timeout=0.5)
+        async with client(factory) as backend:  # type: ignore[arg-type]
+            await backend.enqueue([job()])
+            proxy.freeze()
+            with pytest.raises(StorageUnavailableError, match=r"did not answer within 0\.5s"):
+                await backend.claim("w", ["default"], 1, 30)
+
+            # The next call runs on a fresh connection; the silent claim never reached the
+            # server, so the job is still there to claim.
+            async def claimed() -> bool:
+                try:
+                    return len(await backend.claim("w", ["default"], 1, 30)) == 1
+                except StorageUnavailableError:
+                    return False
+
+            await wait_until(claimed, timeout=10, interval=0.1)

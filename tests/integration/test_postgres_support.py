@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import pwd
@@ -175,3 +176,66 @@ def private_cluster() -> Iterator[PrivateCluster]:
     finally:
         cluster.stop("immediate")
         shutil.rmtree(root, ignore_errors=True)
+
+
+# -- a TCP proxy that can go silent ------------------------------------------------------------
+class SilentProxy:
+    """A loopback TCP proxy to the shared server. ``freeze()`` makes every connection open so
+    far stop carrying bytes in both directions without closing it (a NAT or firewall that lost
+    its state); connections opened afterwards work normally."""
+
+    def __init__(self, upstream_port: int = 5432) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._generation = 0
+        self._writers: list[asyncio.StreamWriter] = []
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/test"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    def freeze(self) -> None:
+        self._generation += 1
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        generation = self._generation
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._writers += [writer, up_writer]
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    if generation != self._generation:
+                        await asyncio.Event().wait()  # frozen: swallow everything, forever
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        with contextlib.suppress(asyncio.CancelledError):  # the proxy is shutting down
+            await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+
+@asynccontextmanager
+async def silent_proxy() -> AsyncIterator[SilentProxy]:
+    proxy = SilentProxy()
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.stop()

@@ -8,8 +8,10 @@ Options: ``schema`` (a PostgreSQL schema, so several apps, or tests, share one d
 (connections per client), ``listen`` (LISTEN/NOTIFY wake-ups; ``False`` polls only, for
 PgBouncer in transaction mode), ``poll_interval`` (seconds between polls while waiting),
 ``timeout`` (seconds to wait for a connection), ``notify_interval`` (the least time between
-two notifications about one queue from one client) and ``prepare_threshold`` (psycopg's
-server-side prepared statements; ``None`` turns them off for old PgBouncers).
+two notifications about one queue from one client), ``prepare_threshold`` (psycopg's
+server-side prepared statements; ``None`` turns them off for old PgBouncers) and
+``command_timeout`` (seconds a statement may go unanswered before its connection is presumed
+dead, dropped and replaced; ``None``: wait forever).
 
 The outbox functions :func:`enqueue_on`, :func:`enqueue_on_sync` and :func:`complete_on` are
 re-exported here from :mod:`conveyor.backends.postgres_tx`. This module imports psycopg only
@@ -48,6 +50,14 @@ class PostgresSettings:
     timeout: float = 10.0
     notify_interval: float = 0.1
     prepare_threshold: int | None = 5
+    command_timeout: float | None = 10.0
+
+    @property
+    def url_target(self) -> str:
+        """Host, port, database and user of the URL, for messages (never the password)."""
+        from conveyor.backends.postgres_errors import describe_target
+
+        return describe_target(self.url)
 
     def conninfo(self) -> str:
         """The libpq connection string: the URL plus defaults it does not set itself, an
@@ -93,6 +103,7 @@ class PostgresFactory(BackendFactory):
         timeout: float = 10.0,
         notify_interval: float = 0.1,
         prepare_threshold: int | None = 5,
+        command_timeout: float | None = 10.0,
     ) -> None:
         _require_psycopg()
         from conveyor.backends.postgres_sql import quote_ident
@@ -108,6 +119,8 @@ class PostgresFactory(BackendFactory):
             )
         if poll_interval <= 0 or timeout <= 0 or notify_interval < 0:
             raise ConfigurationError("poll_interval and timeout must be > 0")
+        if command_timeout is not None and command_timeout <= 0:
+            raise ConfigurationError("command_timeout must be > 0 (or None for no deadline)")
         self.url = url
         self.settings = PostgresSettings(
             url=url,
@@ -120,6 +133,7 @@ class PostgresFactory(BackendFactory):
             timeout=timeout,
             notify_interval=notify_interval,
             prepare_threshold=prepare_threshold,
+            command_timeout=command_timeout,
         )
 
     @property

@@ -18,7 +18,14 @@ from psycopg.types.json import Json
 
 from conveyor.backends.base import Backend, CancelOutcome
 from conveyor.backends.postgres_batch import Coalescer
-from conveyor.backends.postgres_client import READ, RETRY_DELAYS, STALE, Conn, PostgresClient
+from conveyor.backends.postgres_client import (
+    READ,
+    RETRY_DELAYS,
+    STALE,
+    Conn,
+    NoReply,
+    PostgresClient,
+)
 from conveyor.backends.postgres_errors import is_transient, translate, translated
 from conveyor.backends.postgres_kv import PostgresKV
 from conveyor.backends.postgres_sql import (
@@ -134,21 +141,32 @@ class PostgresBackend(PostgresKV, PostgresClient, Backend):
     async def _enqueue_now(self, jobs: list[NewJob], now: float | None) -> list[EnqueueResult]:
         notify = self.wake.allow_jobs([j.queue for j in jobs])
         channel = self.jobs_channel if notify else None
+
+        async def op(conn: Conn) -> list[EnqueueResult]:
+            return await run_enqueue(
+                conn, self._sql, jobs, now, channel, notify, own_transaction=True
+            )
+
+        # A big batch gets more time than the command deadline (about 2 ms a job).
+        limit = self.settings.command_timeout
+        deadline = None if limit is None else limit + 0.002 * len(jobs)
         attempts = 0
         while True:
+            pool = self._pool_or_fail()
             try:
-                async with self._pool_or_fail().connection() as conn:
-                    results = await run_enqueue(
-                        conn, self._sql, jobs, now, channel, notify, own_transaction=True
-                    )
+                results = await self._attempt(pool, op, deadline)
                 break
-            except psycopg.Error as exc:
+            except NoReply as exc:
                 # Safe to repeat: job ids make a second insert of the same jobs a no-op.
+                self._reset_connections(pool)
+                if attempts >= len(RETRY_DELAYS):
+                    raise self._no_reply_error(exc.seconds) from None
+            except psycopg.Error as exc:
                 if not is_transient(exc) or attempts >= len(RETRY_DELAYS):
                     raise translate(exc, self.settings.url, self.schema) from exc
-                self._purge_stale(self._pool_or_fail())
-                await asyncio.sleep(RETRY_DELAYS[attempts])
-                attempts += 1
+                self._purge_stale(pool)
+            await asyncio.sleep(RETRY_DELAYS[attempts])
+            attempts += 1
         if attempts:
             # After an ambiguous failure, a job found under its own id is the one we stored.
             first = {j.id: i for i, j in reversed(list(enumerate(jobs)))}

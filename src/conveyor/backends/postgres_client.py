@@ -16,8 +16,12 @@ job, which is never lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -54,6 +58,29 @@ STALE = "stale"  # retry only when the server closed the connection before runni
 RETRY_DELAYS = (0.05, 0.25)
 
 
+class NoReply(Exception):
+    """The server did not answer within the command deadline."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
+
+
+def _sever(conn: Conn) -> None:
+    """Shut the connection's socket down (both directions) without closing its descriptor."""
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.OperationalError:
+        return
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
 def _stale(exc: BaseException) -> bool:
     """The server announced it was closing the connection (restart, crash recovery,
     terminate): the statement did not run."""
@@ -71,7 +98,9 @@ class PostgresClient:
         self._sql = queries(settings.schema)
         self.jobs_channel, self.done_channel = channels(settings.schema)
         self._pool: AsyncConnectionPool[Conn] | None = None
-        self._checks: set[asyncio.Task[None]] = set()
+        self._checks: set[asyncio.Task[Any]] = set()
+        self._conninfo = settings.url
+        self._last_reset = 0.0
         self.wake = Wakeups(
             self.jobs_channel,
             self.done_channel,
@@ -104,8 +133,14 @@ class PostgresClient:
             raise translate(exc, s.url, s.schema) from exc
         finally:
             await conn.close()
+        self._conninfo = conninfo
+        self._pool = await self._new_pool()
+        self.wake.enable(conninfo)
+
+    async def _new_pool(self) -> AsyncConnectionPool[Conn]:
+        s = self.settings
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
-            conninfo,
+            self._conninfo,
             min_size=s.pool_min,
             max_size=s.pool_max,
             open=False,
@@ -114,13 +149,14 @@ class PostgresClient:
             name=f"conveyor:{s.schema}",
         )
         await pool.open(wait=False)
-        self._pool = pool
-        self.wake.enable(conninfo)
+        return pool
 
     async def close(self) -> None:
         await self.wake.close()
         for task in list(self._checks):
             task.cancel()
+        if self._checks:
+            await asyncio.gather(*self._checks, return_exceptions=True)
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -137,13 +173,20 @@ class PostgresClient:
         return self._pool
 
     async def _run(self, op: Callable[[Conn], Awaitable[T]], retry: str | None = None) -> T:
-        """Run ``op`` on a pooled connection, mapping errors and retrying per ``retry``."""
-        pool = self._pool_or_fail()
+        """Run ``op`` on a pooled connection within the command deadline, mapping errors and
+        retrying per ``retry``."""
         attempt = 0
         while True:
+            pool = self._pool_or_fail()
             try:
-                async with pool.connection() as conn:
-                    return await op(conn)
+                return await self._attempt(pool, op)
+            except NoReply as exc:
+                self._reset_connections(pool)
+                if retry == READ and attempt < len(RETRY_DELAYS):
+                    await asyncio.sleep(RETRY_DELAYS[attempt])
+                    attempt += 1
+                    continue
+                raise self._no_reply_error(exc.seconds) from None
             except psycopg.Error as exc:
                 if is_transient(exc):
                     self._purge_stale(pool)
@@ -154,16 +197,76 @@ class PostgresClient:
                         continue
                 raise translate(exc, self.settings.url, self.schema) from exc
 
+    async def _attempt(
+        self,
+        pool: AsyncConnectionPool[Conn],
+        op: Callable[[Conn], Awaitable[T]],
+        deadline: float | None = None,
+    ) -> T:
+        """``op`` on one pooled connection; :class:`NoReply` (and the connection closed) when
+        the server does not answer within the deadline (``command_timeout`` by default)."""
+        limit = deadline if deadline is not None else self.settings.command_timeout
+        async with pool.connection() as conn:
+            if limit is None:
+                return await op(conn)
+            task = asyncio.ensure_future(op(conn))
+            try:
+                done, _ = await asyncio.wait({task}, timeout=limit)
+            except asyncio.CancelledError:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                raise
+            if done:
+                return task.result()
+            # Cancelling would make psycopg ask the server to cancel and wait for an answer
+            # that cannot come; shutting the socket down ends the operation at once instead,
+            # and leaves the connection broken so the pool discards it.
+            _sever(conn)
+            with contextlib.suppress(BaseException):
+                await task
+            raise NoReply(limit)
+
+    def _no_reply_error(self, seconds: float) -> StorageUnavailableError:
+        return StorageUnavailableError(
+            f"PostgreSQL at {self.settings.url_target} did not answer within {seconds:g}s "
+            "(server or network stalled); the connection was dropped and the call may have "
+            "taken effect"
+        )
+
+    def _reset_connections(self, pool: AsyncConnectionPool[Conn]) -> None:
+        """A connection went silent (no reply, no error): assume every connection opened
+        before is dead the same way. Swap in a fresh pool, close the old one in the
+        background and reconnect LISTEN."""
+        if pool is not self._pool or time.monotonic() - self._last_reset < 1.0:
+            return
+        self._last_reset = time.monotonic()
+
+        async def swap() -> None:
+            fresh = await self._new_pool()
+            if self._pool is not pool:  # closed or swapped meanwhile
+                await fresh.close()
+                return
+            self._pool = fresh
+            await self.wake.reconnect()
+            await pool.close(timeout=1.0)
+
+        self._background(swap())
+
     def _purge_stale(self, pool: AsyncConnectionPool[Conn]) -> None:
         """After a connection failure, test the idle connections in the background so the
         next calls do not pick up ones the server already closed."""
         if self._checks:
             return
-        task = asyncio.get_running_loop().create_task(pool.check())
+        limit = self.settings.command_timeout
+        self._background(asyncio.wait_for(pool.check(), limit) if limit else pool.check())
+
+    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._checks.add(task)
         task.add_done_callback(self._check_done)
 
-    def _check_done(self, task: asyncio.Task[None]) -> None:
+    def _check_done(self, task: asyncio.Task[Any]) -> None:
         self._checks.discard(task)
         if not task.cancelled():
             task.exception()  # retrieved: a failed check only means the server is still away

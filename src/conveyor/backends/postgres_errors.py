@@ -31,7 +31,7 @@ def _parts(url: str) -> tuple[str, int, str, str] | None:
     return host, port, database, parts.username or "(default user)"
 
 
-def _target(url: str) -> str:
+def describe_target(url: str) -> str:
     parts = _parts(url)
     if parts is None:
         return redact_url(url)
@@ -54,7 +54,7 @@ def describe_connect_error(exc: BaseException, url: str) -> str:
     """A one-line explanation of why connecting to ``url`` failed, with the fix."""
     text = str(exc).strip()
     low = text.lower()
-    where = _target(url)
+    where = describe_target(url)
     parts = _parts(url)
     database = parts[2] if parts else "<name>"
     if "password authentication failed" in low or "no password supplied" in low:
@@ -88,15 +88,15 @@ def translate(exc: psycopg.Error, url: str, schema: str) -> ConveyorError:
     """The Conveyor error for a psycopg error raised while using the store."""
     if isinstance(exc, pg_errors.UndefinedTable | pg_errors.InvalidSchemaName):
         return SchemaVersionError(
-            f"the Conveyor schema {schema!r} is missing at {_target(url)}; " + MIGRATE_HINT
+            f"the Conveyor schema {schema!r} is missing at {describe_target(url)}; " + MIGRATE_HINT
         )
     if isinstance(exc, pg_errors.InsufficientPrivilege):
         return StorageUnavailableError(describe_connect_error(exc, url))
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
         detail = _detail(str(exc).strip()) or type(exc).__name__
         return StorageUnavailableError(
-            f"PostgreSQL at {_target(url)} is unavailable ({detail}); the call may not have "
-            "taken effect"
+            f"PostgreSQL at {describe_target(url)} is unavailable ({detail}); "
+            "the call may not have taken effect"
         )
     return BackendError(f"PostgreSQL error: {str(exc).strip() or type(exc).__name__}")
 

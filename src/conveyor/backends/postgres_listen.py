@@ -30,7 +30,8 @@ class Listener:
 
     Notifications go to ``on_notify(channel, payload)``. ``on_gap()`` is called whenever
     notifications may have been missed (the connection dropped, or came back after a drop) so
-    waiters re-check the table.
+    waiters re-check the table. While no notification arrives, the connection is pinged every
+    ``ping_interval`` seconds and replaced if it does not answer within ``ping_timeout``.
     """
 
     def __init__(
@@ -42,6 +43,8 @@ class Listener:
         *,
         max_backoff: float = 5.0,
         connect_timeout: float = 10.0,
+        ping_interval: float = 10.0,
+        ping_timeout: float = 5.0,
     ) -> None:
         self._conninfo = conninfo
         self._channels = list(channels)
@@ -50,6 +53,8 @@ class Listener:
         self._ready = asyncio.Event()
         self._max_backoff = max_backoff
         self._connect_timeout = connect_timeout
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
         self._task: asyncio.Task[None] | None = None
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self.connected = False
@@ -107,9 +112,14 @@ class Listener:
                 if self.reconnects or backoff > 0.05:
                     self._on_gap()
                 backoff = 0.05
-                async for note in conn.notifies():
-                    self._on_notify(note.channel, note.payload)
-            except (psycopg.Error, OSError) as exc:
+                while True:
+                    async for note in conn.notifies(timeout=self._ping_interval):
+                        self._on_notify(note.channel, note.payload)
+                    # Quiet for a while: make sure the connection still answers (a network
+                    # that silently drops packets would otherwise leave us deaf forever).
+                    async with asyncio.timeout(self._ping_timeout):
+                        await conn.execute("SELECT 1")
+            except (psycopg.Error, OSError, TimeoutError) as exc:
                 if self.connected:
                     log.warning("LISTEN connection lost (%s); reconnecting", exc)
                     self.reconnects += 1

@@ -58,6 +58,14 @@ class Wakeups:
         self._conninfo = None
         self.wake_all()
 
+    async def reconnect(self) -> None:
+        """Drop the LISTEN connection (presumed dead) and start a new one if one was running."""
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            await listener.stop()
+            await self._ensure_listener(wait=False)
+            self.wake_all()
+
     # -- may this transition notify now? ------------------------------------------------------
     def allow_jobs(self, queues: Sequence[str]) -> list[str]:
         """The queues to notify about now (the others get a trailing notification)."""
@@ -98,7 +106,7 @@ class Wakeups:
     def listening(self) -> bool:
         return self.listener is not None and self.listener.connected
 
-    async def _ensure_listener(self) -> None:
+    async def _ensure_listener(self, *, wait: bool = True) -> None:
         """Start LISTEN on first use and give it a moment, so the caller's first check and
         the first notification cannot cross."""
         if not self.listen or self._conninfo is None:
@@ -112,7 +120,8 @@ class Wakeups:
                 connect_timeout=self.connect_timeout,
             )
             self.listener.start()
-        await self.listener.wait_ready(self.poll_interval)
+        if wait:
+            await self.listener.wait_ready(self.poll_interval)
 
     # -- waiting ------------------------------------------------------------------------------
     async def wait_for_jobs(self, queues: Sequence[str], timeout: float, probe: Probe) -> None:
