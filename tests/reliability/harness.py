@@ -215,7 +215,13 @@ class Rig:
             p.signal(signal.SIGTERM)
         codes = {}
         for p in live:
-            codes[p.pid] = await p.wait_exit(timeout)
+            try:
+                codes[p.pid] = await p.wait_exit(timeout)
+            except AssertionError:
+                raise AssertionError(
+                    f"worker {p.pid} did not exit {timeout}s after SIGTERM:\n"
+                    + (await self.dump(p))[-12000:]
+                ) from None
         self.note_deaths()
         return codes
 

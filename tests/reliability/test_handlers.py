@@ -92,6 +92,10 @@ async def test_a_handler_that_blocks_the_event_loop(
     # Now one that holds its worker's loop for three leases.
     long = await rig.enqueue("block", 3 * rig.lease, 1)
     await rig.drain(timeout=60)
+    # Stop only once the blocked worker has its loop back (see test_shutdown_after_a_
+    # swallowed_cancellation for what a SIGTERM landing mid-block can do on Redis).
+    await wait_until(lambda: rig.ledger.count("block") == 3, 30, message="the long block")
+    await wait_until(lambda: rig.ledger.count("end") >= rig.ledger.count("start"), 30)
     assert a.alive and b.alive
     codes = await rig.stop_all()
     verdict, records = await rig.verdict()
