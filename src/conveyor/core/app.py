@@ -94,7 +94,7 @@ class Conveyor:
         self.queues: dict[str, QueueConfig] = {}
         self.middleware: list[Middleware] = []
         self.events = EventHub()
-        self.portal = Portal()
+        self.portal = Portal(on_exit=self._close_at_exit)
         self._backends: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Backend] = (
             weakref.WeakKeyDictionary()
         )
@@ -327,6 +327,12 @@ class Conveyor:
             if portal_backend is not None:
                 asyncio.run_coroutine_threadsafe(portal_backend.close(), portal_loop).result(10)
             self.portal.stop()
+
+    def _close_at_exit(self) -> None:
+        try:
+            self.close_sync()
+        except Exception:  # noqa: BLE001 - best effort while the interpreter shuts down
+            pass
 
     def close_sync(self) -> None:
         """Blocking :meth:`close` for synchronous code."""

@@ -8,8 +8,9 @@ first use, so connections are reused across calls.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from conveyor.errors import ConfigurationError
@@ -20,8 +21,11 @@ T = TypeVar("T")
 class Portal:
     """A daemon thread running an event loop forever."""
 
-    def __init__(self, name: str = "conveyor-portal") -> None:
+    def __init__(
+        self, name: str = "conveyor-portal", on_exit: Callable[[], None] | None = None
+    ) -> None:
         self._name = name
+        self._on_exit = on_exit
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -42,6 +46,10 @@ class Portal:
             self._thread.start()
             ready.wait()
             self._loop = loop
+            if self._on_exit is not None:
+                # Close the portal's connections when the interpreter exits, so sync scripts
+                # that never call close_sync() do not leave pools half shut.
+                atexit.register(self._on_exit)
             return loop
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
