@@ -1,0 +1,213 @@
+"""The bare-Python floor: Conveyor's storage operations per job, with no queue machinery.
+
+``python -m bench.floors raw|backend BACKEND CONCURRENCY`` runs in Conveyor's ``.venv`` as the
+"worker" of a processing cell (the cell pre-enqueued the jobs with Conveyor). It claims and
+completes jobs until none is left, calling :func:`bench.recorder.record` for each job exactly
+as Conveyor's no-op task does, so the cell measures it like any worker.
+
+``raw``: the same driver with the same settings, sending the very SQL/Lua Conveyor sends (its
+own query and script files, the same parameters and batching: one claim for up to
+``CONCURRENCY`` jobs, then one completion per job, concurrently up to ``CONCURRENCY``). Replies
+are decoded only as far as the job id and fence. This is the floor (b) of issue 7.
+
+``backend``: the same loop through Conveyor's backend object (``backend.claim`` /
+``backend.complete``): it adds the backend layer (argument encoding, reply decoding into
+``ClaimedJob``, error mapping, SQLite's writer thread) but none of the worker. The difference
+between the two, and between ``backend`` and the real worker, says where time goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bench.recorder import record
+
+QUEUE = "default"
+LEASE = 30.0
+WORKER_ID = f"floor:{os.getpid()}"
+
+Job = tuple[str, int]  # (id, fence)
+Claim = Callable[[int], Awaitable[list[Job]]]
+Complete = Callable[[Job], Awaitable[Any]]
+
+
+async def drain(claim: Claim, complete: Complete, concurrency: int) -> int:
+    """Claim up to ``concurrency`` jobs, run and complete them all, until none is left."""
+    done = 0
+
+    async def one(job: Job) -> None:
+        record(0.0)
+        await complete(job)
+
+    while True:
+        jobs = await claim(concurrency)
+        if not jobs:
+            return done
+        if len(jobs) == 1:
+            await one(jobs[0])
+        else:
+            await asyncio.gather(*(one(job) for job in jobs))
+        done += len(jobs)
+
+
+# -- raw driver loops ---------------------------------------------------------------------------
+async def redis_raw(url: str, prefix: str, concurrency: int) -> int:
+    from conveyor.backends.redis_backend import PROMOTE_BATCH
+    from conveyor.backends.redis_codec import CLAIM_WIDTH, decode_claimed, key_base, num
+    from conveyor.backends.redis_connect import make_client
+    from conveyor.backends.redis_scripts import script
+
+    client = make_client(url, 6)
+    base = key_base(prefix)
+    claim_script, complete_script = script("claim"), script("complete")
+    for s in (claim_script, complete_script):
+        await client.script_load(s.source)
+    checked = False
+
+    async def claim(limit: int) -> list[Job]:
+        nonlocal checked
+        args = [WORKER_ID, str(limit), num(LEASE), "", str(PROMOTE_BATCH), "1", QUEUE, "-1", "0"]
+        reply = await client.evalsha(claim_script.sha, 1, base, *args)
+        rows = [reply[i : i + CLAIM_WIDTH] for i in range(0, len(reply), CLAIM_WIDTH)]
+        if rows and not checked:  # the reply layout is Conveyor's: check our reading of it once
+            job = decode_claimed(rows[0])
+            assert (job.id, job.fence) == (rows[0][0].decode(), int(rows[0][7])), "reply layout"
+            checked = True
+        return [(row[0], int(row[7])) for row in rows]
+
+    async def complete(job: Job) -> Any:
+        args = [job[0], str(job[1]), "0", b"", ""]
+        return await client.evalsha(complete_script.sha, 1, base, *args)
+
+    try:
+        return await drain(claim, complete, concurrency)
+    finally:
+        await client.aclose()
+
+
+async def postgres_raw(url: str, schema: str, concurrency: int) -> int:
+    from psycopg_pool import AsyncConnectionPool
+
+    from conveyor.backends.postgres import PostgresSettings
+    from conveyor.backends.postgres_sql import queries
+
+    settings = PostgresSettings(url=url, schema=schema)
+    sql = queries(schema)
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        settings.conninfo(),
+        min_size=settings.pool_min,
+        max_size=settings.pool_max,
+        open=False,
+        kwargs={"autocommit": True, "prepare_threshold": settings.prepare_threshold},
+    )
+    await pool.open()
+    stage, claim_sql, complete_sql = sql["stage"], sql["claim"], sql["complete"]
+
+    async def claim(limit: int) -> list[Job]:
+        params = {
+            "now": None,
+            "queues": [QUEUE],
+            "limit": limit,
+            "worker": WORKER_ID,
+            "lease": LEASE,
+            "patterns": None,
+            "exclude": [],
+        }
+        async with pool.connection() as conn, conn.pipeline():
+            async with conn.transaction():
+                await conn.execute(stage, {"now": None})
+                cur = await conn.execute(claim_sql, params)
+            rows = await cur.fetchall()
+        return [(row[1], int(row[8])) for row in rows]
+
+    async def complete(job: Job) -> Any:
+        params = {"id": job[0], "fence": job[1], "result": None, "now": None, "channel": None}
+        async with pool.connection() as conn:
+            cur = await conn.execute(complete_sql, params)
+            return await cur.fetchall()
+
+    try:
+        return await drain(claim, complete, concurrency)
+    finally:
+        await pool.close()
+
+
+def sqlite_raw(path: str, concurrency: int) -> int:
+    """Synchronous, one thread: a claim transaction, then one transaction completing the batch
+    (what Conveyor's writer thread does when completions arrive together: group commit)."""
+    from conveyor.backends.sqlite_queries import Q
+    from conveyor.backends.sqlite_schema import connect
+
+    conn = connect(path, durability="process", busy_timeout=5.0)
+    claim_sql = Q["claim_one"] if concurrency == 1 else Q["claim"]
+    done = 0
+    try:
+        while True:
+            t = time.time()
+            params = {"owner": WORKER_ID, "until": t + LEASE, "now": t, "queue": QUEUE}
+            params["limit"] = concurrency
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(Q["due_work"], {"now": t}).fetchall()
+            rows = conn.execute(claim_sql, params).fetchall()
+            conn.execute("COMMIT")
+            if not rows:
+                return done
+            for _ in rows:
+                record(0.0)
+            conn.execute("BEGIN IMMEDIATE")
+            now = time.time()
+            for row in rows:
+                conn.execute(Q["complete"], (None, now, row[0], row[7]))
+            conn.execute("COMMIT")
+            done += len(rows)
+    finally:
+        conn.close()
+
+
+# -- the same loop through Conveyor's backend object ----------------------------------------
+async def backend_loop(url: str, options: dict[str, Any], concurrency: int) -> int:
+    from conveyor.backends import factory_from_url
+
+    backend = factory_from_url(url, **options).create()
+    await backend.open()
+
+    async def claim(limit: int) -> list[Job]:
+        jobs = await backend.claim(WORKER_ID, [QUEUE], limit, LEASE)
+        return [(job.id, job.fence) for job in jobs]
+
+    async def complete(job: Job) -> Any:
+        return await backend.complete(job[0], job[1], None)
+
+    try:
+        return await drain(claim, complete, concurrency)
+    finally:
+        await backend.close()
+
+
+def main(argv: list[str]) -> int:
+    kind, backend, concurrency = argv[1], argv[2], int(argv[3])
+    url, ns = os.environ["BENCH_URL"], os.environ["BENCH_NS"]
+    if kind == "backend":
+        options: dict[str, Any] = {"redis": {"prefix": ns}, "postgres": {"schema": ns}}.get(
+            backend, {}
+        )
+        done = asyncio.run(backend_loop(url, options, concurrency))
+    elif backend == "redis":
+        done = asyncio.run(redis_raw(url, ns, concurrency))
+    elif backend == "postgres":
+        done = asyncio.run(postgres_raw(url, ns, concurrency))
+    else:
+        done = sqlite_raw(os.environ["BENCH_SQLITE_PATH"], concurrency)
+    print(f"floor {kind} {backend} c={concurrency}: {done} jobs", file=sys.stderr)
+    # Stay up like a worker until the cell stops us, so "the worker exited" means a failure.
+    while True:
+        time.sleep(3600)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))
