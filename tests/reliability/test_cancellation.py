@@ -15,8 +15,6 @@ import asyncio
 import random
 import time
 
-import pytest
-
 from conveyor import Worker, WorkerConfig
 
 from .conftest import MakeRig
@@ -33,7 +31,6 @@ SWALLOWED_CANCEL = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=SWALLOWED_CANCEL)
 async def test_shutdown_after_a_swallowed_cancellation(make_rig: MakeRig) -> None:
     rig = await make_rig("redis", lease=0.2, heartbeat=0.01)
     rng = random.Random(5)

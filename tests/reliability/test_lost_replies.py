@@ -48,9 +48,6 @@ BROKEN = {
     ("redis", "fail_dead"),
     ("redis", "fail_retry"),
     ("redis", "release"),
-    ("postgres", "fail_dead"),
-    ("postgres", "fail_retry"),
-    ("postgres", "release"),
 }
 OPS = ("complete", "fail_dead", "fail_retry", "release")
 

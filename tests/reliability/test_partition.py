@@ -117,16 +117,21 @@ async def test_cut_and_restore_the_link_of_one_worker(
             "write_dropped": rig.ledger.count("write_dropped"),
             "lease_s": rig.lease,
             "notes": [
-                "the cut worker keeps running its handlers while it cannot heartbeat; they stop "
-                "when the link returns and a heartbeat finds the lease gone (see the strict xfail "
-                "test_a_cut_off_worker_stops_its_handlers)"
+                "the cut worker abandons its handlers once no heartbeat has got through for half "
+                "a lease (test_a_cut_off_worker_stops_its_handlers), and stops claiming until "
+                "one does"
             ],
         },
     )
     verdict.assert_clean()
     assert set(verdict.duplicate_runs) <= {"partitioned"}, verdict.duplicate_runs
     assert verdict.duplicated_jobs >= len(held) - 2, "B did not re-run what A held"
-    assert noticed + rig.ledger.count("write_dropped") > 0, "A never learnt it lost its leases"
+    # A either learnt that it lost its leases, or (the usual case) abandoned its jobs itself once
+    # no heartbeat had got through for half a lease.
+    abandoned = a_stopped_after_cut <= rig.lease + 2.0
+    assert abandoned or noticed + rig.ledger.count("write_dropped") > 0, (
+        "A kept running its jobs and never learnt it lost its leases"
+    )
     assert set(more) <= {j for j, r in records.items() if r.state.value == "completed"}
     assert set(codes.values()) == {0}, codes
     rig.logs_without_tracebacks()
@@ -184,7 +189,7 @@ SILENT_REDIS = (
 @pytest.mark.parametrize(
     "backend",
     [
-        pytest.param("postgres", marks=pytest.mark.xfail(strict=True, reason=SILENT_PG)),
+        "postgres",
         pytest.param("redis", marks=pytest.mark.xfail(strict=True, reason=SILENT_REDIS)),
     ],
 )

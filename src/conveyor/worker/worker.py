@@ -171,14 +171,11 @@ class Worker:
             await self._claim_loop()
             await self._drain()
         finally:
-            for helper in helpers:
-                helper.cancel()
-            for helper in helpers:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await helper
+            await self._stop_helpers(helpers)
             self.runner.shutdown()
             with contextlib.suppress(Exception):
-                await self.backend.unregister_worker(self.id)
+                async with asyncio.timeout(5.0):
+                    await self.backend.unregister_worker(self.id)
             log.info(
                 "worker %s stopped: processed=%d succeeded=%d failed=%d",
                 self.id,
@@ -187,6 +184,25 @@ class Worker:
                 self.stats.failed,
                 extra={"worker_id": self.id},
             )
+
+    @staticmethod
+    async def _stop_helpers(helpers: list[asyncio.Task[Any]]) -> None:
+        """Cancel the background loops and wait for them, with a deadline: a client library
+        that swallows a cancellation during a command must not keep the worker alive. The
+        awaiting task's own cancellation is never swallowed (asyncio.wait does not raise
+        for the helpers')."""
+        pending = set(helpers)
+        for _ in range(5):
+            for helper in pending:
+                helper.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+            if not pending:
+                break
+        for helper in helpers:
+            if helper.done() and not helper.cancelled():
+                helper.exception()
+        if pending:
+            log.warning("%d background task(s) did not stop; leaving them", len(pending))
 
     # -- claiming -----------------------------------------------------------------------------
     def free_slots(self) -> int:
