@@ -190,7 +190,7 @@ SILENT_REDIS = (
     "backend",
     [
         "postgres",
-        pytest.param("redis", marks=pytest.mark.xfail(strict=True, reason=SILENT_REDIS)),
+        "redis",
     ],
 )
 async def test_a_worker_whose_connections_silently_die_recovers(
