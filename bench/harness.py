@@ -239,6 +239,7 @@ class Harness:
             self.run_backend(backend)
             if self.args.profile:
                 profiles[backend] = self.run_tool("bench.profile", backend)
+                profiles[backend]["roundtrips"] = self.run_tool("bench.roundtrips", backend)
         meta["finished"] = time.time()
         meta["load_average_end"] = os.getloadavg()
         meta["versions"] = self.versions

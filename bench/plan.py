@@ -25,6 +25,7 @@ class Sizes:
     e2e_jobs: int
     memory_jobs: int
     limit_seconds: float
+    cap: float  # seconds after which enqueue loops and round trips stop early
 
 
 FULL = Sizes(
@@ -39,6 +40,7 @@ FULL = Sizes(
     e2e_jobs=300,
     memory_jobs=5000,
     limit_seconds=5.0,
+    cap=15.0,
 )
 
 SMOKE = Sizes(
@@ -53,6 +55,7 @@ SMOKE = Sizes(
     e2e_jobs=5,
     memory_jobs=100,
     limit_seconds=0.5,
+    cap=10.0,
 )
 
 
@@ -72,7 +75,7 @@ class Row:
 
     def spec(self, sizes: Sizes) -> dict[str, Any]:
         """The cell parameters this row needs at these sizes."""
-        out: dict[str, Any] = {"workload": self.workload, **dict(self.params)}
+        out: dict[str, Any] = {"workload": self.workload, "cap": sizes.cap, **dict(self.params)}
         if self.workload == "enqueue_single":
             out["n"] = sizes.enqueue_single
         elif self.workload == "enqueue_bulk":

@@ -27,11 +27,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.common import WorkerProcess, count_records, read_records, throughput
+from bench.common import (
+    WorkerProcess,
+    clear_records,
+    count_records,
+    read_records,
+    throughput,
+)
 
 BENCH = Path(__file__).resolve().parent
 AREAS = (
     ("bench/recorder", "the job itself (record)"),
+    ("conveyor/cli/", ""),  # entry frames: look further up the stack
+    ("conveyor/__main__", ""),
     ("conveyor/worker/", "Conveyor worker (claim loop, runner)"),
     ("conveyor/core/", "Conveyor core (context, serialization, events)"),
     ("conveyor/backends/", "Conveyor backend layer"),
@@ -59,11 +67,16 @@ def py_spy() -> str:
     return found
 
 
-def area(frame: str) -> str:
-    for needle, name in AREAS:
-        if needle in frame:
-            return name
-    return "other (stdlib, C calls)"
+def area(frames: list[str]) -> str:
+    """The area of the innermost frame that belongs to one (stdlib helpers such as
+    ``inspect`` count for the code that called them)."""
+    for frame in reversed(frames):
+        for needle, name in AREAS:
+            if needle in frame:
+                if name:
+                    return name
+                break
+    return "other"
 
 
 def short(frame: str) -> str:
@@ -75,6 +88,10 @@ def short(frame: str) -> str:
             path = path.split(marker, 1)[1]
     path = path.removeprefix("conveyor/").split("/src/conveyor/")[-1]
     return f"{path}:{name}"
+
+
+def _conveyor_code(frame: str) -> bool:
+    return "conveyor/" in frame and "conveyor/cli/" not in frame and "__main__" not in frame
 
 
 def summarise(raw: str) -> dict[str, Any]:
@@ -92,12 +109,12 @@ def summarise(raw: str) -> dict[str, Any]:
             continue
         total += count
         leaf = frames[-1]
-        areas[area(leaf)] += count
+        areas[area(frames)] += count
         leaves[short(leaf)] += count
-        owner = next((f for f in reversed(frames) if "conveyor/" in f), None)
-        owners[short(owner) if owner else "(no Conveyor frame: event loop, driver callbacks)"] += (
-            count
-        )
+        owner = next((f for f in reversed(frames) if _conveyor_code(f)), None)
+        owners[
+            short(owner) if owner else "(no Conveyor frame: event loop, driver I/O, the benchmark)"
+        ] += count
     if not total:
         return {"samples": 0}
 
@@ -130,6 +147,7 @@ def profile(spec: dict[str, Any]) -> dict[str, Any]:
     records = os.path.join(spec["cell_dir"], "records")
     os.makedirs(records, exist_ok=True)
     os.environ.update(store.env(), BENCH_RECORD_DIR=records)
+    clear_records(records)
     store.prepare()
     out = BENCH / "results" / f"profile-{spec['backend']}.txt"
     n = int(spec["n"])
@@ -159,10 +177,29 @@ def profile(spec: dict[str, Any]) -> dict[str, Any]:
         store.cleanup()
 
 
+def profile_enqueue(spec: dict[str, Any]) -> dict[str, Any]:
+    """py-spy over a Conveyor ``enqueue_single`` cell (the producer side)."""
+    out = BENCH / "results" / f"profile-enqueue-{spec['backend']}.txt"
+    n = 500 if spec.get("smoke") else 5000
+    cell = {**spec, "lib": "conveyor", "workload": "enqueue_single", "n": n}
+    cell["ns"] = spec["ns"] + "_enq"
+    cell["cell_dir"] = os.path.join(spec["cell_dir"], "enqueue")
+    argv = [py_spy(), "record", "--rate", "200", "--format", "raw", "--output", str(out), "--"]
+    argv += [sys.executable, "-m", "bench.cell", json.dumps(cell)]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    if not out.exists():
+        raise RuntimeError(f"py-spy wrote nothing: {run.stderr[-500:]}")
+    result = summarise(out.read_text())
+    result["what"] = f"one process enqueuing {n} jobs one by one (task.enqueue), py-spy at 200 Hz"
+    result["raw_file"] = str(out.relative_to(BENCH.parent))
+    return result
+
+
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[1])
     try:
         result = profile(spec)
+        result["enqueue"] = profile_enqueue(spec)
     except Exception as exc:  # noqa: BLE001 - reported in the results
         traceback.print_exc()
         result = {"error": f"{type(exc).__name__}: {exc}"}

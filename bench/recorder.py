@@ -34,6 +34,14 @@ def _forget() -> None:
     _fd = None
 
 
+def reset() -> None:
+    """Close this process's record file, so the next record opens a fresh one (for callers
+    that delete the files between runs in one process)."""
+    if _fd is not None:
+        os.close(_fd)
+    _forget()
+
+
 os.register_at_fork(after_in_child=_forget)
 
 

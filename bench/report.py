@@ -318,6 +318,13 @@ def profiles_md(data: dict[str, Any]) -> str:
                 )
                 + "\n"
             )
+        owners = prof.get("by_conveyor_function", [])
+        if owners:
+            rows = [[f"`{f}`", f"{p:.0f}%"] for f, p in owners[:10]]
+            out.append(md_table(["innermost Conveyor function on the stack", "share"], rows) + "\n")
+        trips = prof.get("roundtrips", {})
+        if trips and "error" not in trips:
+            out.append(roundtrips_md(trips) + "\n")
         top = prof.get("top_self", [])
         if top:
             out.append(
@@ -327,7 +334,35 @@ def profiles_md(data: dict[str, Any]) -> str:
                 )
                 + "\n"
             )
+        enqueue = prof.get("enqueue", {})
+        if enqueue.get("by_conveyor_function"):
+            out.append(f"Enqueue side — {enqueue.get('what', '')}:\n")
+            rows = [[f"`{f}`", f"{p:.0f}%"] for f, p in enqueue["by_conveyor_function"][:10]]
+            out.append(md_table(["innermost Conveyor function on the stack", "share"], rows) + "\n")
     return "\n".join(out)
+
+
+def roundtrips_md(trips: dict[str, Any]) -> str:
+    """Backend calls per job at concurrency 1 and 100 (bench/roundtrips.py)."""
+    rows = []
+    for key in ("c1", "c100"):
+        t = trips.get(key)
+        if not t:
+            continue
+        calls = ", ".join(f"{name} {n:.3f}" for name, n in t["calls_per_job"].items() if n >= 0.001)
+        extra = ""
+        if "sqlite_write_transactions_per_job" in t:
+            extra = f"; {t['sqlite_write_transactions_per_job']:.3f} write transactions per job"
+        rows.append(
+            [
+                f"c={t['concurrency']}",
+                f"{t['backend_calls_per_job']:.3f}",
+                calls + extra,
+                f"{t['mean_claim_size']:.1f}",
+            ]
+        )
+    header = ["worker", "backend calls per job", "by method", "jobs per claim"]
+    return md_table(header, rows)
 
 
 def configs_md(data: dict[str, Any]) -> str:
