@@ -6,6 +6,7 @@ Worker subprocesses load ``tests.reliability.apps:from_env``; the environment co
 ``REL_LEDGER``                 the ledger file (below)
 ``REL_LEASE``, ``REL_HEARTBEAT``, ``REL_MAX_STALLS``  lease settings (seconds, count)
 ``REL_SKEW``                   seconds this process's clock is off by (clock-skew scenario)
+``REL_NAMES``                  JSON list: a queue and a task declared under each name
 ``REL_CLOCK``                  how the skew is applied: ``system`` (default: ``time.time`` itself
                                is shifted in this process, as on a host whose clock is wrong) or
                                ``inject`` (``Conveyor(clock=...)`` with an offset clock)
@@ -55,6 +56,7 @@ ENV_HEARTBEAT = "REL_HEARTBEAT"
 ENV_MAX_STALLS = "REL_MAX_STALLS"
 ENV_SKEW = "REL_SKEW"
 ENV_CLOCK = "REL_CLOCK"
+ENV_NAMES = "REL_NAMES"
 
 #: Total runs of the always-failing task.
 BOOM_ATTEMPTS = 3
@@ -264,6 +266,28 @@ def whoami_process() -> str:
     return current_job().job_id
 
 
+# -- names ----------------------------------------------------------------------------------
+def declare_named(app: Conveyor, name: str) -> None:
+    """A queue and a task both called ``name`` whose handler writes what it was told about
+    itself to the ledger (the verbatim-names test)."""
+    app.queue(name)
+
+    async def seen(value: str) -> str:
+        ctx = current_job()
+        record(
+            "seen",
+            value=value,
+            seen_task=ctx.task,
+            seen_queue=ctx.queue,
+            seen_key=ctx.idempotency_key,
+            seen_trace=ctx.trace_id,
+            seen_metadata=ctx.metadata,
+        )
+        return value
+
+    app.task(name=name, queue=name)(seen)
+
+
 # -- the app --------------------------------------------------------------------------------
 def build_app(
     url: str,
@@ -380,6 +404,9 @@ def build_app(
     @app.task(name="echo")
     async def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
         return {"a": list(args), "k": kwargs}
+
+    for name in json.loads(os.environ.get(ENV_NAMES) or "[]"):
+        declare_named(app, name)
 
     oom_retry = RetryPolicy.build(2, backoff="fixed", delay=0.1, jitter=False)
     app.task(name="oom", executor="process", retry=oom_retry)(oom)

@@ -88,6 +88,7 @@ class Rig:
     procs: list[Proc] = field(default_factory=list)
     expected: dict[str, Expect] = field(default_factory=dict)
     ambiguous: set[str] = field(default_factory=set)
+    names: list[str] = field(default_factory=list)
     started_at: float = field(default_factory=lambda: time.monotonic())
     _counter: int = 0
 
@@ -106,6 +107,8 @@ class Rig:
                 "PYTHONPATH": str(REPO),
             }
         )
+        if self.names:
+            env[apps.ENV_NAMES] = json.dumps(self.names)
         env.update(extra)
         return env
 
@@ -237,6 +240,12 @@ class Rig:
             for block in text.split("Traceback (most recent call last)")[1:]:
                 head = block[:4000]
                 assert any(a in head for a in allowed), f"pid {p.pid} printed:\n{head}"
+
+    def declare_names(self, names: list[str]) -> None:
+        """A queue and a task under each name, here and in every worker started from now."""
+        for name in names:
+            apps.declare_named(self.app, name)
+        self.names.extend(names)
 
     # -- jobs -----------------------------------------------------------------------------------
     def expect(self, ids: Iterable[str], expect: Expect = COMPLETED) -> None:
