@@ -138,8 +138,10 @@ def ledgered(fn: Callable[..., Any]) -> Callable[..., Any]:
             record("end", x=token, outcome="retry")
             raise
         except BaseException as exc:
-            outcome = "cancelled" if type(exc).__name__ == "Cancelled" else "error"
-            record("end", x=token, outcome=outcome, error=type(exc).__name__)
+            if type(exc).__name__ == "Cancelled":
+                record("end", x=token, outcome="cancelled", reason=_cancel_reason())
+            else:
+                record("end", x=token, outcome="error", error=type(exc).__name__)
             raise
         record("end", x=token, outcome="ok")
         return _result(token, value)

@@ -35,7 +35,7 @@ async def test_shutdown_after_a_swallowed_cancellation(make_rig: MakeRig) -> Non
     rig = await make_rig("redis", lease=0.2, heartbeat=0.01)
     rng = random.Random(5)
     try:
-        for trial in range(80):
+        for trial in range(30):
             worker = Worker(
                 rig.app, WorkerConfig(concurrency=1, poll_interval=0.05, scheduler=False)
             )

@@ -24,7 +24,7 @@ from .harness import Rig
 
 GARBAGE = b"\xff\xfe\x00{not json"
 TERMINAL = {"completed", "failed", "cancelled", "expired"}
-CASE_DEADLINE = 5.0
+CASE_DEADLINE = 4.0
 
 CASES: dict[str, list[tuple[str, Any]]] = {
     "sqlite": [

@@ -76,7 +76,7 @@ async def test_sigterm_under_load_hands_running_jobs_back_at_once(
     # Hand-backs: each interrupted run's job ran again at the same attempt, soon, elsewhere.
     events = rig.ledger.events()
     starts = [e for e in events if e["ev"] == "start"]
-    back = [e for e in events if e["ev"] == "end" and e.get("reason") == "shutdown"]
+    back = [e for e in events if e["ev"] == "handed_back"]  # the worker's own account
     pickup: list[float] = []
     problems: list[str] = []
     for end in back:
@@ -124,7 +124,9 @@ async def test_sigterm_under_load_hands_running_jobs_back_at_once(
     )
     verdict.assert_clean()
     assert not problems, problems
-    assert verdict.handed_back > 0 and back, "no job was handed back: the scenario did not bite"
+    assert back, "no job was handed back: the scenario did not bite"
+    cut_short = [e for e in events if e["ev"] == "end" and e.get("reason") == "shutdown"]
+    assert {e["job"] for e in cut_short} <= {e["job"] for e in back}, "interrupted, not handed back"
     assert verdict.max_stalls_seen == 0, "a job waited for its lease instead of a hand-back"
     assert set(verdict.duplicate_runs) <= {"handed_back", "shutdown"}, verdict.duplicate_runs
     for e in exits:
