@@ -390,7 +390,10 @@ def _why(
         return "retry"
     if run.outcome == "cancelled" and run.reason == "shutdown":
         return "handed_back"
-    fault = faults.unhealthy(run.pid, run.t0, run.end(faults, horizon), grace)
+    end = run.end(faults, horizon)
+    if run.outcome == "ok" and run.x not in acked_x:
+        end += grace  # its outcome was still on the way to the store for a while
+    fault = faults.unhealthy(run.pid, run.t0, end, grace)
     if fault is not None:
         return fault
     died = faults.kill_time(run.pid)

@@ -41,12 +41,26 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "enqueues and workers run. No acknowledged enqueue lost; workers reconnect by "
         "themselves; re-runs only inside the outage.",
     ),
-    "partition": (
-        "4. Network cut between one worker and the store",
-        "One worker reaches the store through a loopback TCP proxy the test controls; the "
-        "link is held (partition) or reset for longer than a lease, then restored. Its jobs "
-        "are recovered by the other worker; its late completions are refused (fencing); no "
-        "job completed twice.",
+    "partition_pause": (
+        "4a. Network partition between one worker and the store (held link)",
+        "One worker reaches the store through a loopback TCP proxy the test controls; every "
+        "byte is held (a partition TCP rides out) until the other worker has re-run all its "
+        "jobs and a while longer, then delivered. Its late completions are refused (fencing); "
+        "no job completed twice; it works again afterwards.",
+    ),
+    "partition_reset": (
+        "4b. Network cut between one worker and the store (reset link)",
+        "The same with every connection reset and new ones refused until the link returns.",
+    ),
+    "silent_connection_loss": (
+        "4c. Silently dead connections",
+        "Every open connection of a worker stops carrying bytes without FIN or RST (a NAT "
+        "that forgot its state); new connections work. The worker must notice and go on.",
+    ),
+    "lost_reply": (
+        "4d. Lost replies of fenced writes",
+        "The store applies complete / fail / release but the reply is lost; the repeated call "
+        "must report the stored outcome.",
     ),
     "hang_timeout": (
         "5a. Handlers that hang past their timeout",
@@ -76,6 +90,11 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "A worker whose wall clock is several seconds fast (or slow) shares the store with "
         "a correct one while jobs longer than the lease run: no lease stolen when the store "
         "judges leases by its own clock.",
+    ),
+    "clock_injected": (
+        "7b. An injected skewed clock (documented behaviour)",
+        "Conveyor(clock=...) is trusted by the store; a rescuer whose injected clock is 5 s "
+        "fast recovers live leases. Measured; fencing must still hold.",
     ),
     "soak": (
         "8. Soak",

@@ -153,9 +153,9 @@ def test_a_completion_no_run_produced_is_caught() -> None:
 
 def test_a_worker_killed_between_handler_and_ack_explains_its_rerun() -> None:
     faults = FaultLog()
-    faults.killed(1, T + 2)
+    faults.killed(1, T + 5)  # well after the handler returned (more than the grace)
     events = run("j1", "a", 1, T, T + 1) + run(
-        "j1", "b", 2, T + 5, T + 6, fence=2, attempt=2, acked=True
+        "j1", "b", 2, T + 8, T + 9, fence=2, attempt=2, acked=True
     )
     records = {"j1": rec("j1", x="b", fence=2, attempts=2)}
     v = check({"j1": COMPLETED}, records, events, faults, grace=3)

@@ -12,6 +12,7 @@ to still break (so a fix is noticed), and reported as an expected failure.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,7 +25,7 @@ from .harness import Rig
 
 GARBAGE = b"\xff\xfe\x00{not json"
 TERMINAL = {"completed", "failed", "cancelled", "expired"}
-CASE_DEADLINE = 4.0
+CASE_DEADLINE = 6.0
 
 CASES: dict[str, list[tuple[str, Any]]] = {
     "sqlite": [
@@ -53,7 +54,6 @@ CASES: dict[str, list[tuple[str, Any]]] = {
         ("error", '"text"'),
         ("errors", '{"not": "a list"}'),
         ("timeout", float("nan")),
-        ("timeout", -1.0),
         ("payload_version", 999),
     ],
     "redis": [
@@ -126,7 +126,9 @@ async def _wait_terminal(rig: Rig, ids: list[str], timeout: float) -> dict[str, 
 
 
 async def test_corrupt_stored_records(make_rig: MakeRig, kind: str, results: Results) -> None:
-    rig = await make_rig(kind, lease=1.0, heartbeat=0.25, max_stalls=2)
+    # max_stalls=0: a job whose lease runs out once is dead-lettered, which is enough to show
+    # a batch lost with a corrupt record (and keeps each case short).
+    rig = await make_rig(kind, lease=2.0, heartbeat=0.5, max_stalls=0)
     worker = rig.start_worker(concurrency=4)
     await rig.wait_started(worker)
     outcomes: list[dict[str, Any]] = []
@@ -141,6 +143,8 @@ async def test_corrupt_stored_records(make_rig: MakeRig, kind: str, results: Res
         await asyncio.to_thread(rawstore.corrupt, rig, bad, field, value)
         states = await _wait_terminal(rig, [bad, *good], CASE_DEADLINE)
         wedged = states[bad] not in TERMINAL
+        if os.environ.get("REL_DEBUG") and "scheduled" in states.values():
+            print(f"=== case {field}={value!r}: {states}\n{await rig.dump(worker)}")
         if wedged:  # clear the way for the next case
             await asyncio.to_thread(rawstore.delete, rig, bad)
             states.update(await _wait_terminal(rig, good, CASE_DEADLINE))
