@@ -128,7 +128,9 @@ async def _wait_terminal(rig: Rig, ids: list[str], timeout: float) -> dict[str, 
 async def test_corrupt_stored_records(make_rig: MakeRig, kind: str, results: Results) -> None:
     # max_stalls=0: a job whose lease runs out once is dead-lettered, which is enough to show
     # a batch lost with a corrupt record (and keeps each case short).
-    rig = await make_rig(kind, lease=2.0, heartbeat=0.5, max_stalls=0)
+    # A short heartbeat: a worker that has not heartbeaten for half a lease stops claiming, and
+    # on a loaded machine a 0.5 s beat can come that close.
+    rig = await make_rig(kind, lease=2.0, heartbeat=0.25, max_stalls=0)
     worker = rig.start_worker(concurrency=4)
     await rig.wait_started(worker)
     outcomes: list[dict[str, Any]] = []
