@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-import pytest
 
 from .checker import Expect
 from .conftest import MakeRig, Results, Size
@@ -199,17 +198,6 @@ async def test_soak_steady_mixed_load(
     assert set(codes.values()) == {0}, codes
 
 
-FALSE_LEASE_LOSS = (
-    "bug: a healthy worker reports lost leases: Worker.heartbeat (src/conveyor/worker/"
-    "worker.py) snapshots the held leases, and when a job's completion is stored while that "
-    "heartbeat is in flight, the reply says 'not held' and the worker logs 'lost the lease on "
-    "job ...; abandoning it', counts stats.lease_lost and interrupts a job that already "
-    "finished (seen in every soak: 2-11 per 20 s with no fault). Fix: mark a job as finishing "
-    "before its outcome is written and ignore 'not held' for finishing or finished jobs"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=FALSE_LEASE_LOSS)
 async def test_a_healthy_worker_reports_no_lost_lease(make_rig: MakeRig) -> None:
     rig = await make_rig("redis", lease=0.5, heartbeat=0.05)
     await rig.enqueue_many([("work", (5,))] * 1500)

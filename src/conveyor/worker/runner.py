@@ -281,7 +281,11 @@ class JobRunner:
                 )
             )
         try:
-            result = await self._execute(active, task, ctx)
+            try:
+                result = await self._execute(active, task, ctx)
+            finally:
+                # The outcome is written next; a heartbeat must not read that as a lost lease.
+                active.finishing = True
         except _Interrupted as exc:
             await self._interrupted(active, exc.reason, time.monotonic() - started)
         except BaseException as exc:

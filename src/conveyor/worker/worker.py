@@ -67,6 +67,9 @@ class ActiveJob:
     task: asyncio.Task[None] | None = None
     stop_reason: str | None = None  # "cancel" | "timeout" | "shutdown" | "lease_lost"
     cancel_reason: str | None = None
+    # Set once the handler is done and its outcome is about to be written: from then on a
+    # heartbeat's "not held" may be that write landing first, not a lost lease.
+    finishing: bool = False
     ctx: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -435,15 +438,18 @@ class Worker:
 
     async def heartbeat(self) -> bool:
         """Extend every held lease, learn cancellations, refresh the registry entry."""
-        leases = [(a.job.id, a.job.fence) for a in self.active.values()]
+        held = dict(self.active)
+        leases = [(a.job.id, a.job.fence) for a in held.values()]
         try:
             if leases:
                 statuses = await self.backend.heartbeat(
                     self.id, leases, self.app.lease, self.app.backend_now()
                 )
                 for status in statuses:
-                    active = self.active.get(status.id)
-                    if active is None:
+                    active = held.get(status.id)
+                    if active is None or active.finishing:
+                        # Finished (or finishing) since the snapshot: its own outcome write,
+                        # not another worker, took the lease.
                         continue
                     if not status.held:
                         log.warning(
