@@ -7,7 +7,8 @@ as Conveyor's no-op task does, so the cell measures it like any worker.
 
 ``raw``: the same driver with the same settings, sending the very SQL/Lua Conveyor sends (its
 own query and script files, the same parameters and batching: one claim for up to
-``CONCURRENCY`` jobs, then one completion per job, concurrently up to ``CONCURRENCY``). Replies
+``CONCURRENCY`` jobs, then one completion per job, concurrently up to ``CONCURRENCY``; on Redis,
+whose backend coalesces concurrent completions, one ``complete_many`` script per batch). Replies
 are decoded only as far as the job id and fence. This is the floor (b) of issue 7.
 
 ``backend``: the same loop through Conveyor's backend object (``backend.claim`` /
@@ -34,10 +35,16 @@ WORKER_ID = f"floor:{os.getpid()}"
 Job = tuple[str, int]  # (id, fence)
 Claim = Callable[[int], Awaitable[list[Job]]]
 Complete = Callable[[Job], Awaitable[Any]]
+CompleteMany = Callable[[list[Job]], Awaitable[Any]]
 
 
-async def drain(claim: Claim, complete: Complete, concurrency: int) -> int:
-    """Claim up to ``concurrency`` jobs, run and complete them all, until none is left."""
+async def drain(
+    claim: Claim, complete: Complete, concurrency: int, complete_many: CompleteMany | None = None
+) -> int:
+    """Claim up to ``concurrency`` jobs, run and complete them all, until none is left.
+
+    With ``complete_many``, a batch's completions go in one call (as a backend that coalesces
+    concurrent completions sends them)."""
     done = 0
 
     async def one(job: Job) -> None:
@@ -48,7 +55,11 @@ async def drain(claim: Claim, complete: Complete, concurrency: int) -> int:
         jobs = await claim(concurrency)
         if not jobs:
             return done
-        if len(jobs) == 1:
+        if complete_many is not None and len(jobs) > 1:
+            for _ in jobs:
+                record(0.0)
+            await complete_many(jobs)
+        elif len(jobs) == 1:
             await one(jobs[0])
         else:
             await asyncio.gather(*(one(job) for job in jobs))
@@ -57,7 +68,7 @@ async def drain(claim: Claim, complete: Complete, concurrency: int) -> int:
 
 # -- raw driver loops ---------------------------------------------------------------------------
 async def redis_raw(url: str, prefix: str, concurrency: int) -> int:
-    from conveyor.backends.redis_backend import PROMOTE_BATCH
+    from conveyor.backends.redis_backend import COMPLETE_BATCH, PROMOTE_BATCH
     from conveyor.backends.redis_codec import CLAIM_WIDTH, decode_claimed, key_base, num
     from conveyor.backends.redis_connect import make_client
     from conveyor.backends.redis_scripts import script
@@ -65,7 +76,8 @@ async def redis_raw(url: str, prefix: str, concurrency: int) -> int:
     client = make_client(url, 6)
     base = key_base(prefix)
     claim_script, complete_script = script("claim"), script("complete")
-    for s in (claim_script, complete_script):
+    many_script = script("complete_many")
+    for s in (claim_script, complete_script, many_script):
         await client.script_load(s.source)
     checked = False
 
@@ -84,8 +96,16 @@ async def redis_raw(url: str, prefix: str, concurrency: int) -> int:
         args = [job[0], str(job[1]), "0", b"", ""]
         return await client.evalsha(complete_script.sha, 1, base, *args)
 
+    async def complete_many(jobs: list[Job]) -> Any:
+        # Conveyor's backend sends at most COMPLETE_BATCH completions per script.
+        for i in range(0, len(jobs), COMPLETE_BATCH):
+            args: list[Any] = []
+            for job_id, fence in jobs[i : i + COMPLETE_BATCH]:
+                args += [job_id, str(fence), "0", b"", ""]
+            await client.evalsha(many_script.sha, 1, base, *args)
+
     try:
-        return await drain(claim, complete, concurrency)
+        return await drain(claim, complete, concurrency, complete_many)
     finally:
         await client.aclose()
 

@@ -299,6 +299,26 @@ async def test_cancel_racing_complete_has_one_winner(
         await other.close()
 
 
+async def test_concurrent_completions_share_scripts(backend: RedisBackend) -> None:
+    await backend.enqueue([job() for _ in range(300)], now=T)
+    claimed = await backend.claim("w", ["default"], 300, 30, T)
+    stale = claimed[0]
+    results = await asyncio.gather(
+        *(backend.complete(c.id, c.fence, c.id.encode(), T + 1) for c in claimed),
+        backend.complete(stale.id, stale.fence + 7, None, T + 1),  # a fence never issued
+    )
+    assert results == [True] * 300 + [False]
+    stats = backend.stats()
+    assert stats["complete_items"] == 301
+    assert stats["complete_batches"] < 20
+    for c in (*claimed[:3], claimed[-1]):
+        record = await backend.get_job(c.id)
+        assert record is not None and record.state is JobState.COMPLETED
+        assert record.result == c.id.encode() and record.finished_at == T + 1
+    rows = await backend.count_jobs()
+    assert [(r.state, r.count) for r in rows] == [(JobState.COMPLETED, 300)]
+
+
 async def test_bulk_enqueue_is_atomic_and_ordered(backend: RedisBackend) -> None:
     batch = [job(idempotency_key=f"k{i % 50}") for i in range(1000)]
     results = await backend.enqueue(batch, now=T)

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from conveyor.backends.base import RETRYABLE_STATES, Backend, CancelOutcome
+from conveyor.backends.postgres_batch import Coalescer
 from conveyor.backends.redis_codec import (
     CLAIM_WIDTH,
     decode_claimed,
@@ -63,6 +64,18 @@ PROMOTE_BATCH = 5000
 SCAN_BUDGET = 200_000
 #: How often ``wait_for_finish`` re-reads the job when no notification came (a safety net).
 FINISH_RECHECK = (1.0, 10.0)
+#: Most completions one ``complete_many`` script applies (bounds its time inside Redis).
+COMPLETE_BATCH = 200
+
+#: One pending completion: (job id, fence, result, now).
+CompleteItem = tuple[str, int, bytes | None, float | None]
+
+
+def write_token() -> str:
+    """A token unique to one fenced write. The script leaves it on the job with the outcome,
+    so a repeat of the call whose reply was lost (redis-py resends it) answers that outcome
+    instead of "lease not held" (see ``ack`` in ``_lua/lib.lua``)."""
+    return uuid4().hex[:16]
 
 
 class RedisBackend(Backend):
@@ -78,12 +91,16 @@ class RedisBackend(Backend):
         self._notifier: Notifier | None = None
         self._error_pause = 0.05
         self.server: dict[str, Any] = {}
+        self._completer: Coalescer[CompleteItem, bool] = Coalescer(
+            self._complete_batch, key=lambda item: item[0], max_batch=COMPLETE_BATCH
+        )
 
     # -- plumbing ---------------------------------------------------------------------------
     async def open(self) -> None:
         self.server = await check_server(self.client, self.url, self.prefix, self.base)
 
     async def close(self) -> None:
+        await self._completer.close()
         if self._notifier is not None:
             await self._notifier.close()
             self._notifier = None
@@ -160,8 +177,23 @@ class RedisBackend(Backend):
     async def complete(
         self, job_id: str, fence: int, result: bytes | None, now: float | None = None
     ) -> bool:
-        args = [job_id, str(fence), "0" if result is None else "1", result or b"", opt_num(now)]
-        return bool(await self._run("complete", args))
+        # Completions that arrive while one is in flight go together in the next script
+        # (one round trip for a busy worker's burst; a lone call goes out at once).
+        return await self._completer.submit((job_id, fence, result, now))
+
+    async def _complete_batch(self, items: list[CompleteItem]) -> list[bool]:
+        args: list[ScriptArg] = []
+        for job_id, fence, result, now in items:
+            has = "0" if result is None else "1"
+            args += [job_id, str(fence), has, result or b"", opt_num(now)]
+        if len(items) == 1:
+            return [bool(await self._run("complete", [*args, write_token()]))]
+        return [bool(flag) for flag in await self._run("complete_many", args)]
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for tests and diagnostics: completion batching."""
+        completer = self._completer
+        return {"complete_batches": completer.batches, "complete_items": completer.items}
 
     async def fail(
         self,
@@ -182,12 +214,13 @@ class RedisBackend(Backend):
             opt_num(now),
             JobState(terminal).value,
             opt_str(dead_letter_queue),
+            write_token(),
         ]
         state = await self._run("fail", args)
         return None if state is None else JobState(state.decode())
 
     async def release(self, job_id: str, fence: int, now: float | None = None) -> bool:
-        return bool(await self._run("release", [job_id, str(fence)]))
+        return bool(await self._run("release", [job_id, str(fence), write_token()]))
 
     async def heartbeat(
         self,
