@@ -33,33 +33,13 @@ from .servers import TcpProxy
 
 PORTS = {"postgres": 5432, "redis": 6379}
 
-IDEMPOTENT_RETRY_BUG = (
-    "bug: a fenced write (complete / fail / release) whose reply was lost answers 'lease not "
-    "held' when repeated under the same fence (JobRunner._store and redis-py repeat it), though "
-    "it took effect: the worker logs a false lease loss and never emits the outcome's events "
-    "(completed / failed / retrying / dead). Redis: _lua/complete.lua (lib.lua complete_job), "
-    "_lua/fail.lua, _lua/release.lua; PostgreSQL: fail and release (PostgresBackend.fail / "
-    ".release; complete already handles it). Fix: when the job is no longer running but still "
-    "carries the caller's fence and the outcome this call writes, return that outcome"
-)
-#: (backend, write) pairs that do not report their outcome yet.
-BROKEN = {
-    ("redis", "complete"),
-    ("redis", "fail_dead"),
-    ("redis", "fail_retry"),
-    ("redis", "release"),
-}
 OPS = ("complete", "fail_dead", "fail_retry", "release")
 
 
 def _cases() -> list[Any]:
-    cases = []
-    for kind in ("postgres", "redis"):
-        for op in OPS:
-            broken = (kind, op) in BROKEN
-            marks = [pytest.mark.xfail(strict=True, reason=IDEMPOTENT_RETRY_BUG)] if broken else []
-            cases.append(pytest.param(kind, op, marks=marks, id=f"{kind}-{op}"))
-    return cases
+    return [
+        pytest.param(kind, op, id=f"{kind}-{op}") for kind in ("postgres", "redis") for op in OPS
+    ]
 
 
 @pytest.fixture

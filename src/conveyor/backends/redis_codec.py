@@ -19,7 +19,7 @@ a     attempts (0)      e     last error (JSON)   fa    finished at
 ma    max attempts (1)  E     errors (JSON array) pv    payload version (1)
 c     created at        g     progress            st    stalls (0)
 f     fence (0)         cr    cancel requested    cx    cancel reason
-lo    lease owner                                 dl    dead-letter queue
+lo    lease owner       ak    last write's token  dl    dead-letter queue
 ===== ================= ===== =================== ===== ===================
 """
 

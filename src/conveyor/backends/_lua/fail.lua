@@ -1,11 +1,12 @@
 #!lua flags=allow-oom
 -- fail: record a failed attempt, fenced; retry now, retry later, or finish in `terminal`.
--- ARGV: id, fence, error_json, retry_delay ('' = no retry), now, terminal, dead_letter_queue.
+-- ARGV: id, fence, error_json, retry_delay ('' = no retry), now, terminal, dead_letter_queue,
+-- token (optional; see ack in lib.lua).
 -- Returns the new state, or false when the lease is not held under that fence.
 local id = ARGV[1]
 local k = jkey(id)
 local s, f, q, task, prio, expires = unpack(redis.call('HMGET', k, 's', 'f', 'q', 't', 'p', 'ex'))
-if s ~= 'running' or (f or '0') ~= ARGV[2] then return false end
+if s ~= 'running' or (f or '0') ~= ARGV[2] then return acked(k, ARGV[8]) or false end
 local t = clock(ARGV[5])
 record_error(k, ARGV[3])
 redis.call('HDEL', k, 'lo', 'lu')
@@ -20,6 +21,7 @@ if ARGV[4] == '' then
     redis.call('HDEL', k, 'dl')
   end
   move(id, q, task, 'running', terminal)
+  ack(k, ARGV[8], terminal)
   finished(id)
   flush()
   return terminal
@@ -30,6 +32,7 @@ redis.call('HSET', k, 'ra', run_at)
 local state = 'scheduled'
 if delay <= 0 then state = 'queued' end
 move(id, q, task, 'running', state)
+ack(k, ARGV[8], state)
 if state == 'queued' then make_ready(id, q, prio or '0', run_at) else schedule(id, q, run_at) end
 if expires then redis.call('ZADD', B .. 'exp', expires, id) end
 wake(q)

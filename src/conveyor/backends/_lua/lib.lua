@@ -172,11 +172,30 @@ local function record_error(k, err)
   push_json(k, 'E', err)
 end
 
-local function complete_job(id, fence, has_result, result, now_arg)
-  -- running -> completed, fenced; true when it applied.
+-- A fenced write (complete, fail, release) may carry a token, unique to the call, which it
+-- leaves in the job's 'ak' field with the outcome it wrote ('<token>:<outcome>'). When the
+-- reply is lost and the client sends the same call again (redis-py does), the repeat finds the
+-- lease gone but its own token there, and answers the outcome instead of "lease not held".
+
+local function acked(k, token)
+  -- The outcome the call carrying `token` already wrote to job hash k, or nil.
+  if token == nil or token == '' then return nil end
+  local ak = redis.call('HGET', k, 'ak')
+  local head = token .. ':'
+  if ak and string.sub(ak, 1, #head) == head then return string.sub(ak, #head + 1) end
+  return nil
+end
+
+local function ack(k, token, outcome)
+  if token ~= nil and token ~= '' then redis.call('HSET', k, 'ak', token .. ':' .. outcome) end
+end
+
+local function complete_job(id, fence, has_result, result, now_arg, token)
+  -- running -> completed, fenced; true when it applied (or when this call, by `token`,
+  -- already did).
   local k = jkey(id)
   local s, f, q, task = unpack(redis.call('HMGET', k, 's', 'f', 'q', 't'))
-  if s ~= 'running' or (f or '0') ~= fence then return false end
+  if s ~= 'running' or (f or '0') ~= fence then return acked(k, token) == 'completed' end
   if has_result == '1' then
     redis.call('HSET', k, 's', 'completed', 'fa', fmt(clock(now_arg)), 'r', result)
     redis.call('HDEL', k, 'lo', 'lu')
@@ -184,6 +203,7 @@ local function complete_job(id, fence, has_result, result, now_arg)
     redis.call('HSET', k, 's', 'completed', 'fa', fmt(clock(now_arg)))
     redis.call('HDEL', k, 'lo', 'lu', 'r')
   end
+  ack(k, token, 'completed')
   redis.call('ZREM', B .. 'lease', id)
   index_remove(id, q, task, 'running')
   index_add(id, q, task, 'completed')
