@@ -494,3 +494,23 @@ async def test_conveyor_rejects_bad_declarations() -> None:
 
         @app.task(priority="urgent")
         async def c() -> None: ...
+
+
+async def test_declarations_every_backend_cannot_store_are_refused() -> None:
+    from conveyor import ConfigurationError
+
+    app = Conveyor("memory://")
+    with pytest.raises(ConfigurationError, match="lone surrogate"):
+
+        @app.task(name="bad\udc80name")
+        async def a() -> None: ...
+
+    with pytest.raises(ConfigurationError, match="metadata"):
+
+        @app.task(metadata={"x": float("nan")})
+        async def b() -> None: ...
+
+    with pytest.raises(ConfigurationError, match="retry"):
+
+        @app.task(retry=10**30)
+        async def c() -> None: ...

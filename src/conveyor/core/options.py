@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from conveyor.core.serialization import check_metadata
 from conveyor.domain.clock import to_timestamp
 from conveyor.domain.durations import Duration, optional_duration
 from conveyor.domain.priority import parse_priority
@@ -14,14 +15,40 @@ from conveyor.errors import InvalidArgumentsError
 
 Executor = Literal["async", "thread", "process"]
 
+#: Most total runs a job may have: every backend stores it as a 32-bit integer.
+MAX_ATTEMPTS = 2**31 - 1
+
+
+def check_name(field_name: str, value: object) -> None:
+    """A name, key or id every backend stores verbatim: a non-empty string of valid UTF-8."""
+    if not isinstance(value, str) or not value:
+        raise InvalidArgumentsError(f"{field_name} must be a non-empty string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgumentsError(
+            f"{field_name} {value!r} holds a lone surrogate; it must be valid UTF-8 text"
+        ) from None
+
+
+def check_attempts(value: object, field_name: str = "max_attempts") -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_ATTEMPTS:
+        raise InvalidArgumentsError(
+            f"{field_name} must be an integer in [1, {MAX_ATTEMPTS}] (total runs)"
+        )
+
 
 def coerce_retry(
     value: RetryPolicy | int | None, *, field_name: str = "retry"
 ) -> RetryPolicy | None:
     """Accept a policy or a plain number of total attempts."""
-    if value is None or isinstance(value, RetryPolicy):
+    if value is None:
+        return value
+    if isinstance(value, RetryPolicy):
+        check_attempts(value.attempts, f"{field_name} attempts")
         return value
     if isinstance(value, int) and not isinstance(value, bool):
+        check_attempts(value, field_name)
         return RetryPolicy.build(value)
     raise InvalidArgumentsError(f"{field_name} must be a RetryPolicy or an int (total attempts)")
 
@@ -141,20 +168,20 @@ class EnqueueOptions:
             raise InvalidArgumentsError("timeout must be greater than zero")
         if ttl_s is not None and ttl_s <= 0:
             raise InvalidArgumentsError("ttl must be greater than zero")
-        if max_attempts is not None and (
-            not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1
-        ):
-            raise InvalidArgumentsError("max_attempts must be an integer >= 1 (total runs)")
+        if max_attempts is not None:
+            check_attempts(max_attempts)
         for name, value in (
             ("queue", queue),
             ("idempotency_key", idempotency_key),
             ("trace_id", trace_id),
             ("job_id", job_id),
         ):
-            if value is not None and (not isinstance(value, str) or not value):
-                raise InvalidArgumentsError(f"{name} must be a non-empty string")
-        if metadata is not None and not isinstance(metadata, dict):
-            raise InvalidArgumentsError("metadata must be a dict")
+            if value is not None:
+                check_name(name, value)
+        if metadata is not None:
+            if not isinstance(metadata, dict):
+                raise InvalidArgumentsError("metadata must be a dict")
+            metadata = check_metadata(metadata)
         return cls(
             delay=delay_s,
             run_at=run_at_ts,

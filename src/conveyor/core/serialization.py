@@ -46,6 +46,31 @@ def _find_bad(value: Any, path: str, depth: int = 0) -> str | None:
     return f"{path} is a {type(value).__name__}"
 
 
+def _non_str_key(value: Any) -> bool:
+    """Whether a dict anywhere in ``value`` has a key that is not a string (json would coerce
+    it silently: ``{0: "a"}`` to ``{"0": "a"}``). Iterative: depth is the encoder's business."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                if not isinstance(key, str):
+                    return True
+                if isinstance(inner, (dict, list, tuple)):
+                    stack.append(inner)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(inner for inner in item if isinstance(inner, (dict, list, tuple)))
+    return False
+
+
+def _refuse(where: str) -> SerializationError:
+    return SerializationError(
+        f"cannot serialize {where}: JSON supports None, bool, int, float, str, "
+        "list and dict with str keys; convert other values (e.g. datetime.isoformat(), "
+        "a model's .model_dump()) before enqueueing"
+    )
+
+
 class JSONSerializer:
     """The default: compact UTF-8 JSON."""
 
@@ -57,20 +82,43 @@ class JSONSerializer:
 
     def dumps(self, value: Any) -> bytes:
         try:
-            return self._encoder.encode(value).encode("utf-8", "surrogatepass")
+            data = self._encoder.encode(value).encode("utf-8", "surrogatepass")
         except (TypeError, ValueError, RecursionError) as exc:
-            where = _find_bad(value, "value") or str(exc)
-            raise SerializationError(
-                f"cannot serialize {where}: JSON supports None, bool, int, float, str, "
-                "list and dict with str keys; convert other values (e.g. datetime.isoformat(), "
-                "a model's .model_dump()) before enqueueing"
-            ) from None
+            raise _refuse(_find_bad(value, "value") or str(exc)) from None
+        if _non_str_key(value):
+            raise _refuse(_find_bad(value, "value") or "a dict with a non-string key")
+        return data
 
     def loads(self, data: bytes) -> Any:
         try:
             return self._decoder.decode(bytes(data).decode("utf-8", "surrogatepass"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise SerializationError(f"cannot decode stored JSON: {exc}") from None
+
+
+def check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Refuse metadata that would not come back exactly from every backend.
+
+    Backends store metadata as JSON text (PostgreSQL as ``jsonb``), so it must be JSON with str
+    keys, finite numbers (``jsonb`` has no NaN) and valid UTF-8 (no lone surrogates). Returns a
+    shallow copy; raises :class:`SerializationError` naming the offending value.
+    """
+    try:
+        json.dumps(metadata, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise SerializationError(
+            "cannot store metadata: it holds a lone surrogate (not valid UTF-8)"
+        ) from None
+    except (TypeError, ValueError, RecursionError) as exc:
+        where = _find_bad(metadata, "metadata") or f"metadata ({exc})"
+        raise SerializationError(
+            f"cannot store {where}: metadata must be JSON (None, bool, int, finite float, str, "
+            "list, dict with str keys)"
+        ) from None
+    if _non_str_key(metadata):
+        where = _find_bad(metadata, "metadata") or "metadata has a non-string key"
+        raise SerializationError(f"cannot store {where}: metadata keys must be strings")
+    return dict(metadata)
 
 
 def encode_call(serializer: Serializer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:

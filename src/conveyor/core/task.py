@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from conveyor.core.events import Listener
 from conveyor.core.middleware import Middleware
-from conveyor.core.options import EnqueueOptions, Executor
+from conveyor.core.options import EnqueueOptions, Executor, check_name
+from conveyor.core.serialization import check_metadata
 from conveyor.domain.retry import RetryPolicy
 from conveyor.errors import InvalidArgumentsError
 
@@ -37,6 +38,12 @@ class TaskConfig:
     executor: Executor
     metadata: dict[str, Any]
     middleware: tuple[Middleware, ...]
+
+    def __post_init__(self) -> None:
+        check_name("task name", self.name)
+        if self.queue is not None:
+            check_name("queue", self.queue)
+        check_metadata(self.metadata)
 
 
 @dataclass(frozen=True, slots=True)
