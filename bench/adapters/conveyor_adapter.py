@@ -10,6 +10,18 @@ from bench.common import WorkerSpec
 
 APP = "bench.apps.conveyor_app:app"
 
+#: Worker set-ups ``bench.sweep`` tries (``--processes`` × ``--concurrency``). The table rows
+#: use ``DEFAULTS``: one process, as for every asyncio library; the sweep shows what a second
+#: process (or more) adds on the machine at hand.
+VARIANTS = {
+    "c1": ["-c", "1"],
+    "c100": ["-c", "100"],
+    "p2c50": ["-p", "2", "-c", "50"],
+    "p2c100": ["-p", "2", "-c", "100"],
+    "p4c25": ["-p", "4", "-c", "25"],
+}
+DEFAULTS = {"c1": "c1", "high": "c100"}
+
 
 class Adapter(Base):
     name = "conveyor"
@@ -49,6 +61,8 @@ class Adapter(Base):
         return await handle.result(timeout=30)
 
     def worker(self, mode: str) -> WorkerSpec:
-        concurrency = "1" if mode == "c1" else "100"
-        argv = [self.python, "-m", "conveyor", "worker", APP, "-c", concurrency]
-        return WorkerSpec([*argv, "--log-level", "critical"], self.config_note[mode])
+        variant = self.spec.get("variant")
+        flags = VARIANTS[variant or DEFAULTS[mode]]
+        argv = [self.python, "-m", "conveyor", "worker", APP, *flags]
+        note = self.config_note[mode] if variant is None else f"conveyor worker {' '.join(flags)}"
+        return WorkerSpec([*argv, "--log-level", "critical"], note)
