@@ -139,12 +139,18 @@ class PostgresBackend(PostgresKV, PostgresClient, Backend):
         return out
 
     async def _enqueue_now(self, jobs: list[NewJob], now: float | None) -> list[EnqueueResult]:
-        notify = self.wake.allow_jobs([j.queue for j in jobs])
-        channel = self.jobs_channel if notify else None
+        notify, notify_idle = self.wake.allow_jobs([j.queue for j in jobs])
 
         async def op(conn: Conn) -> list[EnqueueResult]:
             return await run_enqueue(
-                conn, self._sql, jobs, now, channel, notify, own_transaction=True
+                conn,
+                self._sql,
+                jobs,
+                now,
+                self.jobs_channel,
+                notify,
+                own_transaction=True,
+                notify_idle=notify_idle,
             )
 
         # A big batch gets more time than the command deadline (about 2 ms a job).

@@ -49,9 +49,15 @@ class EnqueueBatch:
         self.pending: list[int] = list(range(len(self.jobs)))
 
     def insert_params(
-        self, now: float | None, channel: str | None, notify: Sequence[str]
+        self,
+        now: float | None,
+        channel: str | None,
+        notify: Sequence[str],
+        notify_idle: Sequence[str] = (),
     ) -> tuple[list[int], dict[str, Any]]:
-        """The rows to insert this round (indices) and the ``enqueue`` statement parameters."""
+        """The rows to insert this round (indices) and the ``enqueue`` statement parameters:
+        ``channel`` gets a notification for each queue in ``notify``, and for each queue in
+        ``notify_idle`` that had no other job queued."""
         seen: set[str] = set()
         rows: list[int] = []
         for i in self.pending:
@@ -79,8 +85,10 @@ class EnqueueBatch:
             "parents": [Jsonb(list(j.parents), dumps) for j in jobs],
             "versions": [int(j.payload_version) for j in jobs],
             "blocked": [bool(j.blocked) for j in jobs],
+            "delays": [_f(j.delay) for j in jobs],
             "channel": channel,
             "notify": list(notify) if channel is not None else [],
+            "notify_idle": list(notify_idle) if channel is not None else [],
         }
         return rows, params
 
@@ -89,7 +97,9 @@ class EnqueueBatch:
         scalars for a single row, else ``enqueue`` (no keys) or ``enqueue_keyed``."""
         if len(rows) == 1:
             j = self.jobs[rows[0]]
-            notify = params["notify"]
+            if_idle = j.queue not in params["notify"]
+            wanted = not if_idle or j.queue in params["notify_idle"]
+            channel = params["channel"] if wanted else None
             return "enqueue_one", {
                 "now": params["now"],
                 "id": j.id,
@@ -109,7 +119,9 @@ class EnqueueBatch:
                 "parents": list(j.parents),
                 "version": int(j.payload_version),
                 "blocked": bool(j.blocked),
-                "channel": params["channel"] if j.queue in notify else None,
+                "delay": _f(j.delay),
+                "channel": channel,
+                "if_idle": if_idle,
             }
         keyed = any(self.jobs[i].idempotency_key is not None for i in rows)
         return ("enqueue_keyed" if keyed else "enqueue"), params
@@ -158,6 +170,7 @@ async def run_enqueue(
     notify: Sequence[str],
     *,
     own_transaction: bool,
+    notify_idle: Sequence[str] = (),
 ) -> list[EnqueueResult]:
     """Run the enqueue rounds on ``conn``.
 
@@ -168,7 +181,7 @@ async def run_enqueue(
     """
     batch = EnqueueBatch(jobs)
     for _ in range(_MAX_ROUNDS):
-        rows, params = batch.insert_params(now, channel, notify)
+        rows, params = batch.insert_params(now, channel, notify, notify_idle)
         name, values = batch.statement(rows, params)
         if not _has_keys([batch.jobs[i] for i in rows]):
             cur = await conn.execute(sql[name], values)

@@ -67,9 +67,15 @@ class Wakeups:
             self.wake_all()
 
     # -- may this transition notify now? ------------------------------------------------------
-    def allow_jobs(self, queues: Sequence[str]) -> list[str]:
-        """The queues to notify about now (the others get a trailing notification)."""
-        return [q for q in distinct(queues) if self.limiter.allow(self.jobs_channel, q)]
+    def allow_jobs(self, queues: Sequence[str]) -> tuple[list[str], list[str]]:
+        """The queues to notify about now, and the others: they get a trailing notification,
+        and one now too if the enqueue finds no other job queued there (an idle worker may be
+        waiting, and the trailing one would make it wait up to ``notify_interval``)."""
+        now: list[str] = []
+        idle: list[str] = []
+        for q in distinct(queues):
+            (now if self.limiter.allow(self.jobs_channel, q) else idle).append(q)
+        return now, idle
 
     def allow_jobs_any(self) -> str | None:
         """The jobs channel when a notification about a queue the statement knows (not us)

@@ -9,7 +9,11 @@
 -- list of states that hold an idempotency key; `{filter}` (only where used) is a JobFilter
 -- predicate over the alias `j`. Parameters use psycopg's `%(name)s` style, so a literal
 -- percent sign is written `%%`. Notifications are sent with pg_notify and delivered at
--- commit; a NULL channel parameter means "do not notify".
+-- commit; a NULL channel parameter means "do not notify". Enqueue notifies the queues in
+-- `notify` unconditionally and those in `notify_idle` (the client's rate limit said no) only
+-- when no other job was queued there: then a worker may be idle, and waking it now instead
+-- of at the trailing notification is what keeps enqueue-to-start latency low; a queue with
+-- a backlog has no idle worker to wake.
 
 -- name: enqueue_lock_keys
 -- Lock the batch's idempotency keys (in key order, so two batches cannot deadlock) until the
@@ -31,10 +35,11 @@ WITH ins AS (
         n.id, n.task, n.queue,
         CASE
             WHEN n.blocked THEN 'blocked'
-            WHEN coalesce(n.run_at, c.now) > c.now THEN 'scheduled'
+            WHEN coalesce(n.run_at, c.now + n.delay, c.now) > c.now THEN 'scheduled'
             ELSE 'queued'
         END,
-        n.payload, n.priority, coalesce(n.run_at, c.now), n.max_attempts, n.timeout,
+        n.payload, n.priority, coalesce(n.run_at, c.now + n.delay, c.now), n.max_attempts,
+        n.timeout,
         n.expires_at, n.idempotency_key, n.concurrency_key, n.trace_id,
         coalesce(n.metadata, '{}'::json), n.workflow_id,
         ARRAY(SELECT jsonb_array_elements_text(coalesce(n.parents, '[]'::jsonb))),
@@ -44,11 +49,11 @@ WITH ins AS (
         %(priorities)s::int[], %(run_ats)s::float8[], %(max_attempts)s::int[],
         %(timeouts)s::float8[], %(expires)s::float8[], %(keys)s::text[],
         %(ckeys)s::text[], %(traces)s::text[], %(metas)s::json[], %(workflows)s::text[],
-        %(parents)s::jsonb[], %(versions)s::int[], %(blocked)s::bool[]
+        %(parents)s::jsonb[], %(versions)s::int[], %(blocked)s::bool[], %(delays)s::float8[]
     ) WITH ORDINALITY AS n (
         id, task, queue, payload, priority, run_at, max_attempts, timeout, expires_at,
         idempotency_key, concurrency_key, trace_id, metadata, workflow_id, parents,
-        payload_version, blocked, ord
+        payload_version, blocked, delay, ord
     ),
     (SELECT {now} AS now) AS c
     ORDER BY n.ord
@@ -58,7 +63,10 @@ WITH ins AS (
 SELECT
     ins.id,
     ins.state,
-    (SELECT count(pg_notify(%(channel)s, q)) FROM unnest(%(notify)s::text[]) AS q)
+    (SELECT count(pg_notify(%(channel)s, q)) FROM unnest(%(notify)s::text[]) AS q),
+    (SELECT count(pg_notify(%(channel)s, q)) FROM unnest(%(notify_idle)s::text[]) AS q
+     WHERE NOT EXISTS (
+         SELECT 1 FROM {schema}.jobs w WHERE w.state = 'queued' AND w.queue = q))
 FROM ins
 
 -- name: enqueue_one
@@ -75,10 +83,12 @@ ins AS (
         %(id)s::text, %(task)s::text, %(queue)s::text,
         CASE
             WHEN %(blocked)s::bool THEN 'blocked'
-            WHEN coalesce(%(run_at)s::float8, c.now) > c.now THEN 'scheduled'
+            WHEN coalesce(%(run_at)s::float8, c.now + %(delay)s::float8, c.now) > c.now
+                THEN 'scheduled'
             ELSE 'queued'
         END,
-        %(payload)b::bytea, %(priority)s::int, coalesce(%(run_at)s::float8, c.now),
+        %(payload)b::bytea, %(priority)s::int,
+        coalesce(%(run_at)s::float8, c.now + %(delay)s::float8, c.now),
         %(max_attempts)s::int, %(timeout)s::float8, %(expires)s::float8, %(key)s::text,
         %(ckey)s::text, %(trace)s::text, %(meta)s::json, %(workflow)s::text,
         %(parents)s::text[], %(version)s::int, c.now
@@ -90,7 +100,9 @@ ins AS (
     RETURNING id, state
 )
 SELECT id, state,
-    CASE WHEN %(channel)s::text IS NOT NULL THEN pg_notify(%(channel)s, %(queue)s) END
+    CASE WHEN %(channel)s::text IS NOT NULL AND (NOT %(if_idle)s::bool OR NOT EXISTS (
+            SELECT 1 FROM {schema}.jobs w WHERE w.state = 'queued' AND w.queue = %(queue)s::text))
+        THEN pg_notify(%(channel)s, %(queue)s) END
 FROM ins
 
 -- name: enqueue_keyed
@@ -105,11 +117,11 @@ WITH input AS MATERIALIZED (
         %(priorities)s::int[], %(run_ats)s::float8[], %(max_attempts)s::int[],
         %(timeouts)s::float8[], %(expires)s::float8[], %(keys)s::text[],
         %(ckeys)s::text[], %(traces)s::text[], %(metas)s::json[], %(workflows)s::text[],
-        %(parents)s::jsonb[], %(versions)s::int[], %(blocked)s::bool[]
+        %(parents)s::jsonb[], %(versions)s::int[], %(blocked)s::bool[], %(delays)s::float8[]
     ) WITH ORDINALITY AS n (
         id, task, queue, payload, priority, run_at, max_attempts, timeout, expires_at,
         idempotency_key, concurrency_key, trace_id, metadata, workflow_id, parents,
-        payload_version, blocked, ord
+        payload_version, blocked, delay, ord
     )
 ),
 ins AS (
@@ -122,10 +134,11 @@ ins AS (
         n.id, n.task, n.queue,
         CASE
             WHEN n.blocked THEN 'blocked'
-            WHEN coalesce(n.run_at, c.now) > c.now THEN 'scheduled'
+            WHEN coalesce(n.run_at, c.now + n.delay, c.now) > c.now THEN 'scheduled'
             ELSE 'queued'
         END,
-        n.payload, n.priority, coalesce(n.run_at, c.now), n.max_attempts, n.timeout,
+        n.payload, n.priority, coalesce(n.run_at, c.now + n.delay, c.now), n.max_attempts,
+        n.timeout,
         n.expires_at, n.idempotency_key, n.concurrency_key, n.trace_id,
         coalesce(n.metadata, '{}'::json), n.workflow_id,
         ARRAY(SELECT jsonb_array_elements_text(coalesce(n.parents, '[]'::jsonb))),
@@ -145,7 +158,10 @@ ins AS (
 SELECT
     ins.id,
     ins.state,
-    (SELECT count(pg_notify(%(channel)s, q)) FROM unnest(%(notify)s::text[]) AS q)
+    (SELECT count(pg_notify(%(channel)s, q)) FROM unnest(%(notify)s::text[]) AS q),
+    (SELECT count(pg_notify(%(channel)s, q)) FROM unnest(%(notify_idle)s::text[]) AS q
+     WHERE NOT EXISTS (
+         SELECT 1 FROM {schema}.jobs w WHERE w.state = 'queued' AND w.queue = q))
 FROM ins
 
 -- name: enqueue_resolve
