@@ -120,17 +120,6 @@ async def test_an_injected_skewed_clock_is_trusted_by_the_store(
     assert set(out["codes"].values()) == {0}  # type: ignore[union-attr]
 
 
-DELAY_ON_PRODUCER_CLOCK = (
-    "bug (T14/T15: delayed jobs never run early, and by store time): Conveyor.build_job "
-    "(src/conveyor/core/app.py) turns a delay into run_at = app.now() + delay on the "
-    "producer's clock and passes that absolute time to the store, so a producer whose clock "
-    "is 5 s slow makes a 3 s delay run at once (and a fast one makes it late). Fix: when no "
-    "clock is injected, pass the delay to the backend and let it compute run_at from the "
-    "store's clock (clock_timestamp() / TIME), as it already does for retry delays"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=DELAY_ON_PRODUCER_CLOCK)
 @pytest.mark.parametrize("backend", SERVER_KINDS)
 async def test_a_delayed_job_from_a_slow_producer_does_not_run_early(
     make_rig: MakeRig, backend: str

@@ -100,7 +100,7 @@ class MemoryBackend(Backend):
                     existing = self.store.jobs[job.id]
                     out.append(EnqueueResult(existing.id, False, existing.state))
                     continue
-                run_at = t if job.run_at is None else job.run_at
+                run_at = job.run_at if job.run_at is not None else t + (job.delay or 0.0)
                 if job.blocked:
                     state = JobState.BLOCKED
                 elif run_at > t:

@@ -90,6 +90,13 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def _run_at(job: NewJob) -> str:
+    """The run-at argument: a time, '' for the store's now, '+<seconds>' for a delay after it."""
+    if job.run_at is None and job.delay is not None:
+        return "+" + num(job.delay)
+    return opt_num(job.run_at)
+
+
 def encode_new_job(job: NewJob) -> list[str | bytes]:
     """The :data:`ENQUEUE_FIELDS` script arguments of one job."""
     return [
@@ -98,7 +105,7 @@ def encode_new_job(job: NewJob) -> list[str | bytes]:
         job.queue,
         job.payload,
         str(job.priority),
-        opt_num(job.run_at),
+        _run_at(job),
         str(job.max_attempts),
         opt_num(job.timeout),
         opt_num(job.expires_at),

@@ -111,7 +111,7 @@ def _plan(
         if job.id in existing:
             plan.results.append(EnqueueResult(job.id, False, existing[job.id]))
             continue
-        run_at = t if job.run_at is None else job.run_at
+        run_at = job.run_at if job.run_at is not None else t + (job.delay or 0.0)
         if job.blocked:
             state, text = JobState.BLOCKED, "blocked"
         elif run_at > t:

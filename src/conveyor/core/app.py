@@ -350,9 +350,13 @@ class Conveyor:
         cfg = task.config
         queue = options.queue or cfg.queue or self.default_queue
         retry = self.retry_policy_for(task, queue)
-        run_at = options.run_at
+        run_at, delay = options.run_at, None
         if run_at is None and options.delay:
-            run_at = now + options.delay
+            if self.clock is None:  # the store's clock starts the delay (as for retry delays)
+                delay = options.delay
+            else:
+                run_at = now + options.delay
+        start = run_at if run_at is not None else now + (delay or 0.0)
         ttl = options.ttl if options.ttl is not None else cfg.ttl
         return NewJob(
             id=options.job_id or new_job_id(),
@@ -365,10 +369,11 @@ class Conveyor:
             timeout=options.timeout
             if options.timeout is not None
             else (cfg.timeout or self.timeout),
-            expires_at=None if ttl is None else max(run_at or now, now) + ttl,
+            expires_at=None if ttl is None else max(start, now) + ttl,
             idempotency_key=options.idempotency_key,
             trace_id=options.trace_id,
             metadata={**cfg.metadata, **options.metadata},
+            delay=delay,
         )
 
     async def enqueue_many(self, specs: Sequence[JobSpec[Any]]) -> list[JobHandle[Any]]:

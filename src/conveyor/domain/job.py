@@ -81,11 +81,12 @@ class LogEntry:
 class NewJob:
     """Everything the core decided about a job before it is stored.
 
-    ``run_at`` is ``None`` for "now" (the store's clock); a job with ``run_at`` in the future
-    is stored ``scheduled``, otherwise ``queued``. ``blocked`` jobs wait for their workflow
-    parents. ``idempotency_key``: if a job holding the same key exists (any state in
-    :data:`~conveyor.domain.states.KEY_HOLDING_STATES`), no new job is stored and the existing
-    id is returned.
+    ``run_at`` is ``None`` for "now" (the store's clock), or ``delay`` seconds after it when
+    ``delay`` is given (so a producer whose clock is off cannot move the job); a job with
+    ``run_at`` in the future is stored ``scheduled``, otherwise ``queued``. ``blocked`` jobs
+    wait for their workflow parents. ``idempotency_key``: if a job holding the same key exists
+    (any state in :data:`~conveyor.domain.states.KEY_HOLDING_STATES`), no new job is stored
+    and the existing id is returned.
     """
 
     id: str
@@ -105,6 +106,7 @@ class NewJob:
     parents: tuple[str, ...] = ()
     payload_version: int = 1
     blocked: bool = False
+    delay: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,8 @@
 -- ARGV: now, then 17 values per job:
 --   id task queue payload priority run_at max_attempts timeout expires_at idempotency_key
 --   concurrency_key trace_id metadata workflow_id parents payload_version blocked
--- ('' for an absent number or empty JSON, opt() encoding for optional strings.)
+-- ('' for an absent number or empty JSON, opt() encoding for optional strings; run_at '' is
+-- now and '+<seconds>' that long after now, on the store's clock.)
 -- Returns: id, created (1/0), state for every job.
 -- The job hash and the idempotency key are written job by job (later jobs of the batch see
 -- them); the queue structures are written once per key at the end.
@@ -44,7 +45,11 @@ for base = 2, #ARGV, N do
     end
   end
   if not done then
-    if run_at == '' then run_at = now end
+    if run_at == '' then
+      run_at = now
+    elseif string.sub(run_at, 1, 1) == '+' then
+      run_at = fmt(t + tonumber(string.sub(run_at, 2)))
+    end
     local state
     if ARGV[base + 16] == '1' then
       state = 'blocked'
