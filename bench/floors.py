@@ -8,7 +8,8 @@ as Conveyor's no-op task does, so the cell measures it like any worker.
 ``raw``: the same driver with the same settings, sending the very SQL/Lua Conveyor sends (its
 own query and script files, the same parameters and batching: one claim for up to
 ``CONCURRENCY`` jobs, then one completion per job, concurrently up to ``CONCURRENCY``; on Redis,
-whose backend coalesces concurrent completions, one ``complete_many`` script per batch). Replies
+whose backend coalesces concurrent completions, one ``complete_many`` script per batch, and at
+concurrency 1 one ``complete_claim`` script per job, as the worker fuses them). Replies
 are decoded only as far as the job id and fence. This is the floor (b) of issue 7.
 
 ``backend``: the same loop through Conveyor's backend object (``backend.claim`` /
@@ -31,6 +32,8 @@ from bench.recorder import record
 QUEUE = "default"
 LEASE = 30.0
 WORKER_ID = f"floor:{os.getpid()}"
+#: Conveyor's Redis writes carry a per-call token (stored with the outcome); so do the floor's.
+TOKEN = "floor"
 
 Job = tuple[str, int]  # (id, fence)
 Claim = Callable[[int], Awaitable[list[Job]]]
@@ -76,8 +79,8 @@ async def redis_raw(url: str, prefix: str, concurrency: int) -> int:
     client = make_client(url, 6)
     base = key_base(prefix)
     claim_script, complete_script = script("claim"), script("complete")
-    many_script = script("complete_many")
-    for s in (claim_script, complete_script, many_script):
+    many_script, fused_script = script("complete_many"), script("complete_claim")
+    for s in (claim_script, complete_script, many_script, fused_script):
         await client.script_load(s.source)
     checked = False
 
@@ -93,7 +96,7 @@ async def redis_raw(url: str, prefix: str, concurrency: int) -> int:
         return [(row[0], int(row[7])) for row in rows]
 
     async def complete(job: Job) -> Any:
-        args = [job[0], str(job[1]), "0", b"", ""]
+        args = [job[0], str(job[1]), "0", b"", "", TOKEN]
         return await client.evalsha(complete_script.sha, 1, base, *args)
 
     async def complete_many(jobs: list[Job]) -> Any:
@@ -102,9 +105,26 @@ async def redis_raw(url: str, prefix: str, concurrency: int) -> int:
             args: list[Any] = []
             for job_id, fence in jobs[i : i + COMPLETE_BATCH]:
                 args += [job_id, str(fence), "0", b"", ""]
-            await client.evalsha(many_script.sha, 1, base, *args)
+            await client.evalsha(many_script.sha, 1, base, TOKEN, *args)
+
+    async def one_at_a_time() -> int:
+        # Conveyor's worker at concurrency 1 completes a job and claims the next in one script.
+        done = 0
+        jobs = await claim(1)
+        while jobs:
+            job_id, fence = jobs[0]
+            record(0.0)
+            args = [job_id, str(fence), "0", b"", TOKEN, WORKER_ID, "1", num(LEASE), ""]
+            args += [str(PROMOTE_BATCH), "1", QUEUE, "-1", "0"]
+            reply = await client.evalsha(fused_script.sha, 1, base, *args)
+            rows = reply[1:]
+            jobs = [(rows[0], int(rows[7]))] if rows else []
+            done += 1
+        return done
 
     try:
+        if concurrency == 1:
+            return await one_at_a_time()
         return await drain(claim, complete, concurrency, complete_many)
     finally:
         await client.aclose()

@@ -169,7 +169,8 @@ class RedisBackend(Backend):
         """
         if limit <= 0:
             return await self.complete(job_id, fence, result, now), []
-        args: list[ScriptArg] = [job_id, str(fence), "0" if result is None else "1", result or b""]
+        has = "0" if result is None else "1"
+        args: list[ScriptArg] = [job_id, str(fence), has, result or b"", write_token()]
         args += _claim_args(worker_id, queues, limit, lease, now, tasks, exclude_tasks)
         reply = await self._run("complete_claim", args)
         return bool(reply[0]), _decode_claims(reply[1:])
@@ -188,7 +189,8 @@ class RedisBackend(Backend):
             args += [job_id, str(fence), has, result or b"", opt_num(now)]
         if len(items) == 1:
             return [bool(await self._run("complete", [*args, write_token()]))]
-        return [bool(flag) for flag in await self._run("complete_many", args)]
+        reply = await self._run("complete_many", [write_token(), *args])
+        return [bool(flag) for flag in reply]
 
     def stats(self) -> dict[str, Any]:
         """Counters for tests and diagnostics: completion batching."""

@@ -3,7 +3,8 @@
 One asyncio loop per worker process. The claim loop leases at most as many jobs as there are
 free slots; each job runs in its own asyncio task (async handlers on the loop, sync handlers in
 daemon threads, process-mode handlers in killable child processes). A heartbeat task extends
-every held lease in one backend call and learns about cancellations; a maintenance task
+every held lease in one backend call and learns about cancellations (pushed at once by
+backends that can, see :mod:`conveyor.worker.cancellations`); a maintenance task
 recovers expired leases (any live worker does it) and prunes finished jobs by the retention
 policy. Shutdown stops claiming, waits up to the grace period and hands the rest back at once.
 """
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import ClaimedJob, JobFilter, WorkerInfo
 from conveyor.domain.states import JobState
+from conveyor.worker.cancellations import PushesCancellations, listen_for_cancellations
 from conveyor.worker.runner import JobRunner
 from conveyor.worker.stats import WorkerStatsCollector
 
@@ -95,6 +97,11 @@ class Worker:
         self._forced = False
         self._stop_event: asyncio.Event | None = None
         self._slot_freed: asyncio.Event | None = None
+        # Fusing a completion with the next claim (backends with ``complete_and_claim``): set
+        # at start-up, when no queue or task limit needs the claim loop's bookkeeping.
+        self._fusable = False
+        self._parked = False  # the claim loop waits for a slot (all are taken)
+        self._skip_claim = False  # a fused claim just found nothing: go straight to waiting
         self._backend: Backend | None = None
         self._started_at = time.time()
         self.zombie_threads = 0
@@ -151,6 +158,11 @@ class Worker:
         self._stop_event = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._backend = await self.app.backend()
+        self._fusable = (
+            hasattr(self._backend, "complete_and_claim")
+            and all(self.app.queue_config(q).concurrency is None for q in self.queues)
+            and all(t.config.concurrency is None for t in self.app.tasks.values())
+        )
         await self.backend.register_worker(self.info())
         log.info(
             "worker %s started: queues=%s concurrency=%d tasks=%s",
@@ -164,6 +176,13 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop(), name="conveyor-heartbeat"),
             asyncio.create_task(self._maintenance_loop(), name="conveyor-maintenance"),
         ]
+        if isinstance(self.backend, PushesCancellations):
+            helpers.append(
+                asyncio.create_task(
+                    listen_for_cancellations(self, self.backend, self._stop_event),
+                    name="conveyor-cancellations",
+                )
+            )
         if self.config.scheduler and not self.config.burst:
             helpers.append(
                 asyncio.create_task(
@@ -210,6 +229,42 @@ class Worker:
     # -- claiming -----------------------------------------------------------------------------
     def free_slots(self) -> int:
         return self.config.concurrency - len(self.active) - self.zombie_threads
+
+    def fused_claim(self) -> dict[str, Any] | None:
+        """Arguments for claiming the next jobs in the same call that completes the one
+        running job, or ``None`` when that would not save a round trip or is not safe.
+
+        Only while the claim loop is parked waiting for a slot and this is the only running
+        job (one job at a time, typically): the finishing job's slot is refilled without the
+        loop waking up. Busier workers complete through the backend's batched path instead.
+        """
+        # Parked with one running job and no zombie thread: concurrency is 1, so nothing but
+        # this job's end (or a stop) wakes the claim loop, which cannot claim alongside.
+        if not (self._fusable and self._parked) or len(self.active) != 1 or self.zombie_threads:
+            return None
+        if self._stopping or self.cut_off:
+            return None
+        return {
+            "worker_id": self.id,
+            "queues": list(self.queues),
+            "limit": self.free_slots() + 1,  # the finishing job's slot too
+            "lease": self.app.lease,
+            "now": self.app.backend_now(),
+            "tasks": self.config.tasks,
+        }
+
+    async def adopt(self, finishing: ActiveJob, jobs: list[ClaimedJob]) -> None:
+        """Start jobs a fused completion claimed (in place of ``finishing``)."""
+        if not jobs:
+            self._skip_claim = True
+            return
+        if self._stopping:  # shutting down meanwhile: hand them straight back
+            for job in jobs:
+                await self.backend.release(job.id, job.fence, self.app.backend_now())
+            return
+        finishing.extra["refilled"] = True
+        for job in jobs:
+            self._start(job)
 
     def _excluded_tasks(self) -> list[str]:
         out = []
@@ -285,11 +340,17 @@ class Worker:
                 continue
             free = self.free_slots()
             if free <= 0:
-                await self._wait_any(self._slot_freed.wait(), None)
+                self._parked = True
+                try:
+                    await self._wait_any(self._slot_freed.wait(), None)
+                finally:
+                    self._parked = False
                 continue
             queues = self._open_queues()
             jobs: list[ClaimedJob] = []
-            if queues:
+            if self._skip_claim:
+                self._skip_claim = False  # a fused claim found nothing an instant ago
+            elif queues:
                 try:
                     async with asyncio.timeout(max(self.app.lease, 5.0)):
                         jobs = await self._claim(queues, free)
@@ -373,7 +434,7 @@ class Worker:
             self.active.pop(job.id, None)
             self.per_task[job.task] -= 1
             self.per_queue[job.queue] -= 1
-            if self._slot_freed is not None:
+            if self._slot_freed is not None and not active.extra.get("refilled"):
                 self._slot_freed.set()
 
     def slot_freed(self) -> None:
