@@ -1,7 +1,9 @@
 """Cancelling a job that runs in another process.
 
-The test process calls ``handle.cancel()``; the worker learns it with its next heartbeat,
-interrupts the async handler (or sets the flag a sync handler polls) and stores ``cancelled``.
+The test process calls ``handle.cancel()``; the worker learns it at once where the backend
+pushes cancellations (Redis pub/sub), otherwise with its next heartbeat (the fallback
+everywhere), interrupts the async handler (or sets the flag a sync handler polls) and stores
+``cancelled``.
 """
 
 from __future__ import annotations
@@ -68,3 +70,33 @@ async def test_cancel_a_running_job_in_another_process(make_store: MakeStore, ki
     worker.signal(signal.SIGTERM)
     assert await worker.wait_exit(10) == 0, worker.log()
     write_result(f"cancel_running-{kind}", {"backend": kind, "cancel_latency_s": round(latency, 3)})
+
+
+async def test_a_pushed_cancellation_beats_the_next_heartbeat(make_store: MakeStore) -> None:
+    """On Redis the cancel is pushed to the worker: with a 10 s heartbeat, the running jobs are
+    cancelled in well under the time before the worker's first heartbeat could tell it."""
+    store = await make_store("redis", lease=30.0, heartbeat=10.0)
+    worker = store.start_worker(concurrency=2)
+    async_job = await store.app.tasks["sleeper"].enqueue(60.0)
+    thread_job = await store.app.tasks["sync_sleeper"].enqueue(60.0)
+    await wait_until(lambda: len(store.ledger.starts()) == 2, 9, message="both jobs to start")
+
+    asked = time.monotonic()
+    assert await async_job.cancel("pushed") is CancelOutcome.REQUESTED
+    assert await thread_job.cancel("pushed") is CancelOutcome.REQUESTED
+
+    async def both_cancelled() -> bool:
+        states = {(await store.record(h.id)).state for h in (async_job, thread_job)}
+        return states == {JobState.CANCELLED}
+
+    await wait_until(both_cancelled, 3, message="both running jobs to end cancelled")
+    latency = time.monotonic() - asked
+    seen = await wait_until(
+        lambda: len(store.ledger.events("interrupted")) == 2 and store.ledger.events("interrupted"),
+        3,
+        message="both handlers to notice the cancellation",
+    )
+    assert all(e["cancelled"] is True and e["reason"] == "pushed" for e in seen), seen
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait_exit(10) == 0, worker.log()
+    write_result("cancel_pushed-redis", {"backend": "redis", "cancel_latency_s": round(latency, 3)})
