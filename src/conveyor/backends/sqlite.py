@@ -30,7 +30,7 @@ from conveyor.backends import sqlite_tx
 from conveyor.backends.base import Backend, BackendFactory, CancelOutcome, redact_url
 from conveyor.backends.sqlite_engine import Engine
 from conveyor.backends.sqlite_kv import SQLiteKV
-from conveyor.backends.sqlite_notify import Notifier, Waiter
+from conveyor.backends.sqlite_notify import Effects, Notifier, Waiter
 from conveyor.backends.sqlite_queries import (
     Q,
     dumps,
@@ -273,6 +273,43 @@ class SQLiteBackend(SQLiteKV, Backend):
                 conn, fx, worker_id, names, limit, lease, now, patterns, exclude
             )
         )
+
+    async def complete_and_claim(
+        self,
+        job_id: str,
+        fence: int,
+        result: bytes | None,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        now: float | None = None,
+        *,
+        tasks: Sequence[str] | None = None,
+        exclude_tasks: Sequence[str] = (),
+    ) -> tuple[bool, list[ClaimedJob]]:
+        """:meth:`complete` then :meth:`claim` in one write transaction (one hand-off to the
+        writer thread instead of two). A claim that fails leaves the completion standing and
+        claims nothing; the worker's own next claim meets the error."""
+        names = list(queues)
+        patterns = None if tasks is None else [glob_pattern(p) for p in tasks]
+        exclude = list(exclude_tasks)
+
+        def fused(conn: sqlite3.Connection, fx: Effects) -> tuple[bool, list[ClaimedJob]]:
+            done = ops.complete(conn, fx, job_id, fence, result, now)
+            if limit <= 0:
+                return done, []
+            conn.execute("SAVEPOINT fused_claim")
+            try:
+                jobs = ops.claim(conn, fx, worker_id, names, limit, lease, now, patterns, exclude)
+            except Exception:  # noqa: BLE001 - the completion stands either way
+                conn.execute("ROLLBACK TO fused_claim")
+                jobs = []
+            conn.execute("RELEASE fused_claim")
+            return done, jobs
+
+        engine = await self.factory.engine()
+        return await engine.write(fused)
 
     async def complete(
         self, job_id: str, fence: int, result: bytes | None, now: float | None = None

@@ -1,4 +1,5 @@
-"""The worker fuses a completion with the next claim on Redis (one script, one round trip).
+"""The worker fuses a completion with the next claim where the backend can (Redis: one
+script, one round trip; SQLite: one write transaction, one hand-off to the writer thread).
 
 At concurrency 1 the claim loop is parked while the job runs, so the completion claims the
 next job itself; these tests count the backend calls of a real in-process worker.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,10 +30,13 @@ except ImportError:  # tests/integration is not a package
 N = 60
 
 
-@pytest.fixture
-async def app() -> AsyncIterator[Conveyor]:
-    require_shared_server()
-    app = Conveyor(SHARED_URL, backend_options={"prefix": fresh_prefix()})
+@pytest.fixture(params=["sqlite", "redis"])
+async def app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Conveyor]:
+    if request.param == "redis":
+        require_shared_server()
+        app = Conveyor(SHARED_URL, backend_options={"prefix": fresh_prefix()})
+    else:
+        app = Conveyor(f"sqlite:///{tmp_path}/jobs.db")
     try:
         yield app
     finally:
