@@ -223,7 +223,21 @@ async def backend_loop(url: str, options: dict[str, Any], concurrency: int) -> i
     async def complete(job: Job) -> Any:
         return await backend.complete(job[0], job[1], None)
 
+    async def one_at_a_time() -> int:
+        # As the worker at concurrency 1: each completion claims the next job.
+        done = 0
+        jobs = await backend.claim(WORKER_ID, [QUEUE], 1, LEASE)
+        while jobs:
+            record(0.0)
+            _, jobs = await backend.complete_and_claim(  # type: ignore[attr-defined]
+                jobs[0].id, jobs[0].fence, None, WORKER_ID, [QUEUE], 1, LEASE
+            )
+            done += 1
+        return done
+
     try:
+        if concurrency == 1 and hasattr(backend, "complete_and_claim"):
+            return await one_at_a_time()
         return await drain(claim, complete, concurrency)
     finally:
         await backend.close()

@@ -78,7 +78,9 @@ class JobContext:
     payload_version: int = 1
     _host: ContextHost | None = field(default=None, repr=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
-    _cancel_flag: threading.Event = field(default_factory=threading.Event, repr=False)
+    # A plain flag (set on the worker's loop, read from any thread: a bool attribute is read
+    # atomically); a threading.Event per job costs more than the rest of the context.
+    _cancel_flag: bool = field(default=False, repr=False)
     _cancel_reason: str | None = field(default=None, repr=False)
     _cancel_event: asyncio.Event | None = field(default=None, repr=False)
     _pending_logs: list[LogEntry] = field(default_factory=list, repr=False)
@@ -130,7 +132,7 @@ class JobContext:
     @property
     def cancelled(self) -> bool:
         """Whether cancellation was requested (check it in long loops)."""
-        return self._cancel_flag.is_set()
+        return self._cancel_flag
 
     @property
     def cancel_reason(self) -> str | None:
@@ -138,21 +140,21 @@ class JobContext:
 
     def raise_if_cancelled(self) -> None:
         """Raise :class:`~conveyor.errors.Cancelled` if cancellation was requested."""
-        if self._cancel_flag.is_set():
+        if self._cancel_flag:
             raise Cancelled(self._cancel_reason or "cancelled")
 
     async def wait_cancelled(self) -> None:
         """Block until cancellation is requested (race it against your own work)."""
         if self._cancel_event is None:
             self._cancel_event = asyncio.Event()
-            if self._cancel_flag.is_set():
+            if self._cancel_flag:
                 self._cancel_event.set()
         await self._cancel_event.wait()
 
     def _request_cancel(self, reason: str | None) -> None:
         """Called by the worker (on its loop) when the job is cancelled."""
         self._cancel_reason = reason
-        self._cancel_flag.set()
+        self._cancel_flag = True
         if self._cancel_event is not None:
             self._cancel_event.set()
 

@@ -60,6 +60,22 @@ def _signature(fn: Callable[..., Any]) -> inspect.Signature:
     return inspect.signature(fn)
 
 
+def _positional_range(sig: inspect.Signature) -> tuple[int, int] | None:
+    """``(fewest, most)`` positional arguments when the signature has only plain parameters
+    (no ``*args``, ``**kwargs`` or keyword-only ones): a call with that many positional
+    arguments and no keywords fits without ``Signature.bind`` (which is slow)."""
+    fewest = most = 0
+    for param in sig.parameters.values():
+        if param.kind not in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            return None
+        most += 1
+        if param.default is param.empty:
+            if fewest != most - 1:
+                return None
+            fewest = most
+    return fewest, most
+
+
 class Task(Generic[P, R]):
     """A declared task. Call ``await task.enqueue(...)`` (or ``task.enqueue_sync(...)``)."""
 
@@ -69,6 +85,7 @@ class Task(Generic[P, R]):
         self.config = config
         self.name = config.name
         self._signature = _signature(fn)
+        self._positional = _positional_range(self._signature)
         self.is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)
 
@@ -81,6 +98,9 @@ class Task(Generic[P, R]):
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise :class:`InvalidArgumentsError` if the call does not fit the signature."""
+        fits = self._positional
+        if fits is not None and not kwargs and fits[0] <= len(args) <= fits[1]:
+            return
         try:
             self._signature.bind(*args, **kwargs)
         except TypeError as exc:
