@@ -15,8 +15,6 @@ import asyncio
 import itertools
 import json
 
-import pytest
-
 from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import NewJob
 
@@ -140,18 +138,6 @@ async def test_poison_messages_are_dead_lettered_without_a_hot_loop(
     rig.logs_without_tracebacks("RuntimeError: always")
 
 
-COLOCATED = (
-    "bug: jobs that happen to be claimed in the same worker as a job that kills its process "
-    "are dead-lettered with it as poison_message: recovery (recover_expired in every backend) "
-    "requeues all of the dead worker's jobs at their old place (run_at unchanged), the next "
-    "worker claims them together again, and after max_stalls + 1 crashes every one of them "
-    "has max_stalls + 1 stalls. Only the crashing job is poison. Fix: claim a job whose stalls "
-    "are > 0 on its own (a batch of one, run alone) so the culprit is isolated, or count a "
-    "stall only against the jobs that were the sole suspects"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=COLOCATED)
 async def test_colocated_jobs_survive_a_job_that_kills_its_worker(make_rig: MakeRig) -> None:
     rig = await make_rig("sqlite", lease=1.0, heartbeat=0.25, max_stalls=MAX_STALLS)
     crash = await rig.enqueue("crash", expect=Expect.of("failed", codes=["poison_message"]))

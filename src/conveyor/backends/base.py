@@ -107,6 +107,10 @@ class Backend(ABC):
         ``exclude_tasks`` are taken in strict order, moved to ``running`` with
         ``attempts + 1``, a new ``fence``, ``lease_owner = worker_id``,
         ``lease_until = now + lease`` and ``started_at = now``.
+
+        A worker holds at most one job that stalled before (``stalls > 0``): the claim stops
+        before the first such job when ``worker_id`` holds one already (running, its lease
+        owner), else before the second. Later queues are not looked at once it stopped.
         """
 
     @abstractmethod

@@ -179,8 +179,13 @@ class MemoryBackend(Backend):
         with self.store.lock:
             self._promote_and_expire(t)
             excluded = set(exclude_tasks)
+            # A job that stalled before (stalls > 0) may be what kills its workers: a worker
+            # holds at most one such job, so jobs that only shared a worker with it are not
+            # its fellow suspects again. The claim stops at a second one (strict order).
+            suspect = self._holds_suspect(worker_id)
+            stop = False
             for queue in queues:
-                if len(claimed) >= limit:
+                if len(claimed) >= limit or stop:
                     break
                 ready = [
                     j
@@ -192,6 +197,11 @@ class MemoryBackend(Backend):
                 ]
                 ready.sort(key=lambda j: (-j.priority, j.run_at, j.id))
                 for job in ready[: limit - len(claimed)]:
+                    if job.stalls > 0:
+                        if suspect:
+                            stop = True
+                            break
+                        suspect = True
                     running = replace(
                         job,
                         state=JobState.RUNNING,
@@ -224,6 +234,12 @@ class MemoryBackend(Backend):
                         )
                     )
         return claimed
+
+    def _holds_suspect(self, worker_id: str) -> bool:
+        return any(
+            j.state is JobState.RUNNING and j.lease_owner == worker_id and j.stalls > 0
+            for j in self.store.jobs.values()
+        )
 
     def _held(self, job_id: str, fence: int) -> JobRecord | None:
         job = self.store.jobs.get(job_id)

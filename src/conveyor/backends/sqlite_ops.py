@@ -205,16 +205,26 @@ def claim(
         params["patterns"] = None if patterns is None else dumps(patterns)
         params["exclude"] = dumps(exclude)
     sql = Q["claim_filtered"] if filtered else Q["claim"]
-    for queue in queues:
+    for n, queue in enumerate(queues):
         remaining = limit - len(claimed)
         if remaining <= 0:
             break
         params["queue"] = queue
         params["limit"] = remaining
+        params["held"] = any(c.stalls > 0 for c in claimed)
         single = remaining == 1 and not filtered
         rows = conn.execute(Q["claim_one"] if single else sql, params).fetchall()
         rows.sort(key=lambda r: (-r[4], r[16], r[0]))
         claimed.extend(_claimed(row, t + lease) for row in rows)
+        # The claim stops at a second job that stalled before (see `claim` in queries.sql).
+        if len(rows) < remaining and n + 1 < len(queues):
+            probe = {
+                "queue": queue,
+                "patterns": params.get("patterns"),
+                "exclude": params.get("exclude", "[]"),
+            }
+            if conn.execute(Q["claim_blocked"], probe).fetchone()[0]:
+                break
     return claimed
 
 

@@ -102,15 +102,34 @@ local function claim_jobs(i0)
   end
 
   -- 3. Lease jobs: one HMGET and one HSET per job; the rest is written once per key.
+  -- A job that stalled before (stalls > 0) may be what kills its workers, so a worker holds at
+  -- most one such job: the claim stops at the first one when the worker holds one already,
+  -- else at the second (as MemoryBackend.claim). Whether it holds one is looked up only when
+  -- such a job comes next (it scans the running jobs).
   local out = {}
   local taken = 0
   local lease_until = fmt(t + lease)
   local leases = {}
+  local suspect = nil
+
+  local function holds_suspect()
+    for _, id in ipairs(redis.call('ZRANGE', B .. 'lease', 0, -1)) do
+      local s, lo, st = unpack(redis.call('HMGET', jkey(id), 's', 'lo', 'st'))
+      if s == 'running' and lo == worker and tonumber(st or '0') > 0 then return true end
+    end
+    return false
+  end
 
   local function take(id, q)
+    -- Lease one job; false (and nothing changed) when the claim must stop before it.
     local k = jkey(id)
     local row = redis.call('HMGET', k, 't', 'p', 'a', 'ma', 'f', 'to', 'tr', 'ik', 'md', 'pv', 'c',
       'st', 'w', 'ex')
+    if tonumber(row[12] or '0') > 0 then
+      if suspect == nil then suspect = holds_suspect() end
+      if suspect then return false end
+      suspect = true
+    end
     local attempts = tonumber(row[3] or '0') + 1
     local fence = tonumber(row[5] or '0') + 1
     redis.call('HSET', k, 's', 'running', 'a', attempts, 'f', fence, 'lo', worker, 'lu',
@@ -126,14 +145,16 @@ local function claim_jobs(i0)
     out[n + 9] = lease_until
     for j = 6, 13 do out[n + 4 + j] = row[j] end
     taken = taken + 1
+    return true
   end
 
   if limit > 0 then
+    local stop = false
     for _, q in ipairs(queues) do
-      if taken >= limit then break end
+      if taken >= limit or stop then break end
       local pk = qkey(q, 'p')
       for _, prio in ipairs(redis.call('ZRANGE', pk, 0, -1)) do
-        if taken >= limit then break end
+        if taken >= limit or stop then break end
         local rk = qkey(q, 'r:' .. prio)
         local picked
         if not filtered then
@@ -153,9 +174,13 @@ local function claim_jobs(i0)
             offset = offset + chunk
           end
         end
-        if #picked > 0 then
-          for _, id in ipairs(picked) do take(id, q) end
-          each_chunk(picked, 1000, function(...) redis.call('ZREM', rk, ...) end)
+        local took = {}
+        for _, id in ipairs(picked) do
+          if not take(id, q) then stop = true; break end
+          took[#took + 1] = id
+        end
+        if #took > 0 then
+          each_chunk(took, 1000, function(...) redis.call('ZREM', rk, ...) end)
           if redis.call('EXISTS', rk) == 0 then redis.call('ZREM', pk, prio) end
         end
       end

@@ -223,13 +223,15 @@ SELECT (SELECT count(*) FROM expired), (SELECT count(*) FROM promoted)
 -- name: claim
 -- Lease up to %(limit)s queued jobs: per queue an index range scan in (priority desc, run_at,
 -- id) order with SKIP LOCKED, queues in precedence order. MATERIALIZED keeps the planner from
--- re-running the locking subquery per updated row.
+-- re-running the locking subquery per updated row. A job that stalled before (stalls > 0) may
+-- be what kills its workers, so a worker holds at most one such job: the claim stops at the
+-- first one when the worker holds one already, else at the second (as MemoryBackend.claim).
 WITH clock AS (SELECT {now} AS now),
 picked AS MATERIALIZED (
-    SELECT c.id, q.ord, c.priority, c.run_at
+    SELECT c.id, q.ord, c.priority, c.run_at, c.stalls
     FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS q (name, ord)
     CROSS JOIN LATERAL (
-        SELECT j.id, j.priority, j.run_at
+        SELECT j.id, j.priority, j.run_at, j.stalls
         FROM {schema}.jobs j
         WHERE j.state = 'queued'
           AND j.queue = q.name
@@ -242,6 +244,17 @@ picked AS MATERIALIZED (
     ) AS c
     ORDER BY q.ord, c.priority DESC, c.run_at, c.id
     LIMIT %(limit)s
+),
+ranked AS (
+    SELECT p.id, p.ord, sum((p.stalls > 0)::int) OVER (
+        ORDER BY p.ord, p.priority DESC, p.run_at, p.id) AS suspects
+    FROM picked p
+),
+taken AS (
+    SELECT r.id, r.ord FROM ranked r
+    WHERE r.suspects = 0 OR (r.suspects = 1 AND NOT EXISTS (
+        SELECT 1 FROM {schema}.jobs h
+        WHERE h.state = 'running' AND h.lease_owner = %(worker)s AND h.stalls > 0))
 )
 UPDATE {schema}.jobs j
 SET state = 'running',
@@ -250,7 +263,7 @@ SET state = 'running',
     lease_owner = %(worker)s,
     lease_until = c.now + %(lease)s::float8,
     started_at = c.now
-FROM picked p, clock c
+FROM taken p, clock c
 WHERE j.id = p.id
 RETURNING p.ord, j.id, j.task, j.queue, j.payload, j.priority, j.attempts, j.max_attempts,
     j.fence, j.lease_until, j.timeout, j.trace_id, j.idempotency_key, j.metadata,

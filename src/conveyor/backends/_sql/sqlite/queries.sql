@@ -43,14 +43,27 @@ SET state = ?, finished_at = ?, error = ?, error_code = ?, errors = errors || ?
 WHERE id = ?;
 
 -- name: claim
+-- Queued jobs of one queue in strict order. A job that stalled before (stalls > 0) may be
+-- what kills its workers, so a worker holds at most one such job: the claim stops at the
+-- first one when the worker holds one already (or took one this call, :held), else at the
+-- second.
 UPDATE conveyor_jobs
 SET state = 'running', attempts = attempts + 1, fence = fence + 1, lease_owner = :owner,
     lease_until = :until, started_at = :now
 WHERE rowid IN (
-    SELECT rowid FROM conveyor_jobs
-    WHERE state = 'queued' AND queue = :queue
-    ORDER BY priority DESC, run_at, id
-    LIMIT :limit
+    SELECT rowid FROM (
+        SELECT rowid, sum(stalls > 0) OVER win AS suspects
+        FROM (
+            SELECT rowid, stalls, priority, run_at, id FROM conveyor_jobs
+            WHERE state = 'queued' AND queue = :queue
+            ORDER BY priority DESC, run_at, id
+            LIMIT :limit
+        )
+        WINDOW win AS (ORDER BY priority DESC, run_at, id)
+    )
+    WHERE suspects = 0 OR (suspects = 1 AND NOT :held AND NOT EXISTS (
+        SELECT 1 FROM conveyor_jobs
+        WHERE state = 'running' AND lease_owner = :owner AND stalls > 0))
 )
 RETURNING id, task, queue, payload, priority, attempts, max_attempts, fence, timeout, trace_id,
     idempotency_key, metadata, payload_version, created_at, stalls, workflow_id, run_at;
@@ -61,10 +74,15 @@ UPDATE conveyor_jobs
 SET state = 'running', attempts = attempts + 1, fence = fence + 1, lease_owner = :owner,
     lease_until = :until, started_at = :now
 WHERE rowid = (
-    SELECT rowid FROM conveyor_jobs
-    WHERE state = 'queued' AND queue = :queue
-    ORDER BY priority DESC, run_at, id
-    LIMIT 1
+    SELECT rowid FROM (
+        SELECT rowid, stalls FROM conveyor_jobs
+        WHERE state = 'queued' AND queue = :queue
+        ORDER BY priority DESC, run_at, id
+        LIMIT 1
+    )
+    WHERE stalls = 0 OR (NOT :held AND NOT EXISTS (
+        SELECT 1 FROM conveyor_jobs
+        WHERE state = 'running' AND lease_owner = :owner AND stalls > 0))
 )
 RETURNING id, task, queue, payload, priority, attempts, max_attempts, fence, timeout, trace_id,
     idempotency_key, metadata, payload_version, created_at, stalls, workflow_id, run_at;
@@ -74,16 +92,41 @@ UPDATE conveyor_jobs
 SET state = 'running', attempts = attempts + 1, fence = fence + 1, lease_owner = :owner,
     lease_until = :until, started_at = :now
 WHERE rowid IN (
-    SELECT rowid FROM conveyor_jobs
-    WHERE state = 'queued' AND queue = :queue
-      AND (:patterns IS NULL OR EXISTS (
-          SELECT 1 FROM json_each(:patterns) AS p WHERE conveyor_jobs.task GLOB p.value))
-      AND task NOT IN (SELECT value FROM json_each(:exclude))
-    ORDER BY priority DESC, run_at, id
-    LIMIT :limit
+    SELECT rowid FROM (
+        SELECT rowid, sum(stalls > 0) OVER win AS suspects
+        FROM (
+            SELECT rowid, stalls, priority, run_at, id FROM conveyor_jobs
+            WHERE state = 'queued' AND queue = :queue
+              AND (:patterns IS NULL OR EXISTS (
+                  SELECT 1 FROM json_each(:patterns) AS p WHERE conveyor_jobs.task GLOB p.value))
+              AND task NOT IN (SELECT value FROM json_each(:exclude))
+            ORDER BY priority DESC, run_at, id
+            LIMIT :limit
+        )
+        WINDOW win AS (ORDER BY priority DESC, run_at, id)
+    )
+    WHERE suspects = 0 OR (suspects = 1 AND NOT :held AND NOT EXISTS (
+        SELECT 1 FROM conveyor_jobs
+        WHERE state = 'running' AND lease_owner = :owner AND stalls > 0))
 )
 RETURNING id, task, queue, payload, priority, attempts, max_attempts, fence, timeout, trace_id,
     idempotency_key, metadata, payload_version, created_at, stalls, workflow_id, run_at;
+
+-- name: claim_blocked
+-- After a claim took fewer jobs than asked: is the queue's next job one that stalled before?
+-- Then the claim stopped at it, and later queues wait too.
+SELECT EXISTS (
+    SELECT 1 FROM (
+        SELECT stalls FROM conveyor_jobs
+        WHERE state = 'queued' AND queue = :queue
+          AND (:patterns IS NULL OR EXISTS (
+              SELECT 1 FROM json_each(:patterns) AS p WHERE conveyor_jobs.task GLOB p.value))
+          AND task NOT IN (SELECT value FROM json_each(:exclude))
+        ORDER BY priority DESC, run_at, id
+        LIMIT 1
+    )
+    WHERE stalls > 0
+);
 
 -- name: complete
 UPDATE conveyor_jobs
