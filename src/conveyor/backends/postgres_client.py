@@ -16,7 +16,6 @@ job, which is never lost.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import socket
@@ -209,23 +208,25 @@ class PostgresClient:
         async with pool.connection() as conn:
             if limit is None:
                 return await op(conn)
-            task = asyncio.ensure_future(op(conn))
+            # A timer, not a task and a wait: this runs once per statement. Cancelling would
+            # make psycopg ask the server to cancel and wait for an answer that cannot come;
+            # shutting the socket down ends the operation at once instead, and leaves the
+            # connection broken so the pool discards it.
+            expired: list[bool] = []
+
+            def expire() -> None:
+                expired.append(True)
+                _sever(conn)
+
+            timer = asyncio.get_running_loop().call_later(limit, expire)
             try:
-                done, _ = await asyncio.wait({task}, timeout=limit)
-            except asyncio.CancelledError:
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+                return await op(conn)
+            except Exception:
+                if expired:
+                    raise NoReply(limit) from None
                 raise
-            if done:
-                return task.result()
-            # Cancelling would make psycopg ask the server to cancel and wait for an answer
-            # that cannot come; shutting the socket down ends the operation at once instead,
-            # and leaves the connection broken so the pool discards it.
-            _sever(conn)
-            with contextlib.suppress(BaseException):
-                await task
-            raise NoReply(limit)
+            finally:
+                timer.cancel()
 
     def _no_reply_error(self, seconds: float) -> StorageUnavailableError:
         return StorageUnavailableError(

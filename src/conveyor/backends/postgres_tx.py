@@ -15,11 +15,11 @@ rows an idempotency key or an existing id kept out) is shared with the backend's
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Json, Jsonb
 
 from conveyor.backends.postgres_sql import channels, distinct, dumps, queries
 from conveyor.domain.job import EnqueueResult, NewJob
@@ -68,6 +68,14 @@ class EnqueueBatch:
         jobs = [self.jobs[i] for i in rows]
         params: dict[str, Any] = {
             "now": _f(now),
+            "keys": [j.idempotency_key for j in jobs],
+            "channel": channel,
+            "notify": list(notify) if channel is not None else [],
+            "notify_idle": list(notify_idle) if channel is not None else [],
+        }
+        if len(rows) == 1:  # enqueue_one: scalars, see statement()
+            return rows, params
+        params |= {
             "ids": [j.id for j in jobs],
             "tasks": [j.task for j in jobs],
             "queues": [j.queue for j in jobs],
@@ -77,18 +85,14 @@ class EnqueueBatch:
             "max_attempts": [int(j.max_attempts) for j in jobs],
             "timeouts": [_f(j.timeout) for j in jobs],
             "expires": [_f(j.expires_at) for j in jobs],
-            "keys": [j.idempotency_key for j in jobs],
             "ckeys": [j.concurrency_key for j in jobs],
             "traces": [j.trace_id for j in jobs],
-            "metas": [Json(j.metadata or {}) for j in jobs],
+            "metas": [json.dumps(j.metadata) if j.metadata else None for j in jobs],
             "workflows": [j.workflow_id for j in jobs],
-            "parents": [Jsonb(list(j.parents), dumps) for j in jobs],
+            "parents": [dumps(list(j.parents)) if j.parents else None for j in jobs],
             "versions": [int(j.payload_version) for j in jobs],
             "blocked": [bool(j.blocked) for j in jobs],
             "delays": [_f(j.delay) for j in jobs],
-            "channel": channel,
-            "notify": list(notify) if channel is not None else [],
-            "notify_idle": list(notify_idle) if channel is not None else [],
         }
         return rows, params
 
@@ -114,7 +118,7 @@ class EnqueueBatch:
                 "key": j.idempotency_key,
                 "ckey": j.concurrency_key,
                 "trace": j.trace_id,
-                "meta": Json(j.metadata or {}),
+                "meta": json.dumps(j.metadata) if j.metadata else "{}",
                 "workflow": j.workflow_id,
                 "parents": list(j.parents),
                 "version": int(j.payload_version),

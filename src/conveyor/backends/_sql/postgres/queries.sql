@@ -24,7 +24,9 @@ ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key
 
 -- name: enqueue
 -- Insert a batch without idempotency keys, in input order; a row whose id exists is skipped
--- (the caller resolves it). Notifies the given queues if anything was stored.
+-- (the caller resolves it). Notifies the given queues if anything was stored. The arrays come
+-- in binary (much cheaper for the client to encode than array text); metadata and parents are
+-- JSON text (NULL: none).
 WITH ins AS (
     INSERT INTO {schema}.jobs (
         id, task, queue, state, payload, priority, run_at, max_attempts, timeout, expires_at,
@@ -42,14 +44,16 @@ WITH ins AS (
         n.timeout,
         n.expires_at, n.idempotency_key, n.concurrency_key, n.trace_id,
         coalesce(n.metadata, '{}'::json), n.workflow_id,
-        ARRAY(SELECT jsonb_array_elements_text(coalesce(n.parents, '[]'::jsonb))),
+        CASE WHEN n.parents IS NULL THEN '{}'::text[]
+            ELSE ARRAY(SELECT jsonb_array_elements_text(n.parents)) END,
         n.payload_version, c.now
     FROM unnest(
-        %(ids)s::text[], %(tasks)s::text[], %(queues)s::text[], %(payloads)b::bytea[],
-        %(priorities)s::int[], %(run_ats)s::float8[], %(max_attempts)s::int[],
-        %(timeouts)s::float8[], %(expires)s::float8[], %(keys)s::text[],
-        %(ckeys)s::text[], %(traces)s::text[], %(metas)s::json[], %(workflows)s::text[],
-        %(parents)s::jsonb[], %(versions)s::int[], %(blocked)s::bool[], %(delays)s::float8[]
+        %(ids)b::text[], %(tasks)b::text[], %(queues)b::text[], %(payloads)b::bytea[],
+        %(priorities)b::int[], %(run_ats)b::float8[], %(max_attempts)b::int[],
+        %(timeouts)b::float8[], %(expires)b::float8[], %(keys)b::text[],
+        %(ckeys)b::text[], %(traces)b::text[], %(metas)b::text[]::json[],
+        %(workflows)b::text[], %(parents)b::text[]::jsonb[], %(versions)b::int[],
+        %(blocked)b::bool[], %(delays)b::float8[]
     ) WITH ORDINALITY AS n (
         id, task, queue, payload, priority, run_at, max_attempts, timeout, expires_at,
         idempotency_key, concurrency_key, trace_id, metadata, workflow_id, parents,
@@ -113,11 +117,12 @@ WITH input AS MATERIALIZED (
     SELECT n.*,
         row_number() OVER (PARTITION BY n.idempotency_key ORDER BY n.ord) AS key_rank
     FROM unnest(
-        %(ids)s::text[], %(tasks)s::text[], %(queues)s::text[], %(payloads)b::bytea[],
-        %(priorities)s::int[], %(run_ats)s::float8[], %(max_attempts)s::int[],
-        %(timeouts)s::float8[], %(expires)s::float8[], %(keys)s::text[],
-        %(ckeys)s::text[], %(traces)s::text[], %(metas)s::json[], %(workflows)s::text[],
-        %(parents)s::jsonb[], %(versions)s::int[], %(blocked)s::bool[], %(delays)s::float8[]
+        %(ids)b::text[], %(tasks)b::text[], %(queues)b::text[], %(payloads)b::bytea[],
+        %(priorities)b::int[], %(run_ats)b::float8[], %(max_attempts)b::int[],
+        %(timeouts)b::float8[], %(expires)b::float8[], %(keys)b::text[],
+        %(ckeys)b::text[], %(traces)b::text[], %(metas)b::text[]::json[],
+        %(workflows)b::text[], %(parents)b::text[]::jsonb[], %(versions)b::int[],
+        %(blocked)b::bool[], %(delays)b::float8[]
     ) WITH ORDINALITY AS n (
         id, task, queue, payload, priority, run_at, max_attempts, timeout, expires_at,
         idempotency_key, concurrency_key, trace_id, metadata, workflow_id, parents,
@@ -141,7 +146,8 @@ ins AS (
         n.timeout,
         n.expires_at, n.idempotency_key, n.concurrency_key, n.trace_id,
         coalesce(n.metadata, '{}'::json), n.workflow_id,
-        ARRAY(SELECT jsonb_array_elements_text(coalesce(n.parents, '[]'::jsonb))),
+        CASE WHEN n.parents IS NULL THEN '{}'::text[]
+            ELSE ARRAY(SELECT jsonb_array_elements_text(n.parents)) END,
         n.payload_version, c.now
     FROM input n
     CROSS JOIN (SELECT {now} AS now) AS c
