@@ -171,7 +171,37 @@ async def postgres_raw(url: str, schema: str, concurrency: int) -> int:
             cur = await conn.execute(complete_sql, params)
             return await cur.fetchall()
 
+    async def one_at_a_time() -> int:
+        # Conveyor's worker at concurrency 1 completes a job and claims the next in one
+        # pipeline (complete, stage, claim: one round trip, one transaction).
+        done = 0
+        jobs = await claim(1)
+        while jobs:
+            record(0.0)
+            job_id, fence = jobs[0]
+            one = {"id": job_id, "fence": fence, "result": None, "now": None, "channel": None}
+            params = {
+                "now": None,
+                "queues": [QUEUE],
+                "limit": 1,
+                "worker": WORKER_ID,
+                "lease": LEASE,
+                "patterns": None,
+                "exclude": [],
+            }
+            async with pool.connection() as conn:
+                async with conn.pipeline():
+                    await conn.execute(complete_sql, one)
+                    await conn.execute(stage, {"now": None})
+                    cur = await conn.execute(claim_sql, params)
+                rows = await cur.fetchall()
+            jobs = [(row[1], int(row[8])) for row in rows]
+            done += 1
+        return done
+
     try:
+        if concurrency == 1:
+            return await one_at_a_time()
         return await drain(claim, complete, concurrency)
     finally:
         await pool.close()

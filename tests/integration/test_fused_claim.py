@@ -1,5 +1,6 @@
 """The worker fuses a completion with the next claim where the backend can (Redis: one
-script, one round trip; SQLite: one write transaction, one hand-off to the writer thread).
+script, one round trip; SQLite: one write transaction, one hand-off to the writer thread;
+PostgreSQL: one pipeline, one round trip and one commit).
 
 At concurrency 1 the claim loop is parked while the job runs, so the completion claims the
 next job itself; these tests count the backend calls of a real in-process worker.
@@ -19,8 +20,15 @@ from conveyor import Conveyor, Worker, WorkerConfig
 from conveyor.domain.states import JobState
 
 try:
+    from .test_postgres_support import URL as PG_URL
+    from .test_postgres_support import fresh_schema, require_server
     from .test_redis_support import SHARED_URL, fresh_prefix, require_shared_server
 except ImportError:  # tests/integration is not a package
+    from test_postgres_support import URL as PG_URL  # type: ignore[no-redef]
+    from test_postgres_support import (  # type: ignore[no-redef]
+        fresh_schema,
+        require_server,
+    )
     from test_redis_support import (  # type: ignore[no-redef]
         SHARED_URL,
         fresh_prefix,
@@ -30,11 +38,15 @@ except ImportError:  # tests/integration is not a package
 N = 60
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 async def app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Conveyor]:
     if request.param == "redis":
         require_shared_server()
         app = Conveyor(SHARED_URL, backend_options={"prefix": fresh_prefix()})
+    elif request.param == "postgres":
+        require_server()
+        options = {"schema": fresh_schema(), "auto_migrate": True}
+        app = Conveyor(PG_URL, backend_options=options)
     else:
         app = Conveyor(f"sqlite:///{tmp_path}/jobs.db")
     try:
