@@ -74,42 +74,10 @@ CASES: dict[str, list[tuple[str, Any]]] = {
     ],
 }
 
-#: Why known cases break (see KNOWN_BAD).
-REASONS: dict[str, str] = {
-    "wedge": (
-        "bug: a record that cannot be decoded at claim time makes every claim of its queue "
-        "raise before anything is claimed (SQLite: sqlite_ops.claim / _claimed, json.loads of "
-        "metadata and rows.sort(key=-priority) on a non-numeric priority; Redis: the claim "
-        "script on a non-numeric attempts 'a', fence 'f' or priority 'p'), so the job never "
-        "reaches the dead-letter set and the worker logs 'claim failed' every poll interval, "
-        "forever. Fix: decode each claimed row defensively and fail an undecodable one in the "
-        "same transition with code invalid_payload"
-    ),
-    "batch": (
-        "bug: when decoding a claimed row fails after the claim committed (Redis: "
-        "redis_codec.decode_claimed on a non-numeric 'ma'/'to'/'pv', a non-UTF-8 task name or "
-        "non-JSON 'md'; PostgreSQL: metadata that is not a JSON object), RedisBackend.claim / "
-        "PostgresBackend.claim raise and the whole batch is lost in the worker: every healthy "
-        "job claimed with the corrupt one stays running until its lease expires, is claimed "
-        "with it again, and after max_stalls is dead-lettered as poison_message. Fix: decode "
-        "row by row, return the good ones and fail the bad one (invalid_payload) in the store"
-    ),
-}
+#: Why known cases break (see KNOWN_BAD): a short name → the bug, its file and a fix.
+REASONS: dict[str, str] = {}
 #: (backend, field, repr(value)) → key into REASONS, for cases that break today.
-KNOWN_BAD: dict[tuple[str, str, str], str] = {
-    ("sqlite", "metadata", repr("{not json")): "wedge",
-    ("sqlite", "priority", repr("high")): "wedge",
-    ("redis", "a", repr("abc")): "wedge",
-    ("redis", "f", repr("x")): "wedge",
-    ("redis", "p", repr("high")): "wedge",
-    ("redis", "md", repr("{not json")): "batch",
-    ("redis", "ma", repr("many")): "batch",
-    ("redis", "to", repr("soon")): "batch",
-    ("redis", "pv", repr("v2")): "batch",
-    ("redis", "t", repr(b"\xff\xfe")): "batch",
-    ("postgres", "metadata", repr("[1, 2]")): "batch",
-    ("postgres", "metadata", repr('"text"')): "batch",
-}
+KNOWN_BAD: dict[tuple[str, str, str], str] = {}
 
 
 def _key(kind: str, field: str, value: Any) -> tuple[str, str, str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 from uuid import uuid4
@@ -18,6 +19,7 @@ from conveyor.backends.base import RETRYABLE_STATES, Backend, CancelOutcome
 from conveyor.backends.postgres_batch import Coalescer
 from conveyor.backends.redis_codec import (
     CLAIM_WIDTH,
+    UnreadableJob,
     decode_claimed,
     decode_counts,
     decode_record,
@@ -52,6 +54,7 @@ from conveyor.domain.job import (
     NewJob,
     RecoveredJob,
     WorkerInfo,
+    unreadable_record,
 )
 from conveyor.domain.states import TERMINAL_STATES, JobState
 from conveyor.errors import StorageUnavailableError
@@ -146,7 +149,7 @@ class RedisBackend(Backend):
         if limit <= 0:
             return []
         args = _claim_args(worker_id, queues, limit, lease, now, tasks, exclude_tasks)
-        return _decode_claims(await self._run("claim", args))
+        return await self._decode_claims(await self._run("claim", args), now)
 
     async def complete_and_claim(
         self,
@@ -173,7 +176,25 @@ class RedisBackend(Backend):
         args: list[ScriptArg] = [job_id, str(fence), has, result or b"", write_token()]
         args += _claim_args(worker_id, queues, limit, lease, now, tasks, exclude_tasks)
         reply = await self._run("complete_claim", args)
-        return bool(reply[0]), _decode_claims(reply[1:])
+        return bool(reply[0]), await self._decode_claims(reply[1:], now)
+
+    async def _decode_claims(self, reply: Sequence[Any], now: float | None) -> list[ClaimedJob]:
+        """The claimed jobs of a claim script's reply. One whose record cannot be decoded is
+        dead-lettered (``invalid_payload``) instead of sinking the batch; the script already
+        did so for non-numeric fields."""
+        jobs: list[ClaimedJob] = []
+        for i in range(0, len(reply), CLAIM_WIDTH):
+            try:
+                jobs.append(decode_claimed(reply[i : i + CLAIM_WIDTH]))
+            except UnreadableJob as bad:
+                if bad.fence is None:
+                    continue  # cannot be fenced: its lease runs out and recovery takes it
+                error = unreadable_record(
+                    bad.reason, bad.attempt, time.time() if now is None else now
+                )
+                with contextlib.suppress(StorageUnavailableError):  # then recovery, as above
+                    await self.fail(bad.job_id, bad.fence, error, retry_delay=None, now=now)
+        return jobs
 
     async def complete(
         self, job_id: str, fence: int, result: bytes | None, now: float | None = None
@@ -474,7 +495,3 @@ def _claim_args(
     args += ["-1"] if tasks is None else [str(len(tasks)), *tasks]
     args += [str(len(exclude_tasks)), *exclude_tasks]
     return args
-
-
-def _decode_claims(reply: Sequence[Any]) -> list[ClaimedJob]:
-    return [decode_claimed(reply[i : i + CLAIM_WIDTH]) for i in range(0, len(reply), CLAIM_WIDTH)]

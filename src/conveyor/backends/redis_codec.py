@@ -205,29 +205,55 @@ def decode_record(job_id: str, h: Mapping[bytes, bytes], payload: bytes) -> JobR
 CLAIM_WIDTH = 17
 
 
+class UnreadableJob(ValueError):
+    """A claimed job whose stored record cannot be decoded (a corrupt field)."""
+
+    def __init__(self, job_id: str, fence: int | None, attempt: int, reason: str) -> None:
+        super().__init__(f"job {job_id}: {reason}")
+        self.job_id, self.fence, self.attempt, self.reason = job_id, fence, attempt, reason
+
+
 def decode_claimed(row: Sequence[Any]) -> ClaimedJob:
-    """One job of the claim script's reply (id, t q d p a ma f lu to tr ik md pv c st w)."""
+    """One job of the claim script's reply (id, t q d p a ma f lu to tr ik md pv c st w).
+
+    Raises :class:`UnreadableJob` when a stored field cannot be decoded.
+    """
     (job_id, task, queue, payload, prio, attempts, max_attempts, fence, lease_until, timeout,
      trace, ikey, metadata, version, created, stalls, workflow) = row  # fmt: skip
-    return ClaimedJob(
-        id=job_id.decode(),
-        task=task.decode(),
-        queue=queue.decode(),
-        payload=payload,
-        priority=_int(prio, 0),
-        attempt=int(attempts),
-        max_attempts=_int(max_attempts, 1),
-        fence=int(fence),
-        lease_until=float(lease_until),
-        timeout=_float(timeout),
-        trace_id=_text(trace),
-        idempotency_key=_text(ikey),
-        metadata={} if metadata is None else json.loads(metadata),
-        payload_version=_int(version, 1),
-        created_at=float(created),
-        stalls=_int(stalls, 0),
-        workflow_id=_text(workflow),
-    )
+    try:
+        meta = {} if metadata is None else json.loads(metadata)
+        if not isinstance(meta, dict):
+            raise ValueError(f"metadata is not a JSON object: {metadata!r:.40}")
+        return ClaimedJob(
+            id=job_id.decode(),
+            task=task.decode(),
+            queue=queue.decode(),
+            payload=payload,
+            priority=_int(prio, 0),
+            attempt=int(attempts),
+            max_attempts=_int(max_attempts, 1),
+            fence=int(fence),
+            lease_until=float(lease_until),
+            timeout=_float(timeout),
+            trace_id=_text(trace),
+            idempotency_key=_text(ikey),
+            metadata=meta,
+            payload_version=_int(version, 1),
+            created_at=float(created),
+            stalls=_int(stalls, 0),
+            workflow_id=_text(workflow),
+        )
+    except (ValueError, TypeError) as exc:  # UnicodeDecodeError and JSONDecodeError too
+        raise UnreadableJob(
+            job_id.decode(errors="replace"), _number(fence), _number(attempts) or 0, str(exc)
+        ) from exc
+
+
+def _number(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def decode_counts(h: Mapping[bytes, bytes]) -> list[CountRow]:

@@ -26,6 +26,7 @@ from conveyor.domain.job import (
     LeaseStatus,
     NewJob,
     RecoveredJob,
+    unreadable_record,
 )
 from conveyor.domain.states import KEY_HOLDING_STATES, TERMINAL_STATES, JobState
 from conveyor.errors import ErrorCode
@@ -214,8 +215,9 @@ def claim(
         params["held"] = any(c.stalls > 0 for c in claimed)
         single = remaining == 1 and not filtered
         rows = conn.execute(Q["claim_one"] if single else sql, params).fetchall()
-        rows.sort(key=lambda r: (-r[4], r[16], r[0]))
-        claimed.extend(_claimed(row, t + lease) for row in rows)
+        good = _readable(conn, fx, rows, t)
+        good.sort(key=lambda g: (-g[0][4], g[0][16], g[0][0]))
+        claimed.extend(_claimed(row, metadata, t + lease) for row, metadata in good)
         # The claim stops at a second job that stalled before (see `claim` in queries.sql).
         if len(rows) < remaining and n + 1 < len(queues):
             probe = {
@@ -228,7 +230,71 @@ def claim(
     return claimed
 
 
-def _claimed(row: tuple[Any, ...], lease_until: float) -> ClaimedJob:
+#: Column index → (name, what it must hold) of a ``claim`` row, checked before decoding.
+_INT, _NUM, _TEXT = (int,), (int, float), (str,)
+_CLAIM_COLUMNS: dict[int, tuple[str, tuple[type, ...], bool]] = {
+    1: ("task", _TEXT, False),
+    2: ("queue", _TEXT, False),
+    3: ("payload", (bytes,), False),
+    4: ("priority", _INT, False),
+    5: ("attempts", _INT, False),
+    6: ("max_attempts", _INT, False),
+    7: ("fence", _INT, False),
+    8: ("timeout", _NUM, True),
+    9: ("trace_id", _TEXT, True),
+    10: ("idempotency_key", _TEXT, True),
+    12: ("payload_version", _INT, False),
+    13: ("created_at", _NUM, False),
+    14: ("stalls", _INT, False),
+    15: ("workflow_id", _TEXT, True),
+    16: ("run_at", _NUM, False),
+}
+
+
+def _decode_metadata(row: tuple[Any, ...]) -> dict[str, Any] | str:
+    """A claimed row's metadata, or why the row cannot be decoded (a corrupt stored field)."""
+    for i, (name, types, nullable) in _CLAIM_COLUMNS.items():
+        value = row[i]
+        if value is None and nullable:
+            continue
+        if isinstance(value, bool) or not isinstance(value, types):
+            return f"{name} is {type(value).__name__} {value!r:.40}"
+    try:
+        metadata = json.loads(row[11])
+    except (TypeError, ValueError) as exc:
+        return f"metadata is not JSON ({exc})"
+    if not isinstance(metadata, dict):
+        return f"metadata is not a JSON object: {row[11]!r:.40}"
+    return metadata
+
+
+def _readable(
+    conn: sqlite3.Connection, fx: Effects, rows: list[Any], t: float
+) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """The claimed rows that decode; the others are dead-lettered (``invalid_payload``) in the
+    same transaction, so a corrupt record neither wedges its queue nor sinks its batch."""
+    good = []
+    for row in rows:
+        decoded = _decode_metadata(row)
+        if not isinstance(decoded, str):
+            good.append((row, decoded))
+            continue
+        reason = decoded
+        attempt = row[5] if isinstance(row[5], int) else 0
+        error = unreadable_record(reason, attempt, t)
+        params = {
+            "id": row[0],
+            "now": t,
+            "error": dumps(error.to_dict()),
+            "code": error.code,
+            "line": error_line(error),
+        }
+        conn.execute(Q["fail_unreadable"], params)
+        fx.finished.add(row[0])
+    return good
+
+
+def _claimed(row: tuple[Any, ...], metadata: dict[str, Any], lease_until: float) -> ClaimedJob:
     return ClaimedJob(
         id=row[0],
         task=row[1],
@@ -242,7 +308,7 @@ def _claimed(row: tuple[Any, ...], lease_until: float) -> ClaimedJob:
         timeout=row[8],
         trace_id=row[9],
         idempotency_key=row[10],
-        metadata=json.loads(row[11]),
+        metadata=metadata,
         payload_version=row[12],
         created_at=row[13],
         stalls=row[14],

@@ -47,6 +47,14 @@ class ErrorInfo:
         )
 
 
+def unreadable_record(reason: str, attempt: int, at: float) -> ErrorInfo:
+    """The error a backend records when a job it just claimed has a stored field it cannot
+    decode (a corrupt record): the job is dead-lettered with code ``invalid_payload`` at once,
+    so it neither wedges the claims of its queue nor takes the jobs claimed with it down."""
+    message = f"the stored job record cannot be decoded: {reason}"
+    return ErrorInfo("invalid_payload", "InvalidPayload", message, None, attempt, at)
+
+
 @dataclass(frozen=True, slots=True)
 class LogEntry:
     """One log line a handler wrote through ``ctx.log``; stored with the job."""

@@ -1,6 +1,33 @@
 -- Conveyor: the claim transition as a function, shared by claim.lua and complete_claim.lua.
 -- Prepended (after lib.lua) to the scripts that name it on a leading '--! ' line.
 
+-- Numeric fields of a job hash a claim reads (absent: the default). A job with any other value
+-- there (a corrupt record) cannot be run: it is dead-lettered with code invalid_payload.
+local NUMERIC = {p = 'priority', a = 'attempts', ma = 'max attempts', f = 'fence',
+  to = 'timeout', pv = 'payload version', c = 'created at', st = 'stalls'}
+
+local function unreadable(fields, values)
+  -- The first field of `fields` (names) whose value in `values` is not a number, or nil.
+  for i, name in ipairs(fields) do
+    local v = values[i]
+    if NUMERIC[name] and v and tonumber(v) == nil then return NUMERIC[name] end
+  end
+  return nil
+end
+
+local function dead_unreadable(id, q, task, from, attempts, t, what)
+  -- A waiting job whose record cannot be decoded: failed at once (the dead-letter set).
+  local k = jkey(id)
+  redis.call('HSET', k, 'fa', fmt(t))
+  redis.call('HDEL', k, 'lo', 'lu')
+  redis.call('ZREM', B .. 'exp', id)
+  record_error(k, err_json('invalid_payload', 'InvalidPayload',
+    'the stored job record cannot be decoded: ' .. what .. ' is not a number',
+    tostring(tonumber(attempts or '0') or 0), t))
+  move(id, q, task, from, 'failed')
+  finished(id)
+end
+
 local function claim_jobs(i0)
   -- ARGV from i0: worker, limit, lease, now, budget, nq, queue..., nt (-1: all tasks),
   -- pattern..., nx, excluded... Returns 17 values per claimed job.
@@ -87,10 +114,14 @@ local function claim_jobs(i0)
     local due = redis.call('ZRANGEBYSCORE', sk, '-inf', now, 'LIMIT', 0, budget)
     for _, id in ipairs(due) do
       local k = jkey(id)
-      local task, prio, run_at = unpack(redis.call('HMGET', k, 't', 'p', 'ra'))
+      local task, prio, run_at, attempts = unpack(redis.call('HMGET', k, 't', 'p', 'ra', 'a'))
       redis.call('ZREM', sk, id)
-      move(id, q, task, 'scheduled', 'queued')
-      make_ready(id, q, prio or '0', run_at)
+      if prio and tonumber(prio) == nil then
+        dead_unreadable(id, q, task, 'scheduled', attempts, t, 'priority')
+      else
+        move(id, q, task, 'scheduled', 'queued')
+        make_ready(id, q, prio or '0', run_at)
+      end
     end
     local head = redis.call('ZRANGE', sk, 0, 0, 'WITHSCORES')
     if head[1] then
@@ -120,11 +151,18 @@ local function claim_jobs(i0)
     return false
   end
 
+  local ROW = {'t', 'p', 'a', 'ma', 'f', 'to', 'tr', 'ik', 'md', 'pv', 'c', 'st', 'w', 'ex'}
+
   local function take(id, q)
-    -- Lease one job; false (and nothing changed) when the claim must stop before it.
+    -- Lease one job: true; false (and nothing changed) when the claim must stop before it;
+    -- 'dead' when its record cannot be decoded (then it was dead-lettered instead).
     local k = jkey(id)
-    local row = redis.call('HMGET', k, 't', 'p', 'a', 'ma', 'f', 'to', 'tr', 'ik', 'md', 'pv', 'c',
-      'st', 'w', 'ex')
+    local row = redis.call('HMGET', k, unpack(ROW))
+    local bad = unreadable(ROW, row)
+    if bad then
+      dead_unreadable(id, q, row[1], 'queued', row[3], t, bad)
+      return 'dead'
+    end
     if tonumber(row[12] or '0') > 0 then
       if suspect == nil then suspect = holds_suspect() end
       if suspect then return false end
@@ -176,7 +214,8 @@ local function claim_jobs(i0)
         end
         local took = {}
         for _, id in ipairs(picked) do
-          if not take(id, q) then stop = true; break end
+          local ok = take(id, q)
+          if not ok then stop = true; break end
           took[#took + 1] = id
         end
         if #took > 0 then

@@ -234,10 +234,11 @@ SELECT (SELECT count(*) FROM expired), (SELECT count(*) FROM promoted)
 -- first one when the worker holds one already, else at the second (as MemoryBackend.claim).
 WITH clock AS (SELECT {now} AS now),
 picked AS MATERIALIZED (
-    SELECT c.id, q.ord, c.priority, c.run_at, c.stalls
+    SELECT c.id, q.ord, c.priority, c.run_at, c.stalls, c.readable
     FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS q (name, ord)
     CROSS JOIN LATERAL (
-        SELECT j.id, j.priority, j.run_at, j.stalls
+        SELECT j.id, j.priority, j.run_at, j.stalls,
+            json_typeof(j.metadata) IN ('object', 'null') AS readable
         FROM {schema}.jobs j
         WHERE j.state = 'queued'
           AND j.queue = q.name
@@ -252,28 +253,49 @@ picked AS MATERIALIZED (
     LIMIT %(limit)s
 ),
 ranked AS (
-    SELECT p.id, p.ord, sum((p.stalls > 0)::int) OVER (
+    SELECT p.id, p.ord, p.readable, sum((p.stalls > 0)::int) OVER (
         ORDER BY p.ord, p.priority DESC, p.run_at, p.id) AS suspects
     FROM picked p
 ),
 taken AS (
-    SELECT r.id, r.ord FROM ranked r
+    SELECT r.id, r.ord, r.readable FROM ranked r
     WHERE r.suspects = 0 OR (r.suspects = 1 AND NOT EXISTS (
         SELECT 1 FROM {schema}.jobs h
         WHERE h.state = 'running' AND h.lease_owner = %(worker)s AND h.stalls > 0))
+),
+unreadable AS (
+    SELECT jsonb_build_object(
+        'code', 'invalid_payload', 'type', 'InvalidPayload',
+        'message', 'the stored job record cannot be decoded: metadata is not a JSON object',
+        'traceback', NULL) AS error
+),
+upd AS (
+    UPDATE {schema}.jobs j
+    SET state = CASE WHEN p.readable THEN 'running' ELSE 'failed' END,
+        attempts = j.attempts + 1,
+        fence = j.fence + 1,
+        lease_owner = CASE WHEN p.readable THEN %(worker)s END,
+        lease_until = CASE WHEN p.readable THEN c.now + %(lease)s::float8 END,
+        started_at = c.now,
+        finished_at = CASE WHEN p.readable THEN j.finished_at ELSE c.now END,
+        error = CASE WHEN p.readable THEN j.error
+            ELSE u.error || jsonb_build_object('attempt', j.attempts + 1, 'at', c.now) END,
+        errors = CASE WHEN p.readable THEN j.errors
+            ELSE j.errors || jsonb_build_array(
+                u.error || jsonb_build_object('attempt', j.attempts + 1, 'at', c.now)) END
+    FROM taken p, clock c, unreadable u
+    WHERE j.id = p.id
+    RETURNING p.ord, j.id, j.task, j.queue, j.payload, j.priority, j.attempts, j.max_attempts,
+        j.fence, j.lease_until, j.timeout, j.trace_id, j.idempotency_key, j.metadata,
+        j.payload_version, j.created_at, j.stalls, j.workflow_id, j.run_at, j.state
 )
-UPDATE {schema}.jobs j
-SET state = 'running',
-    attempts = j.attempts + 1,
-    fence = j.fence + 1,
-    lease_owner = %(worker)s,
-    lease_until = c.now + %(lease)s::float8,
-    started_at = c.now
-FROM taken p, clock c
-WHERE j.id = p.id
-RETURNING p.ord, j.id, j.task, j.queue, j.payload, j.priority, j.attempts, j.max_attempts,
-    j.fence, j.lease_until, j.timeout, j.trace_id, j.idempotency_key, j.metadata,
-    j.payload_version, j.created_at, j.stalls, j.workflow_id, j.run_at
+-- A job whose stored metadata is not a JSON object cannot be handed to a worker: it is
+-- dead-lettered (invalid_payload) in this transition, and the rest of the batch runs.
+SELECT ord, id, task, queue, payload, priority, attempts, max_attempts, fence, lease_until,
+    timeout, trace_id, idempotency_key, metadata, payload_version, created_at, stalls,
+    workflow_id, run_at
+FROM upd
+WHERE state = 'running'
 
 -- name: complete
 WITH upd AS (

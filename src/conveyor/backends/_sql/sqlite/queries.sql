@@ -128,6 +128,13 @@ SELECT EXISTS (
     WHERE stalls > 0
 );
 
+-- name: fail_unreadable
+-- A job just claimed whose stored record cannot be decoded: dead-lettered at once.
+UPDATE conveyor_jobs
+SET state = 'failed', finished_at = :now, error = :error, error_code = :code,
+    errors = errors || :line, lease_owner = NULL, lease_until = NULL
+WHERE id = :id AND state = 'running';
+
 -- name: complete
 UPDATE conveyor_jobs
 SET state = 'completed', result = ?, finished_at = ?, lease_owner = NULL, lease_until = NULL
