@@ -209,26 +209,36 @@ async def postgres_raw(url: str, schema: str, concurrency: int) -> int:
 
 def sqlite_raw(path: str, concurrency: int) -> int:
     """Synchronous, one thread: a claim transaction, then one transaction completing the batch
-    (what Conveyor's writer thread does when completions arrive together: group commit)."""
+    (what Conveyor's writer thread does when completions arrive together: group commit). At
+    concurrency 1, one transaction per job completing it and claiming the next (the worker's
+    fused ``complete_and_claim``)."""
     from conveyor.backends.sqlite_queries import Q
     from conveyor.backends.sqlite_schema import connect
 
     conn = connect(path, durability="process", busy_timeout=5.0)
     claim_sql = Q["claim_one"] if concurrency == 1 else Q["claim"]
     done = 0
+    finished: list[Any] = []  # rows claimed, run, not yet completed
     try:
         while True:
             t = time.time()
             params = {"owner": WORKER_ID, "until": t + LEASE, "now": t, "queue": QUEUE}
-            params["limit"] = concurrency
+            params.update(limit=concurrency, held=False)
             conn.execute("BEGIN IMMEDIATE")
+            for row in finished:
+                conn.execute(Q["complete"], (None, t, row[0], row[7]))
             conn.execute(Q["due_work"], {"now": t}).fetchall()
             rows = conn.execute(claim_sql, params).fetchall()
             conn.execute("COMMIT")
+            done += len(finished)
+            finished = []
             if not rows:
                 return done
             for _ in rows:
                 record(0.0)
+            if concurrency == 1:
+                finished = rows  # completed with the next claim
+                continue
             conn.execute("BEGIN IMMEDIATE")
             now = time.time()
             for row in rows:
