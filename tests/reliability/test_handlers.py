@@ -127,6 +127,9 @@ async def test_a_handler_that_blocks_the_event_loop(
     assert verdict.accounts[long].executions == 2
     assert json.loads(rec.result or b"{}")["attempt"] == 2  # the rescuer's run won
     assert set(verdict.duplicate_runs) <= {"blocked_loop"}, verdict.duplicate_runs
+    # A claim in flight when the loop stalled keeps its reply (worker/deadlines.py): it used
+    # to be thrown away by its expired deadline, stranding the jobs it had leased.
+    assert "claim failed" not in a.log() + b.log()
     assert set(codes.values()) == {0}, codes
 
 

@@ -25,6 +25,7 @@ from conveyor.errors import (
     Retry,
     SerializationError,
 )
+from conveyor.worker.deadlines import within
 from conveyor.worker.processes import ChildProcessDied, ProcessPool, RemoteError
 from conveyor.worker.threads import DaemonThreadPool
 
@@ -419,8 +420,7 @@ class JobRunner:
         delay = 0.05
         for attempt in range(10):
             try:
-                async with asyncio.timeout(max(self.app.lease, 5.0)):
-                    return await op()
+                return await within(max(self.app.lease, 5.0), op())
             except Exception as exc:  # noqa: BLE001
                 if attempt == 9:
                     log.error(

@@ -25,6 +25,7 @@ from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import ClaimedJob, JobFilter, WorkerInfo
 from conveyor.domain.states import JobState
 from conveyor.worker.cancellations import PushesCancellations, listen_for_cancellations
+from conveyor.worker.deadlines import within
 from conveyor.worker.runner import JobRunner
 from conveyor.worker.stats import WorkerStatsCollector
 
@@ -351,14 +352,17 @@ class Worker:
             if self._skip_claim:
                 self._skip_claim = False  # a fused claim found nothing an instant ago
             elif queues:
+                sent = time.monotonic()
                 try:
-                    async with asyncio.timeout(max(self.app.lease, 5.0)):
-                        jobs = await self._claim(queues, free)
+                    jobs = await within(max(self.app.lease, 5.0), self._claim(queues, free))
                 except Exception as exc:  # noqa: BLE001 - the store is down: back off, retry
-                    log.warning("claim failed (%s); retrying", exc, extra={"worker_id": self.id})
+                    log.warning("claim failed (%r); retrying", exc, extra={"worker_id": self.id})
                     await self._wait_any(
                         self._stop_event.wait(), min(self.config.poll_interval, 1.0)
                     )
+                    continue
+                if jobs and time.monotonic() - sent > self.app.lease / 2:
+                    await self._hand_back_late(jobs, time.monotonic() - sent)
                     continue
             for job in jobs:
                 if self._over_limit(job):
@@ -386,6 +390,22 @@ class Worker:
                     self.config.poll_interval * 2 + 1.0,
                     self._slot_freed.wait() if limited and self.active else None,
                 )
+
+    async def _hand_back_late(self, jobs: list[ClaimedJob], took: float) -> None:
+        """A claim whose reply we read more than half a lease after sending it (a handler
+        blocked the loop meanwhile): the leases may have run out and the jobs gone to another
+        worker, so hand them back (fenced: a no-op for any that moved on) instead of running
+        them late, and without waiting for their leases to expire."""
+        log.warning(
+            "a claim took %.1fs (lease %.1fs); handing its %d job(s) back",
+            took,
+            self.app.lease,
+            len(jobs),
+            extra={"worker_id": self.id},
+        )
+        for job in jobs:
+            with contextlib.suppress(Exception):
+                await self.backend.release(job.id, job.fence, self.app.backend_now())
 
     async def _scheduled_pending(self) -> bool:
         """Whether jobs of the consumed queues wait for a run-at (burst mode keeps going)."""
@@ -466,11 +486,13 @@ class Worker:
         interval = self.app.heartbeat_interval
         while True:
             await asyncio.sleep(interval)
+            sent = time.monotonic()
             try:
                 # A beat stuck on a dead connection counts as failed; it must not hang the loop.
-                async with asyncio.timeout(max(self.app.lease / 2, interval)):
-                    if await self.heartbeat():
-                        self._last_beat_ok = time.monotonic()
+                if await within(max(self.app.lease / 2, interval), self.heartbeat()):
+                    # The leases were extended when the beat was sent, not when a loop that a
+                    # handler blocked got round to reading the reply.
+                    self._last_beat_ok = sent
             except TimeoutError:
                 log.warning("heartbeat timed out", extra={"worker_id": self.id})
             self._check_cut_off()
