@@ -46,20 +46,27 @@ def _find_bad(value: Any, path: str, depth: int = 0) -> str | None:
     return f"{path} is a {type(value).__name__}"
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _non_str_key(value: Any) -> bool:
     """Whether a dict anywhere in ``value`` has a key that is not a string (json would coerce
-    it silently: ``{0: "a"}`` to ``{"0": "a"}``). Iterative: depth is the encoder's business."""
+    it silently: ``{0: "a"}`` to ``{"0": "a"}``). Iterative: depth is the encoder's business.
+    On the enqueue path, so it only descends into containers."""
     stack = [value]
+    pop, push = stack.pop, stack.append
     while stack:
-        item = stack.pop()
+        item = pop()
         if isinstance(item, dict):
             for key, inner in item.items():
-                if not isinstance(key, str):
+                if type(key) is not str and not isinstance(key, str):
                     return True
-                if isinstance(inner, (dict, list, tuple)):
-                    stack.append(inner)
+                if type(inner) not in _SCALARS:
+                    push(inner)
         elif isinstance(item, (list, tuple)):
-            stack.extend(inner for inner in item if isinstance(inner, (dict, list, tuple)))
+            for inner in item:
+                if type(inner) not in _SCALARS:
+                    push(inner)
     return False
 
 
