@@ -57,7 +57,7 @@ class EnqueueBatch:
     ) -> tuple[list[int], dict[str, Any]]:
         """The rows to insert this round (indices) and the ``enqueue`` statement parameters:
         ``channel`` gets a notification for each queue in ``notify``, and for each queue in
-        ``notify_idle`` that had no other job queued."""
+        ``notify_idle`` without a backlog (see ``queries.sql``)."""
         seen: set[str] = set()
         rows: list[int] = []
         for i in self.pending:

@@ -69,8 +69,8 @@ class Wakeups:
     # -- may this transition notify now? ------------------------------------------------------
     def allow_jobs(self, queues: Sequence[str]) -> tuple[list[str], list[str]]:
         """The queues to notify about now, and the others: they get a trailing notification,
-        and one now too if the enqueue finds no other job queued there (an idle worker may be
-        waiting, and the trailing one would make it wait up to ``notify_interval``)."""
+        and one now too if the enqueue finds no backlog there (an idle worker may be waiting,
+        and the trailing one would make it wait up to ``notify_interval``)."""
         now: list[str] = []
         idle: list[str] = []
         for q in distinct(queues):

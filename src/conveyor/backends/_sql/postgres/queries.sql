@@ -11,9 +11,10 @@
 -- percent sign is written `%%`. Notifications are sent with pg_notify and delivered at
 -- commit; a NULL channel parameter means "do not notify". Enqueue notifies the queues in
 -- `notify` unconditionally and those in `notify_idle` (the client's rate limit said no) only
--- when no other job was queued there: then a worker may be idle, and waking it now instead
--- of at the trailing notification is what keeps enqueue-to-start latency low; a queue with
--- a backlog has no idle worker to wake.
+-- when no job has waited there for more than 50 ms: then a worker may be idle, and waking it
+-- now instead of at the trailing notification is what keeps enqueue-to-start latency low; a
+-- queue with a backlog has no idle worker to wake. (A younger queued job does not count: a
+-- worker may be claiming it right now, and then go back to waiting without seeing ours.)
 
 -- name: enqueue_lock_keys
 -- Lock the batch's idempotency keys (in key order, so two batches cannot deadlock) until the
@@ -70,7 +71,8 @@ SELECT
     (SELECT count(pg_notify(%(channel)s, q)) FROM unnest(%(notify)s::text[]) AS q),
     (SELECT count(pg_notify(%(channel)s, q)) FROM unnest(%(notify_idle)s::text[]) AS q
      WHERE NOT EXISTS (
-         SELECT 1 FROM {schema}.jobs w WHERE w.state = 'queued' AND w.queue = q))
+         SELECT 1 FROM {schema}.jobs w
+         WHERE w.state = 'queued' AND w.queue = q AND w.run_at < {now} - 0.05))
 FROM ins
 
 -- name: enqueue_one
@@ -105,7 +107,9 @@ ins AS (
 )
 SELECT id, state,
     CASE WHEN %(channel)s::text IS NOT NULL AND (NOT %(if_idle)s::bool OR NOT EXISTS (
-            SELECT 1 FROM {schema}.jobs w WHERE w.state = 'queued' AND w.queue = %(queue)s::text))
+            SELECT 1 FROM {schema}.jobs w
+            WHERE w.state = 'queued' AND w.queue = %(queue)s::text
+              AND w.run_at < (SELECT now FROM c) - 0.05))
         THEN pg_notify(%(channel)s, %(queue)s) END
 FROM ins
 
@@ -167,7 +171,8 @@ SELECT
     (SELECT count(pg_notify(%(channel)s, q)) FROM unnest(%(notify)s::text[]) AS q),
     (SELECT count(pg_notify(%(channel)s, q)) FROM unnest(%(notify_idle)s::text[]) AS q
      WHERE NOT EXISTS (
-         SELECT 1 FROM {schema}.jobs w WHERE w.state = 'queued' AND w.queue = q))
+         SELECT 1 FROM {schema}.jobs w
+         WHERE w.state = 'queued' AND w.queue = q AND w.run_at < {now} - 0.05))
 FROM ins
 
 -- name: enqueue_resolve
