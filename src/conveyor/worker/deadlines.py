@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -22,24 +22,34 @@ T = TypeVar("T")
 SETTLE = 0.05
 
 
-def _consume(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
-
-
 async def within(timeout: float, call: Awaitable[T]) -> T:
     """Await ``call`` for up to ``timeout`` seconds; raise ``TimeoutError`` after that, unless
-    its reply is already waiting to be read (see the module docstring)."""
-    task = asyncio.ensure_future(call)
+    its reply is already waiting to be read (see the module docstring).
+
+    Two timers instead of one: when the deadline passes, the first only arms the second,
+    ``SETTLE`` later, so the task step that reads a reply the loop has just received runs
+    first. No task per call (this wraps every job's outcome write)."""
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("within() must be awaited inside a task")
+    loop = asyncio.get_running_loop()
+    cancelling = task.cancelling()
+    expired = False
+
+    def fire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    def settle() -> None:
+        timer[0] = loop.call_later(SETTLE, fire)
+
+    timer = [loop.call_later(timeout, settle)]
     try:
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-        if not done:
-            await asyncio.wait({task}, timeout=SETTLE)
-        if not task.done():
-            raise TimeoutError
-        return task.result()
+        return await call
+    except asyncio.CancelledError:
+        if expired and task.uncancel() <= cancelling:
+            raise TimeoutError from None
+        raise
     finally:
-        if not task.done():
-            # Not awaited: a client that swallows the cancellation must not hold us up.
-            task.cancel()
-            task.add_done_callback(_consume)
+        timer[0].cancel()
