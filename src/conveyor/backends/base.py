@@ -108,9 +108,10 @@ class Backend(ABC):
         ``attempts + 1``, a new ``fence``, ``lease_owner = worker_id``,
         ``lease_until = now + lease`` and ``started_at = now``.
 
-        A worker holds at most one job that stalled before (``stalls > 0``): the claim stops
-        before the first such job when ``worker_id`` holds one already (running, its lease
-        owner), else before the second. Later queues are not looked at once it stopped.
+        A worker holds at most one *suspect*, a job that stalled ``SUSPECT_STALLS`` (2) times
+        or more: the claim stops before the first suspect when ``worker_id`` holds one already
+        (running, its lease owner), else before the second. Later queues are not looked at
+        once it stopped.
         """
 
     @abstractmethod
@@ -342,3 +343,6 @@ def filter_matches(record: JobRecord, flt: JobFilter) -> bool:
 
 
 RETRYABLE_STATES = (JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED)
+#: Stalls that make a job a suspect (see :meth:`Backend.claim`). The SQL and Lua claims spell
+#: it out as ``stalls > 1``.
+SUSPECT_STALLS = 2

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from conveyor.backends.base import (
     RETRYABLE_STATES,
+    SUSPECT_STALLS,
     Backend,
     BackendFactory,
     CancelOutcome,
@@ -179,9 +180,11 @@ class MemoryBackend(Backend):
         with self.store.lock:
             self._promote_and_expire(t)
             excluded = set(exclude_tasks)
-            # A job that stalled before (stalls > 0) may be what kills its workers: a worker
-            # holds at most one such job, so jobs that only shared a worker with it are not
-            # its fellow suspects again. The claim stops at a second one (strict order).
+            # A job that stalled twice or more may be what kills its workers: a worker holds at
+            # most one such job, so jobs that only shared a worker with it are not its fellow
+            # suspects again. The claim stops at a second one (strict order). One stall is
+            # not enough: after a plain crash every job the worker held has one, and holding
+            # them one at a time would slow recovery to a crawl.
             suspect = self._holds_suspect(worker_id)
             stop = False
             for queue in queues:
@@ -197,7 +200,7 @@ class MemoryBackend(Backend):
                 ]
                 ready.sort(key=lambda j: (-j.priority, j.run_at, j.id))
                 for job in ready[: limit - len(claimed)]:
-                    if job.stalls > 0:
+                    if job.stalls >= SUSPECT_STALLS:
                         if suspect:
                             stop = True
                             break
@@ -237,7 +240,9 @@ class MemoryBackend(Backend):
 
     def _holds_suspect(self, worker_id: str) -> bool:
         return any(
-            j.state is JobState.RUNNING and j.lease_owner == worker_id and j.stalls > 0
+            j.state is JobState.RUNNING
+            and j.lease_owner == worker_id
+            and j.stalls >= SUSPECT_STALLS
             for j in self.store.jobs.values()
         )
 

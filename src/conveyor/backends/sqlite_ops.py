@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from conveyor.backends.base import RETRYABLE_STATES, CancelOutcome
+from conveyor.backends.base import RETRYABLE_STATES, SUSPECT_STALLS, CancelOutcome
 from conveyor.backends.sqlite_notify import Effects
 from conveyor.backends.sqlite_queries import Q, dumps, error_line, filter_where
 from conveyor.domain.job import (
@@ -212,7 +212,7 @@ def claim(
             break
         params["queue"] = queue
         params["limit"] = remaining
-        params["held"] = any(c.stalls > 0 for c in claimed)
+        params["held"] = any(c.stalls >= SUSPECT_STALLS for c in claimed)
         single = remaining == 1 and not filtered
         rows = conn.execute(Q["claim_one"] if single else sql, params).fetchall()
         good = _readable(conn, fx, rows, t)

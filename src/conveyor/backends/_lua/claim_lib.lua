@@ -133,8 +133,8 @@ local function claim_jobs(i0)
   end
 
   -- 3. Lease jobs: one HMGET and one HSET per job; the rest is written once per key.
-  -- A job that stalled before (stalls > 0) may be what kills its workers, so a worker holds at
-  -- most one such job: the claim stops at the first one when the worker holds one already,
+  -- A job that stalled twice or more (stalls > 1) may be what kills its workers, so a worker
+  -- holds at most one such job: the claim stops at the first one when the worker holds one already,
   -- else at the second (as MemoryBackend.claim). Whether it holds one is looked up only when
   -- such a job comes next (it scans the running jobs).
   local out = {}
@@ -146,7 +146,7 @@ local function claim_jobs(i0)
   local function holds_suspect()
     for _, id in ipairs(redis.call('ZRANGE', B .. 'lease', 0, -1)) do
       local s, lo, st = unpack(redis.call('HMGET', jkey(id), 's', 'lo', 'st'))
-      if s == 'running' and lo == worker and tonumber(st or '0') > 0 then return true end
+      if s == 'running' and lo == worker and tonumber(st or '0') > 1 then return true end
     end
     return false
   end
@@ -163,7 +163,7 @@ local function claim_jobs(i0)
       dead_unreadable(id, q, row[1], 'queued', row[3], t, bad)
       return 'dead'
     end
-    if tonumber(row[12] or '0') > 0 then
+    if tonumber(row[12] or '0') > 1 then
       if suspect == nil then suspect = holds_suspect() end
       if suspect then return false end
       suspect = true

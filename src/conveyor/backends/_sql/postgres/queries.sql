@@ -234,7 +234,7 @@ SELECT (SELECT count(*) FROM expired), (SELECT count(*) FROM promoted)
 -- name: claim
 -- Lease up to %(limit)s queued jobs: per queue an index range scan in (priority desc, run_at,
 -- id) order with SKIP LOCKED, queues in precedence order. MATERIALIZED keeps the planner from
--- re-running the locking subquery per updated row. A job that stalled before (stalls > 0) may
+-- re-running the locking subquery per updated row. A job that stalled twice or more (stalls > 1) may
 -- be what kills its workers, so a worker holds at most one such job: the claim stops at the
 -- first one when the worker holds one already, else at the second (as MemoryBackend.claim).
 WITH clock AS (SELECT {now} AS now),
@@ -258,7 +258,7 @@ picked AS MATERIALIZED (
     LIMIT %(limit)s
 ),
 ranked AS (
-    SELECT p.id, p.ord, p.readable, sum((p.stalls > 0)::int) OVER (
+    SELECT p.id, p.ord, p.readable, sum((p.stalls > 1)::int) OVER (
         ORDER BY p.ord, p.priority DESC, p.run_at, p.id) AS suspects
     FROM picked p
 ),
@@ -266,7 +266,7 @@ taken AS (
     SELECT r.id, r.ord, r.readable FROM ranked r
     WHERE r.suspects = 0 OR (r.suspects = 1 AND NOT EXISTS (
         SELECT 1 FROM {schema}.jobs h
-        WHERE h.state = 'running' AND h.lease_owner = %(worker)s AND h.stalls > 0))
+        WHERE h.state = 'running' AND h.lease_owner = %(worker)s AND h.stalls > 1))
 ),
 unreadable AS (
     SELECT jsonb_build_object(

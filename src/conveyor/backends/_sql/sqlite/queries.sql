@@ -43,7 +43,7 @@ SET state = ?, finished_at = ?, error = ?, error_code = ?, errors = errors || ?
 WHERE id = ?;
 
 -- name: claim
--- Queued jobs of one queue in strict order. A job that stalled before (stalls > 0) may be
+-- Queued jobs of one queue in strict order. A job that stalled twice or more (stalls > 1) may be
 -- what kills its workers, so a worker holds at most one such job: the claim stops at the
 -- first one when the worker holds one already (or took one this call, :held), else at the
 -- second.
@@ -52,7 +52,7 @@ SET state = 'running', attempts = attempts + 1, fence = fence + 1, lease_owner =
     lease_until = :until, started_at = :now
 WHERE rowid IN (
     SELECT rowid FROM (
-        SELECT rowid, sum(stalls > 0) OVER win AS suspects
+        SELECT rowid, sum(stalls > 1) OVER win AS suspects
         FROM (
             SELECT rowid, stalls, priority, run_at, id FROM conveyor_jobs
             WHERE state = 'queued' AND queue = :queue
@@ -63,7 +63,7 @@ WHERE rowid IN (
     )
     WHERE suspects = 0 OR (suspects = 1 AND NOT :held AND NOT EXISTS (
         SELECT 1 FROM conveyor_jobs
-        WHERE state = 'running' AND lease_owner = :owner AND stalls > 0))
+        WHERE state = 'running' AND lease_owner = :owner AND stalls > 1))
 )
 RETURNING id, task, queue, payload, priority, attempts, max_attempts, fence, timeout, trace_id,
     idempotency_key, metadata, payload_version, created_at, stalls, workflow_id, run_at;
@@ -80,9 +80,9 @@ WHERE rowid = (
         ORDER BY priority DESC, run_at, id
         LIMIT 1
     )
-    WHERE stalls = 0 OR (NOT :held AND NOT EXISTS (
+    WHERE stalls <= 1 OR (NOT :held AND NOT EXISTS (
         SELECT 1 FROM conveyor_jobs
-        WHERE state = 'running' AND lease_owner = :owner AND stalls > 0))
+        WHERE state = 'running' AND lease_owner = :owner AND stalls > 1))
 )
 RETURNING id, task, queue, payload, priority, attempts, max_attempts, fence, timeout, trace_id,
     idempotency_key, metadata, payload_version, created_at, stalls, workflow_id, run_at;
@@ -93,7 +93,7 @@ SET state = 'running', attempts = attempts + 1, fence = fence + 1, lease_owner =
     lease_until = :until, started_at = :now
 WHERE rowid IN (
     SELECT rowid FROM (
-        SELECT rowid, sum(stalls > 0) OVER win AS suspects
+        SELECT rowid, sum(stalls > 1) OVER win AS suspects
         FROM (
             SELECT rowid, stalls, priority, run_at, id FROM conveyor_jobs
             WHERE state = 'queued' AND queue = :queue
@@ -107,7 +107,7 @@ WHERE rowid IN (
     )
     WHERE suspects = 0 OR (suspects = 1 AND NOT :held AND NOT EXISTS (
         SELECT 1 FROM conveyor_jobs
-        WHERE state = 'running' AND lease_owner = :owner AND stalls > 0))
+        WHERE state = 'running' AND lease_owner = :owner AND stalls > 1))
 )
 RETURNING id, task, queue, payload, priority, attempts, max_attempts, fence, timeout, trace_id,
     idempotency_key, metadata, payload_version, created_at, stalls, workflow_id, run_at;
@@ -125,7 +125,7 @@ SELECT EXISTS (
         ORDER BY priority DESC, run_at, id
         LIMIT 1
     )
-    WHERE stalls > 0
+    WHERE stalls > 1
 );
 
 -- name: fail_unreadable
