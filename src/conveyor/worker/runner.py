@@ -405,10 +405,11 @@ class JobRunner:
         claim = self.worker.fused_claim()
         if claim is None:
             return await backend.complete(job.id, job.fence, data, self.app.backend_now())
+        sent = time.monotonic()
         ok, jobs = await backend.complete_and_claim(  # type: ignore[attr-defined]
             job.id, job.fence, data, **claim
         )
-        await self.worker.adopt(active, jobs)
+        await self.worker.adopt(active, jobs, time.monotonic() - sent)
         return bool(ok)
 
     async def _store(self, op: Callable[[], Awaitable[T]]) -> T | None:

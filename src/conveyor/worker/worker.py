@@ -254,10 +254,14 @@ class Worker:
             "tasks": self.config.tasks,
         }
 
-    async def adopt(self, finishing: ActiveJob, jobs: list[ClaimedJob]) -> None:
-        """Start jobs a fused completion claimed (in place of ``finishing``)."""
+    async def adopt(self, finishing: ActiveJob, jobs: list[ClaimedJob], took: float) -> None:
+        """Start jobs a fused completion claimed (in place of ``finishing``); ``took`` is how
+        long the call took, as the claim loop checks it."""
         if not jobs:
             self._skip_claim = True
+            return
+        if took > self.app.lease / 2:  # read late (a stalled loop): as the claim loop does
+            await self._hand_back_late(jobs, took)
             return
         if self._stopping:  # shutting down meanwhile: hand them straight back
             for job in jobs:
