@@ -422,6 +422,52 @@ async def test_lease_expiry_recovers_then_poisons() -> None:
     assert info.error.code == ErrorCode.POISON_MESSAGE and info.record.attempts == 2
 
 
+async def test_a_job_claimed_again_stops_the_older_attempt_still_running_here() -> None:
+    """The lease of a job this worker runs is recovered (a stalled loop, a skewed injected
+    clock) and the worker claims the job again before a heartbeat told it: the older attempt
+    has lost and stops; the new one is the one the worker holds, heartbeats and counts."""
+    clock = FakeClock()
+    app = memory_app(clock=clock, lease=100, heartbeat_interval=30, max_stalls=3)
+    gates: dict[int, asyncio.Event] = {}
+    ends: dict[int, str] = {}
+
+    @app.task
+    async def slow() -> int:
+        attempt = current_job().attempt
+        gates[attempt] = asyncio.Event()
+        try:
+            await gates[attempt].wait()
+        except asyncio.CancelledError:
+            ends[attempt] = "cancelled"
+            raise
+        ends[attempt] = "done"
+        return attempt
+
+    async def started(attempt: int) -> bool:
+        return attempt in gates
+
+    handle = await slow.enqueue()
+    backend = await app.backend()
+    worker = Worker(app, WorkerConfig(concurrency=2, poll_interval=0.01, maintenance_interval=3600))
+    task = asyncio.create_task(worker.run())
+    await wait_until(lambda: started(1))
+    clock.advance(101)  # the lease ran out on the store's clock; nothing beat meanwhile
+    assert [r.id for r in await backend.recover_expired(3, clock.now())] == [handle.id]
+    await wait_until(lambda: started(2))
+
+    async def first_stopped() -> bool:
+        return ends.get(1) == "cancelled"
+
+    await wait_until(first_stopped)
+    [held] = worker.active.values()
+    assert held.job.attempt == 2 and worker.free_slots() == 1
+    gates[2].set()
+    assert await handle.result(timeout=5) == 2
+    assert ends == {1: "cancelled", 2: "done"} and worker.active == {}
+    worker.stop()
+    await asyncio.wait_for(task, 5)
+
+
 async def test_graceful_stop_hands_back_unfinished_jobs() -> None:
     app = memory_app()
     started = asyncio.Event()

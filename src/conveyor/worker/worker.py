@@ -444,6 +444,17 @@ class Worker:
             fut.exception()
 
     def _start(self, job: ClaimedJob) -> None:
+        stale = self.active.get(job.id)
+        if stale is not None:
+            # We claimed a job we still run: its lease was recovered (a stalled loop, a skewed
+            # injected clock) before a heartbeat told us. The older attempt lost; stop it.
+            log.warning(
+                "lost the lease on job %s (claimed it again); abandoning the older attempt",
+                job.id,
+                extra={"worker_id": self.id, "job_id": job.id},
+            )
+            self.stats.lease_lost += 1
+            self.runner.interrupt(stale, "lease_lost")
         active = ActiveJob(job=job, started=time.monotonic())
         self.active[job.id] = active
         self.per_task[job.task] = self.per_task.get(job.task, 0) + 1
@@ -455,7 +466,8 @@ class Worker:
             await self.runner.run(active)
         finally:
             job = active.job
-            self.active.pop(job.id, None)
+            if self.active.get(job.id) is active:  # not replaced by a newer attempt
+                del self.active[job.id]
             self.per_task[job.task] -= 1
             self.per_queue[job.queue] -= 1
             if self._slot_freed is not None and not active.extra.get("refilled"):
