@@ -26,6 +26,7 @@ from bench.common import clear_records, count_records
 
 METHODS = (
     "claim",
+    "complete_and_claim",
     "complete",
     "fail",
     "release",

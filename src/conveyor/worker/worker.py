@@ -368,14 +368,21 @@ class Worker:
                 if jobs and time.monotonic() - sent > self.app.lease / 2:
                     await self._hand_back_late(jobs, time.monotonic() - sent)
                     continue
+            handed_back = False
             for job in jobs:
                 if self._over_limit(job):
                     # One claim can overshoot a task's or queue's own limit: hand it back.
                     await self.backend.release(job.id, job.fence, self.app.backend_now())
+                    handed_back = True
                 else:
                     self._start(job)
             if jobs:
                 idle_claims = 0
+                if len(jobs) < free and not handed_back and self._fusable:
+                    # Fewer than asked for: the queues are drained for now, so wait (the
+                    # backend's wait looks for ready jobs first) instead of sending a claim
+                    # that would find nothing: one round trip less per job on a quiet queue.
+                    await self._wait_for_work(queues, limited=False)
                 continue
             if self.config.burst and not self.active and not await self._scheduled_pending():
                 return
@@ -385,15 +392,18 @@ class Worker:
                 # Work may exist that we cannot take (limits): wait for a slot or a tick.
                 await self._wait_any(self._slot_freed.wait(), self.config.poll_interval)
             else:
-                # A capped queue or task reopens as soon as one of our jobs finishes.
-                await self._wait_any(
-                    self.backend.wait_for_jobs(
-                        queues or list(self.queues), self.config.poll_interval
-                    ),
-                    # A wait stuck on a silently dead connection must not stall the worker.
-                    self.config.poll_interval * 2 + 1.0,
-                    self._slot_freed.wait() if limited and self.active else None,
-                )
+                await self._wait_for_work(queues, limited)
+
+    async def _wait_for_work(self, queues: list[str], limited: bool) -> None:
+        """Until a job may be ready for us, a slot frees up (``limited``: a capped queue or task
+        reopens as soon as one of our jobs finishes), the worker stops or a poll interval."""
+        assert self._slot_freed is not None
+        await self._wait_any(
+            self.backend.wait_for_jobs(queues or list(self.queues), self.config.poll_interval),
+            # A wait stuck on a silently dead connection must not stall the worker.
+            self.config.poll_interval * 2 + 1.0,
+            self._slot_freed.wait() if limited and self.active else None,
+        )
 
     async def _hand_back_late(self, jobs: list[ClaimedJob], took: float) -> None:
         """A claim whose reply we read more than half a lease after sending it (a handler
