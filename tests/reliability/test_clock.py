@@ -36,15 +36,21 @@ SERVER_KINDS = ("postgres", "redis")
 
 
 async def _hold_and_rescue(
-    rig: Rig, holder_skew: float, rescuer_skew: float, clock: str
+    rig: Rig,
+    holder_skew: float,
+    rescuer_skew: float,
+    clock: str,
+    *,
+    seconds: float = 6.0,
+    drain: float = 60.0,
 ) -> dict[str, object]:
     """Worker A (holder, clock ``holder_skew``) runs jobs longer than the lease while worker B
     (rescuer, clock ``rescuer_skew``) runs its lease recovery next to it."""
-    ids = await rig.enqueue_many([("sleeper", (6.0,))] * 4)
+    ids = await rig.enqueue_many([("sleeper", (seconds,))] * 4)
     a = rig.start_worker(concurrency=4, skew=holder_skew or None, clock=clock)
     await wait_until(lambda: rig.ledger.count("start") == 4, 30, message="A to run all four")
     b = rig.start_worker(concurrency=4, skew=rescuer_skew or None, clock=clock)
-    await rig.drain(timeout=60)
+    await rig.drain(timeout=drain)
     codes = await rig.stop_all()
     records = await rig.records()
     starts = rig.ledger.events("start")
@@ -96,12 +102,28 @@ async def test_an_injected_skewed_clock_is_trusted_by_the_store(
 ) -> None:
     """Documented behaviour, measured: ``Conveyor(clock=...)`` is passed to the store as
     ``now``, so a rescuer whose injected clock is fast sees live leases as expired. Fencing
-    still holds: no job is completed twice, the newest lease's run wins."""
-    rig = await make_rig(backend, lease=2.0, heartbeat=0.5, max_stalls=10)
+    still holds: no job is completed twice, the newest lease's run wins.
+
+    How many times a job stalls here is a matter of timing, not of the job: every lease the
+    healthy holder takes (its heartbeats set ``real now + 2 s``) is expired on the rescuer's
+    clock (``real now + 5 s``), so each of the rescuer's recovery passes (one per half lease)
+    takes back whatever the holder holds, and the holder may win the race to claim it again.
+    And a worker holds at most one suspect (the claim rule, docs/concepts.md): while the
+    rescuer runs one, another suspect can only go to the holder, and bounces, one stall per
+    pass, until the rescuer is free. So ``max_stalls`` is set above the passes the drain's
+    deadline allows (no job can be dead-lettered by the steals), and the stalls are checked
+    exactly instead: each one is a recovery the rescuer made, and every job was stolen and
+    completed by the rescuer."""
+    lease, drain = 2.0, 60.0
+    passes = int(drain / (lease / 2)) + 2  # recovery passes the rescuer can make meanwhile
+    rig = await make_rig(backend, lease=lease, heartbeat=0.5, max_stalls=passes)
     t0 = now()
-    out = await _hold_and_rescue(rig, 0.0, +SKEW, "inject")
+    # 8 s jobs: the rescuer (a new process on a loaded machine) must make its first pass
+    # before the holder's first runs could end on their own.
+    out = await _hold_and_rescue(rig, 0.0, +SKEW, "inject", seconds=8.0, drain=drain)
     rig.faults.add("injected_clock", [], t0, now())  # explains the steals it causes
-    verdict, _ = await rig.verdict()
+    verdict, records = await rig.verdict()
+    stalled = rig.ledger.events("stalled")
     results.write(
         "clock_injected",
         backend,
@@ -118,6 +140,19 @@ async def test_an_injected_skewed_clock_is_trusted_by_the_store(
     )
     verdict.assert_clean()  # fencing: no double completion, no stale winner
     assert set(out["codes"].values()) == {0}  # type: ignore[union-attr]
+    ids = out["ids"]
+    assert isinstance(ids, list)
+    # The holder's leases are always expired on the rescuer's clock: it finishes none of them.
+    assert out["stolen"] == sorted(ids), out
+    acked = {e["job"]: e["pid"] for e in rig.ledger.events("acked")}
+    assert acked == {j: out["b"] for j in ids}, acked
+    # Every stall the store counted is one recovery the rescuer made; the holder (store-clock
+    # leases of the rescuer are live to it) recovered nothing.
+    assert {e["pid"] for e in stalled} == {out["b"]}, stalled
+    for j in ids:
+        mine = [e for e in stalled if e["job"] == j]
+        assert records[j].stalls == len(mine) >= 1, (j, records[j].stalls, mine)
+        assert [e["stalls"] for e in mine] == list(range(1, len(mine) + 1)), mine
 
 
 @pytest.mark.parametrize("backend", SERVER_KINDS)
