@@ -6,11 +6,12 @@ completes jobs until none is left, calling :func:`bench.recorder.record` for eac
 as Conveyor's no-op task does, so the cell measures it like any worker.
 
 ``raw``: the same driver with the same settings, sending the very SQL/Lua Conveyor sends (its
-own query and script files, the same parameters and batching: one claim for up to
-``CONCURRENCY`` jobs, then one completion per job, concurrently up to ``CONCURRENCY``; on Redis,
-whose backend coalesces concurrent completions, one ``complete_many`` script per batch, and at
-concurrency 1 one ``complete_claim`` script per job, as the worker fuses them). Replies
-are decoded only as far as the job id and fence. This is the floor (b) of issue 7.
+own query and script files, the same parameters and batching): one claim for up to
+``CONCURRENCY`` jobs, then the batch's completions (on Redis and PostgreSQL, whose backends
+coalesce concurrent completions, one ``complete_many`` script or ``complete_batch`` statement
+per batch; SQLite completes the batch in one transaction, as its writer thread does); at
+concurrency 1, one fused complete-and-claim per job, as the worker does. Replies are decoded
+only as far as the job id and fence. This is the floor (b) of issue 7.
 
 ``backend``: the same loop through Conveyor's backend object (``backend.claim`` /
 ``backend.complete``): it adds the backend layer (argument encoding, reply decoding into
@@ -171,6 +172,19 @@ async def postgres_raw(url: str, schema: str, concurrency: int) -> int:
             cur = await conn.execute(complete_sql, params)
             return await cur.fetchall()
 
+    async def complete_many(jobs: list[Job]) -> Any:
+        # Conveyor's backend coalesces concurrent completions into one statement.
+        params = {
+            "ids": [j[0] for j in jobs],
+            "fences": [j[1] for j in jobs],
+            "results": [None] * len(jobs),
+            "nows": [None] * len(jobs),
+            "channel": None,
+        }
+        async with pool.connection() as conn:
+            cur = await conn.execute(sql["complete_batch"], params)
+            return await cur.fetchall()
+
     async def one_at_a_time() -> int:
         # Conveyor's worker at concurrency 1 completes a job and claims the next in one
         # pipeline (complete, stage, claim: one round trip, one transaction).
@@ -202,7 +216,7 @@ async def postgres_raw(url: str, schema: str, concurrency: int) -> int:
     try:
         if concurrency == 1:
             return await one_at_a_time()
-        return await drain(claim, complete, concurrency)
+        return await drain(claim, complete, concurrency, complete_many)
     finally:
         await pool.close()
 
