@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sys
 import time
@@ -74,7 +75,7 @@ class JobRunner:
         self._processes: ProcessPool | None = None
         self._chains: dict[str, ExecuteNext] = {}
         self._progress: dict[str, Any] = {}
-        self._flushes: set[asyncio.Future[None]] = set()
+        self._flushes: dict[str, asyncio.Future[None]] = {}  # progress writes, by job id
 
     def shutdown(self) -> None:
         self.threads.shutdown()
@@ -110,10 +111,28 @@ class JobRunner:
             self._progress[ctx.job_id] = value
             if first:
                 flush = asyncio.ensure_future(self._flush_progress(ctx))
-                self._flushes.add(flush)
-                flush.add_done_callback(self._flushes.discard)
+                self._flushes[ctx.job_id] = flush
+                flush.add_done_callback(functools.partial(self._flushed, ctx.job_id))
 
-        loop.call_soon_threadsafe(schedule)
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:  # a thread or process handler
+            on_loop = False
+        if on_loop:
+            schedule()  # at once, so the job's outcome can wait for it (see _settle_progress)
+        else:
+            loop.call_soon_threadsafe(schedule)
+
+    def _flushed(self, job_id: str, flush: asyncio.Future[None]) -> None:
+        if self._flushes.get(job_id) is flush:
+            del self._flushes[job_id]
+
+    async def _settle_progress(self, job_id: str) -> None:
+        """Let the job's last progress report reach the store before its outcome does (a
+        report after the outcome would be refused: the lease is gone)."""
+        flush = self._flushes.get(job_id)
+        if flush is not None:
+            await asyncio.wait({flush}, timeout=max(self.app.lease / 2, 1.0))
 
     async def _flush_progress(self, ctx: JobContext) -> None:
         while ctx.job_id in self._progress:
@@ -193,9 +212,13 @@ class JobRunner:
             active.cancel_reason = cancel_reason
         if active.ctx is not None:
             active.ctx._request_cancel(cancel_reason or reason)
-        inner = active.extra.get("inner")
-        if inner is not None and not inner.done():
-            inner.cancel()
+        # The handler runs in the job's own task (no task of its own: one less per job), so
+        # cancel that task, but only while it is inside the handler and only once: after the
+        # handler the task writes the outcome, which must not be cut short.
+        runner = active.extra.get("in_handler")
+        if runner is not None and not active.extra.get("cancelled"):
+            active.extra["cancelled"] = True
+            runner.cancel()
 
     # -- running ------------------------------------------------------------------------------
     def _chain(self, task: Task[Any, Any]) -> ExecuteNext:
@@ -287,6 +310,8 @@ class JobRunner:
             finally:
                 # The outcome is written next; a heartbeat must not read that as a lost lease.
                 active.finishing = True
+                if self._flushes:
+                    await self._settle_progress(job.id)
         except _Interrupted as exc:
             await self._interrupted(active, exc.reason, time.monotonic() - started)
         except BaseException as exc:
@@ -334,21 +359,39 @@ class JobRunner:
             task.check_arguments(tuple(args), kwargs)
         except (SerializationError, TypeError) as exc:
             raise _Permanent(ErrorCode.INVALID_PAYLOAD, str(exc)) from None
-        inner = asyncio.ensure_future(self._chain(task)(ExecuteCall(ctx, args, kwargs)))
-        active.extra["inner"] = inner
-        if active.stop_reason is not None:
-            inner.cancel()
-        done, _ = await asyncio.wait({inner}, timeout=job.timeout)
-        if not done:
-            self.interrupt(active, "timeout", f"timed out after {job.timeout}s")
-            with contextlib.suppress(BaseException):
-                await inner
-        if active.stop_reason is not None and (inner.cancelled() or active.stop_reason != "cancel"):
-            if task.config.executor == "thread" and inner.cancelled():
+        if active.stop_reason is not None:  # interrupted before it started
+            raise _Interrupted(active.stop_reason)
+        me = asyncio.current_task()
+        assert me is not None
+        timer = None
+        if job.timeout is not None:
+            timer = asyncio.get_running_loop().call_later(
+                job.timeout, self.interrupt, active, "timeout", f"timed out after {job.timeout}s"
+            )
+        cancelled = False
+        active.extra["in_handler"] = me
+        try:
+            result = await self._chain(task)(ExecuteCall(ctx, args, kwargs))
+        except asyncio.CancelledError:
+            if not active.extra.get("cancelled"):
+                raise  # not ours (the worker's loop is going away): let it through
+            cancelled = True
+        except BaseException:
+            if active.stop_reason is None or active.stop_reason == "cancel":
+                raise
+            result = None  # interrupted for a timeout, shutdown or lost lease: that wins
+        finally:
+            del active.extra["in_handler"]
+            if timer is not None:
+                timer.cancel()
+            if active.extra.get("cancelled"):
+                me.uncancel()  # our own cancellation is consumed here, delivered or not
+        if active.stop_reason is not None and (cancelled or active.stop_reason != "cancel"):
+            if task.config.executor == "thread" and cancelled:
                 active.extra["zombie"] = True
                 self.worker.zombie_threads += 1
             raise _Interrupted(active.stop_reason)
-        return inner.result()
+        return result
 
     # -- outcomes -----------------------------------------------------------------------------
     async def _flush_logs(self, active: ActiveJob) -> None:
