@@ -283,14 +283,14 @@ async def backend_loop(url: str, options: dict[str, Any], concurrency: int) -> i
         jobs = await backend.claim(WORKER_ID, [QUEUE], 1, LEASE)
         while jobs:
             record(0.0)
-            _, jobs = await backend.complete_and_claim(  # type: ignore[attr-defined]
+            _, jobs = await backend.complete_and_claim(
                 jobs[0].id, jobs[0].fence, None, WORKER_ID, [QUEUE], 1, LEASE
             )
             done += 1
         return done
 
     try:
-        if concurrency == 1 and hasattr(backend, "complete_and_claim"):
+        if concurrency == 1:
             return await one_at_a_time()
         return await drain(claim, complete, concurrency)
     finally:

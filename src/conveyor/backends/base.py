@@ -120,6 +120,36 @@ class Backend(ABC):
     ) -> bool:
         """Running → completed, storing ``result``; ``False`` if the lease is not held."""
 
+    async def complete_and_claim(
+        self,
+        job_id: str,
+        fence: int,
+        result: bytes | None,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        now: float | None = None,
+        *,
+        tasks: Sequence[str] | None = None,
+        exclude_tasks: Sequence[str] = (),
+    ) -> tuple[bool, list[ClaimedJob]]:
+        """:meth:`complete`, then :meth:`claim` (whatever the completion answered): what a
+        worker running one job at a time does when the job ends. Backends override it to do
+        both in one round trip (Redis: one script; PostgreSQL: one pipeline and commit;
+        SQLite: one write transaction). A claim that fails after the completion is applied
+        claims nothing rather than losing the completion."""
+        done = await self.complete(job_id, fence, result, now)
+        if limit <= 0:
+            return done, []
+        try:
+            jobs = await self.claim(
+                worker_id, queues, limit, lease, now, tasks=tasks, exclude_tasks=exclude_tasks
+            )
+        except Exception:  # noqa: BLE001 - the completion stands; the next claim will retry
+            return done, []
+        return done, jobs
+
     @abstractmethod
     async def fail(
         self,

@@ -449,9 +449,7 @@ class JobRunner:
         if claim is None:
             return await backend.complete(job.id, job.fence, data, self.app.backend_now())
         sent = time.monotonic()
-        ok, jobs = await backend.complete_and_claim(  # type: ignore[attr-defined]
-            job.id, job.fence, data, **claim
-        )
+        ok, jobs = await backend.complete_and_claim(job.id, job.fence, data, **claim)
         await self.worker.adopt(active, jobs, time.monotonic() - sent)
         return bool(ok)
 

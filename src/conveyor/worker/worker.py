@@ -98,8 +98,8 @@ class Worker:
         self._forced = False
         self._stop_event: asyncio.Event | None = None
         self._slot_freed: asyncio.Event | None = None
-        # Fusing a completion with the next claim (backends with ``complete_and_claim``): set
-        # at start-up, when no queue or task limit needs the claim loop's bookkeeping.
+        # Fusing a completion with the next claim (``Backend.complete_and_claim``): set at
+        # start-up, when no queue or task limit needs the claim loop's bookkeeping.
         self._fusable = False
         self._parked = False  # the claim loop waits for a slot (all are taken)
         self._skip_claim = False  # a fused claim just found nothing: go straight to waiting
@@ -159,11 +159,9 @@ class Worker:
         self._stop_event = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._backend = await self.app.backend()
-        self._fusable = (
-            hasattr(self._backend, "complete_and_claim")
-            and all(self.app.queue_config(q).concurrency is None for q in self.queues)
-            and all(t.config.concurrency is None for t in self.app.tasks.values())
-        )
+        self._fusable = all(
+            self.app.queue_config(q).concurrency is None for q in self.queues
+        ) and all(t.config.concurrency is None for t in self.app.tasks.values())
         await self.backend.register_worker(self.info())
         log.info(
             "worker %s started: queues=%s concurrency=%d tasks=%s",
