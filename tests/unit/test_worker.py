@@ -136,6 +136,43 @@ async def test_timeout_fails_with_code_and_is_not_retried_by_default() -> None:
     assert info.error.code == ErrorCode.TIMEOUT and info.record.attempts == 1
 
 
+async def test_a_stored_nan_timeout_times_out_at_once_and_never_reaches_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A corrupt record's timeout can read back as NaN (a PostgreSQL float8, a Redis string).
+    NaN compares false both ways, so as a timer's deadline it breaks the order of the event
+    loop's timer heap and delays every other timer of the worker (heartbeats, sleeps) by
+    seconds. It is treated as a deadline already passed, like a negative one."""
+    app = memory_app()
+    ran: list[str] = []
+
+    @app.task
+    async def work() -> None:
+        await asyncio.sleep(0.01)
+        ran.append("work")
+
+    backend = await app.backend()
+    job_id = new_job_id()
+    await backend.enqueue(
+        [NewJob(job_id, work.name, "default", b'{"a":[],"k":{}}', timeout=float("nan"))]
+    )
+    loop = asyncio.get_running_loop()
+    delays: list[float] = []
+    call_later = loop.call_later
+
+    def spy(delay: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        delays.append(delay)
+        return call_later(delay, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_later", spy)
+    await run_until_idle(app)
+    record = await backend.get_job(job_id)
+    assert record is not None and record.state is JobState.FAILED
+    assert record.error is not None and record.error.code == ErrorCode.TIMEOUT
+    assert delays and not [d for d in delays if d != d], delays
+    assert ran == []
+
+
 async def test_timeout_can_opt_into_retries_and_per_job_override() -> None:
     app = memory_app()
     attempts: list[int] = []

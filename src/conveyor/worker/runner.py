@@ -365,8 +365,12 @@ class JobRunner:
         assert me is not None
         timer = None
         if job.timeout is not None:
+            # A corrupt stored timeout may read back as NaN: as a timer's deadline it would break
+            # the order of the loop's timer heap (NaN compares false both ways) and hold up every
+            # other timer here, heartbeats included. It counts as passed, like a negative one.
+            delay = job.timeout if job.timeout == job.timeout else 0.0
             timer = asyncio.get_running_loop().call_later(
-                job.timeout, self.interrupt, active, "timeout", f"timed out after {job.timeout}s"
+                delay, self.interrupt, active, "timeout", f"timed out after {job.timeout}s"
             )
         cancelled = False
         active.extra["in_handler"] = me
