@@ -13,9 +13,9 @@ lease. Two ways to skew one worker process are used here:
   *trusted* by the store (that is how tests drive time), so a skewed injected clock does move
   leases: that case is measured and reported, not a bug.
 
-Two findings are checked as well: the delay of a job is turned into a run-at on the
-producer's clock (``Conveyor.build_job``: ``run_at = now + delay`` with ``now = app.now()``),
-so a producer whose clock is slow makes delayed jobs run early.
+Delays are checked as well: without an injected clock, the producer passes the delay itself
+(``NewJob.delay``) and the store adds it to its own clock, so a producer whose clock is slow
+does not make delayed jobs run early.
 
 SQLite lives on one host: every process reads the same clock, so skew between them does not
 arise (short of faking it per process).
