@@ -467,7 +467,9 @@ class Worker:
         self.active[job.id] = active
         self.per_task[job.task] = self.per_task.get(job.task, 0) + 1
         self.per_queue[job.queue] = self.per_queue.get(job.queue, 0) + 1
-        active.task = asyncio.create_task(self._run_one(active), name=f"conveyor-job-{job.id}")
+        # Unnamed: naming a task costs more than the rest of starting it (``self.active`` maps
+        # job ids to their tasks for anyone who needs to find one).
+        active.task = asyncio.create_task(self._run_one(active))
 
     async def _run_one(self, active: ActiveJob) -> None:
         try:
