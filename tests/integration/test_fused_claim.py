@@ -105,14 +105,10 @@ async def test_one_at_a_time_each_completion_claims_the_next(app: Conveyor) -> N
     assert calls["complete_and_claim"] >= N - 1
     assert calls["claim"] <= 3
     assert calls["complete"] <= 1
-    for handle in handles[:: N // 6]:
-        info = await handle.info()
+    for i in range(0, N, N // 6):
+        info = await handles[i].info()
         assert info is not None and info.state is JobState.COMPLETED
-        assert await handle.result(timeout=5) == handle_index(handles, handle)
-
-
-def handle_index(handles: list[Any], handle: Any) -> int:
-    return next(i for i, h in enumerate(handles) if h.id == handle.id)
+        assert await handles[i].result(timeout=5) == i
 
 
 async def test_a_task_limit_turns_fusing_off_and_is_respected(app: Conveyor) -> None:

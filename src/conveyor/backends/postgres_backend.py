@@ -2,7 +2,7 @@
 
 Claims are one pipelined transaction (stage due and expired jobs, then lease a batch with
 ``FOR UPDATE SKIP LOCKED``); fenced transitions are single statements; concurrent completions
-of one client share a statement (:mod:`conveyor.backends.postgres_batch`). Connections,
+of one client share a statement (:mod:`conveyor.backends.coalesce`). Connections,
 retries, wake-ups and reads come from :class:`~conveyor.backends.postgres_client.PostgresClient`.
 """
 
@@ -17,7 +17,7 @@ from psycopg import errors as pg_errors
 from psycopg.types.json import Json
 
 from conveyor.backends.base import Backend, CancelOutcome
-from conveyor.backends.postgres_batch import Coalescer
+from conveyor.backends.coalesce import Coalescer
 from conveyor.backends.postgres_client import (
     READ,
     RETRY_DELAYS,

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from conveyor.backends.base import RETRYABLE_STATES, Backend, CancelOutcome
-from conveyor.backends.postgres_batch import Coalescer
+from conveyor.backends.coalesce import Coalescer
 from conveyor.backends.redis_codec import (
     CLAIM_WIDTH,
     UnreadableJob,

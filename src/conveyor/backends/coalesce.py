@@ -1,7 +1,8 @@
-"""Group commit for one client: concurrent calls of one kind share a single statement.
+"""Group commit for one client: concurrent calls of one kind share a single statement or script.
 
 A worker running many jobs at once completes them independently, each with its own
-``complete()`` call, and each call would be its own transaction (one WAL flush each). The
+``complete()`` call, and each call would be its own round trip (on PostgreSQL its own
+transaction and WAL flush; on Redis its own script). The
 :class:`Coalescer` sends the first call at once; calls that arrive while it is in flight wait
 and go together in the next statement. A lone caller sees no added latency; a busy worker sees
 one flush per batch instead of one per job. Every caller still gets its own result.
