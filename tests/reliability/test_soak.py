@@ -8,7 +8,8 @@ many are sockets), threads and child processes, and the connections the store se
 ``pg_stat_activity`` for this schema's ``application_name``; a private Redis's client count).
 After a warm-up third, no worker's memory or descriptors may trend upwards; the store's
 connections stay under a bound (one per running job plus a few per process) and, in the long
-form, do not grow; when everything stops, the store sees no connection left. Every job is accounted for by the checker.
+form, do not grow; when everything stops, the store sees no connection left. Every job is
+accounted for by the checker.
 """
 
 from __future__ import annotations

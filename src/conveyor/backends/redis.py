@@ -15,6 +15,10 @@ Options (``factory_from_url(url, **options)``):
 ``retries``
     How many times a command is retried, with exponential backoff and jitter, when the
     connection drops (default 6: about two seconds of outage are ridden out).
+``pipelined``
+    Send every script call over one shared, pipelined connection (default ``True``; see
+    ``conveyor.backends.redis_pipe``). ``False`` uses redis-py's connection pool for them, as
+    do TLS (``rediss://``), Unix-socket and RESP3 clients in any case.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class RedisFactory(BackendFactory):
         prefix: str = "conveyor",
         client: Redis | None = None,
         retries: int = 6,
+        pipelined: bool = True,
     ) -> None:
         try:
             import redis.asyncio  # noqa: F401
@@ -67,6 +72,7 @@ class RedisFactory(BackendFactory):
         self.base = key_base(prefix)
         self.client = client
         self.retries = retries
+        self.pipelined = pipelined
 
     def create(self) -> RedisBackend:
         """A new client for the calling event loop (with its own connection pool unless the
@@ -75,9 +81,11 @@ class RedisFactory(BackendFactory):
         from conveyor.backends.redis_connect import make_client
 
         if self.client is not None:
-            return RedisBackend(self.url, self.prefix, self.base, self.client, False)
+            client, owned = self.client, False
+        else:
+            client, owned = make_client(self.url, self.retries), True
         return RedisBackend(
-            self.url, self.prefix, self.base, make_client(self.url, self.retries), True
+            self.url, self.prefix, self.base, client, owned, pipelined=self.pipelined
         )
 
     async def destroy(self) -> None:

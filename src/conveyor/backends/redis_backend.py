@@ -41,6 +41,7 @@ from conveyor.backends.redis_connect import (
     translate_errors,
 )
 from conveyor.backends.redis_notify import Notifier
+from conveyor.backends.redis_pipe import ScriptPipe, pipe_for
 from conveyor.backends.redis_scripts import ScriptArg, run
 from conveyor.domain.job import (
     ClaimedJob,
@@ -84,12 +85,23 @@ def write_token() -> str:
 class RedisBackend(Backend):
     """One client of the jobs stored under one key prefix of one Redis server."""
 
-    def __init__(self, url: str, prefix: str, base: str, client: Redis, owns_client: bool) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        base: str,
+        client: Redis,
+        owns_client: bool,
+        *,
+        pipelined: bool = True,
+    ) -> None:
         self.url = url
         self.prefix = prefix
         self.base = base
         self.client = client
         self._owns_client = owns_client
+        #: Script calls share one pipelined connection (``None``: they use redis-py's pool).
+        self.pipe: ScriptPipe | None = pipe_for(client, None) if pipelined else None
         self._blocking: Redis | None = None
         self._notifier: Notifier | None = None
         self._error_pause = 0.05
@@ -104,6 +116,8 @@ class RedisBackend(Backend):
 
     async def close(self) -> None:
         await self._completer.close()
+        if self.pipe is not None:
+            await self.pipe.close()
         if self._notifier is not None:
             await self._notifier.close()
             self._notifier = None
@@ -117,7 +131,7 @@ class RedisBackend(Backend):
 
     async def _run(self, name: str, args: Sequence[ScriptArg]) -> Any:
         with translate_errors(self.url, self.prefix):
-            return await run(self.client, name, self.base, args)
+            return await run(self.client, name, self.base, args, self.pipe)
 
     # -- producer ---------------------------------------------------------------------------
     async def enqueue(

@@ -20,6 +20,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from conveyor.backends.redis_pipe import ScriptPipe
+
 ScriptArg = str | bytes | int | float
 
 _INCLUDE = "--! "
@@ -55,9 +57,20 @@ def script(name: str) -> Script:
     return Script(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
 
 
-async def run(client: Redis, name: str, base: str, args: Sequence[ScriptArg]) -> Any:
-    """Run script ``name`` with ``KEYS = [base]`` and ``ARGV = args``; load it on NOSCRIPT."""
+async def run(
+    client: Redis, name: str, base: str, args: Sequence[ScriptArg], pipe: ScriptPipe | None = None
+) -> Any:
+    """Run script ``name`` with ``KEYS = [base]`` and ``ARGV = args``; load it on NOSCRIPT.
+
+    With a ``pipe`` the call goes through it (see :mod:`~conveyor.backends.redis_pipe`),
+    otherwise through redis-py's ``client``."""
     s = script(name)
+    if pipe is not None:
+        try:
+            return await pipe.execute("EVALSHA", s.sha, 1, base, *args)
+        except NoScriptError:
+            await pipe.execute("SCRIPT", "LOAD", s.source)
+            return await pipe.execute("EVALSHA", s.sha, 1, base, *args)
     try:
         return await client.evalsha(s.sha, 1, base, *args)
     except NoScriptError:

@@ -1,0 +1,199 @@
+"""The pipelined script connection (``conveyor.backends.redis_pipe``) against real servers:
+replies reach the right caller under concurrency, cancellation and error replies; a dropped
+connection is reconnected and the call retried; passwords, databases and timeouts behave as
+they do through redis-py; clients the pipe does not speak fall back to redis-py."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
+from redis.exceptions import AuthenticationError, NoScriptError, ResponseError, TimeoutError
+
+from conveyor.backends.redis import RedisFactory
+from conveyor.backends.redis_connect import make_client, make_retry
+from conveyor.backends.redis_pipe import ScriptPipe, pack, pipe_for
+from conveyor.domain.ids import new_job_id
+from conveyor.domain.job import NewJob
+
+try:
+    from .test_redis_support import SHARED_URL, factory, private_server, require_shared_server
+except ImportError:  # tests/integration is not a package
+    from test_redis_support import (  # type: ignore[no-redef]
+        SHARED_URL,
+        factory,
+        private_server,
+        require_shared_server,
+    )
+
+
+def job() -> NewJob:
+    return NewJob(id=new_job_id(), task="tasks.work", queue="default", payload=b"p")
+
+
+def shared_pipe(**overrides: object) -> ScriptPipe:
+    client = make_client(SHARED_URL, retries=3)
+    pipe = pipe_for(client, None)
+    assert pipe is not None
+    for name, value in overrides.items():
+        setattr(pipe, name, value)
+    return pipe
+
+
+def test_pack_writes_what_redis_py_writes() -> None:
+    args = ("EVALSHA", "ab" * 20, 1, "{p}:", "ünïcode", b"\x00\xffbytes", 7, 0.1, -2.5e-300, "")
+    expected = b"".join(Connection().pack_command(*args))
+    assert pack(args) == expected
+    with pytest.raises(TypeError, match="str, bytes or a number"):
+        pack(("SET", None))
+
+
+async def test_concurrent_callers_each_get_their_own_reply() -> None:
+    require_shared_server()
+    pipe = shared_pipe()
+    try:
+        values = [f"v{i}-{'x' * random.randint(0, 3000)}" for i in range(600)]
+        replies = await asyncio.gather(*(pipe.execute("ECHO", v) for v in values))
+        assert replies == [v.encode() for v in values]
+    finally:
+        await pipe.close()
+
+
+async def test_error_replies_and_cancelled_callers_leave_the_stream_in_step() -> None:
+    require_shared_server()
+    pipe = shared_pipe()
+    try:
+        calls: list[asyncio.Task[object]] = []
+        for i in range(300):
+            if i % 7 == 3:  # an error reply in the middle of the stream
+                calls.append(asyncio.create_task(pipe.execute("EVALSHA", "0" * 40, 0)))
+            else:
+                calls.append(asyncio.create_task(pipe.execute("ECHO", str(i))))
+        await asyncio.sleep(0)  # let every call write its command
+        cancelled = set(range(0, 300, 5))
+        for i in cancelled:
+            calls[i].cancel()
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        for i, outcome in enumerate(outcomes):
+            if i in cancelled:
+                assert isinstance(outcome, asyncio.CancelledError), (i, outcome)
+            elif i % 7 == 3:
+                assert isinstance(outcome, NoScriptError), (i, outcome)
+                assert "NOSCRIPT" in str(outcome)
+            else:
+                assert outcome == str(i).encode(), (i, outcome)
+        assert await pipe.execute("ECHO", "after") == b"after"
+        with pytest.raises(ResponseError, match="unknown command"):
+            await pipe.execute("NO-SUCH-COMMAND")
+    finally:
+        await pipe.close()
+
+
+async def test_a_killed_connection_is_reconnected_and_the_call_retried() -> None:
+    require_shared_server()
+    pipe = shared_pipe(client_name=f"pipe-{new_job_id()}")
+    admin = aioredis.Redis.from_url(SHARED_URL)
+    try:
+        assert await pipe.execute("PING") == b"PONG"
+        clients = await admin.client_list()
+        mine = [c for c in clients if c.get("name") == pipe.client_name]
+        assert len(mine) == 1
+        assert await admin.execute_command("CLIENT", "KILL", "ID", mine[0]["id"]) == 1
+        assert await pipe.execute("ECHO", "again") == b"again"
+        clients = await admin.client_list()
+        assert len([c for c in clients if c.get("name") == pipe.client_name]) == 1
+    finally:
+        await pipe.close()
+        await admin.aclose()
+
+
+async def test_password_and_database_from_the_url(tmp_path: Path) -> None:
+    async with private_server(tmp_path, "--requirepass", "s3cret") as server:
+        good = RedisFactory(f"redis://:s3cret@127.0.0.1:{server.port}/3", prefix="p")
+        backend = good.create()
+        assert backend.pipe is not None
+        try:
+            await backend.open()
+            assert (await backend.enqueue([job()]))[0].created
+        finally:
+            await backend.close()
+        admin = server.client(password="s3cret", db=3)
+        try:
+            assert await admin.keys("{p}:j:*")  # the job went to database 3
+        finally:
+            await admin.aclose()
+        wrong = pipe_for(make_client(f"redis://:nope@127.0.0.1:{server.port}/0", 6), None)
+        assert wrong is not None
+        started = time.monotonic()
+        with pytest.raises(AuthenticationError):
+            await wrong.execute("PING")
+        assert time.monotonic() - started < 1.0  # refused at once: no retries with backoff
+        await wrong.close()
+
+
+async def test_a_server_that_does_not_answer_times_out_then_recovers(tmp_path: Path) -> None:
+    async with private_server(tmp_path) as server:
+        pipe = pipe_for(make_client(server.url, 0), None)
+        assert pipe is not None
+        pipe.timeout = 0.3
+        admin = server.client()
+        try:
+            assert await pipe.execute("PING") == b"PONG"
+            await admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await pipe.execute("SET", "k", "v")
+            assert time.monotonic() - started < 1.2
+            await admin.execute_command("CLIENT", "UNPAUSE")
+            assert await pipe.execute("ECHO", "back") == b"back"
+        finally:
+            await pipe.close()
+            await admin.aclose()
+
+
+async def test_retries_ride_out_a_short_outage(tmp_path: Path) -> None:
+    async with private_server(tmp_path) as server:
+        pipe = pipe_for(make_client(server.url, 0), make_retry(8))
+        assert pipe is not None
+        try:
+            assert await pipe.execute("PING") == b"PONG"
+            server.kill()
+            call = asyncio.create_task(pipe.execute("ECHO", "through"))
+            await asyncio.sleep(0.2)  # the outage: the call is retrying meanwhile
+            assert not call.done()
+            await server.start()
+            assert await asyncio.wait_for(call, 10) == b"through"
+        finally:
+            await pipe.close()
+
+
+def test_clients_the_pipe_does_not_speak_use_redis_py() -> None:
+    assert pipe_for(aioredis.Redis.from_url("rediss://127.0.0.1:6380/0"), None) is None
+    assert pipe_for(aioredis.Redis(unix_socket_path="/tmp/redis.sock"), None) is None
+    assert pipe_for(aioredis.Redis.from_url("redis://127.0.0.1:6379/0", protocol=3), None) is None
+    assert RedisFactory(SHARED_URL, pipelined=False).create().pipe is None
+    assert RedisFactory(SHARED_URL).create().pipe is not None
+
+
+async def test_the_redis_py_path_still_runs_every_transition() -> None:
+    require_shared_server()
+    f = factory(pipelined=False)
+    backend = f.create()
+    assert backend.pipe is None
+    try:
+        await backend.open()
+        new = job()
+        assert (await backend.enqueue([new]))[0].created
+        (claimed,) = await backend.claim("w", ["default"], 1, 30.0)
+        assert claimed.id == new.id
+        assert await backend.complete(claimed.id, claimed.fence, b"1")
+        record = await backend.get_job(new.id)
+        assert record is not None and record.state.value == "completed"
+    finally:
+        await backend.close()
+        await f.destroy()
