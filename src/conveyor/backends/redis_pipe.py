@@ -95,12 +95,16 @@ class _Protocol(asyncio.Protocol):
         self.pending: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
+        #: Event-loop time of the last bytes received.
+        self.last_read = 0.0
+        self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        self.last_read = self.loop.time()
         self.reader.feed(data)
         pending = self.pending
         while True:
@@ -179,12 +183,14 @@ class ScriptPipe:
             protocol = await self._connect()
         transport = protocol.transport
         assert transport is not None
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         protocol.pending.append(fut)
+        sent_at = loop.time()
         transport.write(packed)
-        if self.timeout is None:
-            return await fut
         try:
+            if self.timeout is None:
+                return await fut
             async with asyncio.timeout(self.timeout):
                 return await fut  # a timeout cancels fut; its late reply is then skipped
         except TimeoutError as exc:
@@ -193,6 +199,14 @@ class ScriptPipe:
             error = RedisTimeoutError(f"Timeout reading from {self.host}:{self.port}")
             protocol.fail(error)
             raise error from exc
+        except asyncio.CancelledError:
+            # The caller gave up (a deadline of its own, a shutdown). If nothing at all came
+            # back since this command was sent, the connection may have silently died (a NAT
+            # or firewall dropped it, no FIN or RST): drop it, so the others waiting on it
+            # retry on a new one instead of waiting for the read timeout.
+            if protocol.last_read < sent_at:
+                protocol.fail(ConnectionError("no reply from Redis; reconnecting"))
+            raise
 
     async def _connect(self) -> _Protocol:
         if self._closed:
