@@ -6,7 +6,8 @@ completes jobs until none is left, calling :func:`bench.recorder.record` for eac
 as Conveyor's no-op task does, so the cell measures it like any worker.
 
 ``raw``: the same driver with the same settings, sending the very SQL/Lua Conveyor sends (its
-own query and script files, the same parameters and batching): one claim for up to
+own query and script files, the same parameters and batching; on Redis over the same
+pipelined connection, ``conveyor.backends.redis_pipe``): one claim for up to
 ``CONCURRENCY`` jobs, then the batch's completions (on Redis and PostgreSQL, whose backends
 coalesce concurrent completions, one ``complete_many`` script or ``complete_batch`` statement
 per batch; SQLite completes the batch in one transaction, as its writer thread does); at
@@ -75,9 +76,16 @@ async def redis_raw(url: str, prefix: str, concurrency: int) -> int:
     from conveyor.backends.redis_backend import COMPLETE_BATCH, PROMOTE_BATCH
     from conveyor.backends.redis_codec import CLAIM_WIDTH, decode_claimed, key_base, num
     from conveyor.backends.redis_connect import make_client
+    from conveyor.backends.redis_pipe import pipe_for
     from conveyor.backends.redis_scripts import script
 
     client = make_client(url, 6)
+    pipe = pipe_for(client, None)  # the transport Conveyor's backend sends its scripts over
+    assert pipe is not None
+
+    async def evalsha(sha: str, *args: Any) -> Any:
+        return await pipe.execute("EVALSHA", sha, 1, base, *args)
+
     base = key_base(prefix)
     claim_script, complete_script = script("claim"), script("complete")
     many_script, fused_script = script("complete_many"), script("complete_claim")
@@ -88,7 +96,7 @@ async def redis_raw(url: str, prefix: str, concurrency: int) -> int:
     async def claim(limit: int) -> list[Job]:
         nonlocal checked
         args = [WORKER_ID, str(limit), num(LEASE), "", str(PROMOTE_BATCH), "1", QUEUE, "-1", "0"]
-        reply = await client.evalsha(claim_script.sha, 1, base, *args)
+        reply = await evalsha(claim_script.sha, *args)
         rows = [reply[i : i + CLAIM_WIDTH] for i in range(0, len(reply), CLAIM_WIDTH)]
         if rows and not checked:  # the reply layout is Conveyor's: check our reading of it once
             job = decode_claimed(rows[0])
@@ -98,7 +106,7 @@ async def redis_raw(url: str, prefix: str, concurrency: int) -> int:
 
     async def complete(job: Job) -> Any:
         args = [job[0], str(job[1]), "0", b"", "", TOKEN]
-        return await client.evalsha(complete_script.sha, 1, base, *args)
+        return await evalsha(complete_script.sha, *args)
 
     async def complete_many(jobs: list[Job]) -> Any:
         # Conveyor's backend sends at most COMPLETE_BATCH completions per script.
@@ -106,7 +114,7 @@ async def redis_raw(url: str, prefix: str, concurrency: int) -> int:
             args: list[Any] = []
             for job_id, fence in jobs[i : i + COMPLETE_BATCH]:
                 args += [job_id, str(fence), "0", b"", ""]
-            await client.evalsha(many_script.sha, 1, base, TOKEN, *args)
+            await evalsha(many_script.sha, TOKEN, *args)
 
     async def one_at_a_time() -> int:
         # Conveyor's worker at concurrency 1 completes a job and claims the next in one script.
@@ -117,7 +125,7 @@ async def redis_raw(url: str, prefix: str, concurrency: int) -> int:
             record(0.0)
             args = [job_id, str(fence), "0", b"", TOKEN, WORKER_ID, "1", num(LEASE), ""]
             args += [str(PROMOTE_BATCH), "1", QUEUE, "-1", "0"]
-            reply = await client.evalsha(fused_script.sha, 1, base, *args)
+            reply = await evalsha(fused_script.sha, *args)
             rows = reply[1:]
             jobs = [(rows[0], int(rows[7]))] if rows else []
             done += 1
@@ -128,6 +136,7 @@ async def redis_raw(url: str, prefix: str, concurrency: int) -> int:
             return await one_at_a_time()
         return await drain(claim, complete, concurrency, complete_many)
     finally:
+        await pipe.close()
         await client.aclose()
 
 

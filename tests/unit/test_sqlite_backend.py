@@ -817,3 +817,55 @@ async def test_kill_9_during_bulk_enqueues_leaves_whole_batches_and_a_sound_file
     assert len(await backend.claim("w", ["q"], 5, 30)) == 1
     with sqlite3.connect(factory.path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+# -- inline writes ---------------------------------------------------------------------------------
+async def test_one_job_writes_run_inline_when_the_writer_is_idle(
+    backend: SQLiteBackend, factory: SQLiteFactory
+) -> None:
+    engine = await factory.engine()
+    before = engine.inline_writes
+    [first] = await backend.enqueue([_job()])
+    assert engine.inline_writes == before + 1
+    await backend.enqueue([_job(), _job()])  # a batch goes to the writer thread
+    assert engine.inline_writes == before + 1
+    [claimed] = await backend.claim("w", ["q"], 1, 30.0)
+    done, [following] = await backend.complete_and_claim(
+        claimed.id, claimed.fence, b"1", "w", ["q"], 1, 30.0
+    )
+    assert done and following.id != claimed.id
+    assert engine.inline_writes == before + 2
+    record = await backend.get_job(first.id)
+    assert record is not None and record.state is JobState.COMPLETED
+
+
+async def test_a_failing_inline_write_rolls_back_and_leaves_the_connection_usable(
+    backend: SQLiteBackend, factory: SQLiteFactory
+) -> None:
+    engine = await factory.engine()
+
+    def half_done(conn: sqlite3.Connection, fx: object) -> None:
+        conn.execute("CREATE TABLE inline_probe (x)")
+        raise ZeroDivisionError("the op failed half way")
+
+    with pytest.raises(ZeroDivisionError):
+        await engine.write_small(half_done)
+    assert engine.inline_writes == 0
+    with sqlite3.connect(factory.path) as probe:
+        tables = probe.execute("SELECT name FROM sqlite_master WHERE name = 'inline_probe'")
+        assert tables.fetchall() == []
+    [result] = await backend.enqueue([_job()])
+    assert result.created and engine.inline_writes == 1
+
+
+async def test_power_durability_never_commits_on_the_callers_thread(tmp_path: Path) -> None:
+    factory = SQLiteFactory(_url(tmp_path / "jobs.db"), durability="power")
+    backend = factory.create()
+    await backend.open()
+    try:
+        [result] = await backend.enqueue([_job()])
+        assert result.created
+        assert (await factory.engine()).inline_writes == 0
+    finally:
+        await backend.close()
+        await factory.destroy()

@@ -230,7 +230,8 @@ class SQLiteBackend(SQLiteKV, Backend):
         batch = list(jobs)
         encoded = [encode_job(job) for job in batch]
         engine = await self.factory.engine()
-        return await engine.write(lambda conn, fx: ops.enqueue(conn, fx, batch, encoded, now))
+        write = engine.write_small if len(batch) == 1 else engine.write
+        return await write(lambda conn, fx: ops.enqueue(conn, fx, batch, encoded, now))
 
     async def enqueue_on(
         self, conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float | None = None
@@ -309,7 +310,7 @@ class SQLiteBackend(SQLiteKV, Backend):
             return done, jobs
 
         engine = await self.factory.engine()
-        return await engine.write(fused)
+        return await engine.write_small(fused)  # one job at a time: inline when it can be
 
     async def complete(
         self, job_id: str, fence: int, result: bytes | None, now: float | None = None

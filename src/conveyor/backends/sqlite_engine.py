@@ -13,6 +13,15 @@ sqlite3 blocks, so each factory runs its database work in two dedicated threads:
 
 Requests come from coroutines on any event loop; results go back through
 ``loop.call_soon_threadsafe``, one call per loop per batch.
+
+A hand-off to the writer and back costs two thread wake-ups, several times the work of a
+one-job transaction. So a caller that makes one small write at a time (a single enqueue, the
+worker's fused complete-and-claim at concurrency 1) may ask for it **inline**: when the writer
+is idle and the database's write lock can be taken at once, the transaction runs right there
+on the caller's thread, on the writer's connection (the two take turns under one mutex);
+otherwise (the writer is busy, another process holds the lock, or the commit would have to
+wait for an ``fsync`` under ``durability="power"``) it goes to the writer as usual. Inline work
+never waits on a lock, so it never stalls the caller's event loop for longer than the write.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from conveyor.backends.sqlite_notify import Effects, Notifier
 from conveyor.backends.sqlite_schema import (
@@ -100,6 +109,13 @@ class Engine:
         self._reads: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._reader: threading.Thread | None = None
         self._submit = threading.Lock()
+        #: Held by whoever uses the write connection: the writer for a batch, or an inline write.
+        self._conn_lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        #: Inline writes are only worth it when a commit does not wait for an fsync.
+        self.inline = durability != "power"
+        #: How many writes ran inline (for tests and diagnostics).
+        self.inline_writes = 0
         #: True once the database is open and migrated (a cheap check for the hot path).
         self.ready = False
         #: How many times the reader polled ``data_version`` (for tests and diagnostics).
@@ -150,6 +166,55 @@ class Engine:
         self._put(self._writes, _Request(fn, loop, future))
         return await future
 
+    async def write_small(self, fn: WriteOp[T]) -> T:
+        """:meth:`write` for one small write: run inline when that needs no waiting (see the
+        module docstring), else handed to the writer."""
+        done, value = self._try_inline(fn)
+        if done:
+            return cast(T, value)
+        return await self.write(fn)
+
+    def _try_inline(self, fn: WriteOp[T]) -> tuple[bool, T | None]:
+        conn = self._conn
+        if (
+            conn is None
+            or not self.inline
+            or self._closed
+            or not self._writes.empty()
+            or not self._conn_lock.acquire(blocking=False)
+        ):
+            return False, None
+        try:
+            if self._conn is not conn or self._closed:
+                return False, None
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:
+                return False, None  # another process writes: queue behind it on the writer
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000):d}")
+            fx = Effects()
+            try:
+                value = fn(conn, fx)
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                mapped = self._mapped(exc)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
+        finally:
+            self._conn_lock.release()
+        self.inline_writes += 1
+        if fx:
+            self.notifier.dispatch(fx)
+        return True, value
+
     async def read(self, fn: ReadOp[T]) -> T:
         """Run ``fn(conn)`` on the read connection; its result."""
         loop = asyncio.get_running_loop()
@@ -179,11 +244,14 @@ class Engine:
             daemon=True,
         )
         self._reader.start()
+        self._conn = conn
         self.ready = True
         self.started.set_result(applied)
         try:
             self._writer_loop(conn)
         finally:
+            with self._conn_lock:
+                self._conn = None
             self._reads.put(_STOP)
             self._reader.join()
             conn.close()
@@ -227,12 +295,23 @@ class Engine:
                 return
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Request]) -> None:
+        # The connection is released before anyone is woken, so a caller that goes on to a
+        # write of its own finds it free (see write_small).
+        with self._conn_lock:
+            results, effects = self._transact(conn, batch)
+        for fx in effects:
+            self.notifier.dispatch(fx)
+        _deliver(results)
+
+    def _transact(
+        self, conn: sqlite3.Connection, batch: list[_Request]
+    ) -> tuple[list[tuple[_Request, bool, Any]], list[Effects]]:
+        """Run ``batch`` in one transaction; if it fails, each request in one of its own."""
         fx = Effects()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
-            _deliver([(request, False, self._mapped(exc)) for request in batch])
-            return
+            return [(request, False, self._mapped(exc)) for request in batch], []
         values: list[Any] = []
         try:
             for request in batch:
@@ -245,14 +324,16 @@ class Engine:
                 except sqlite3.Error:
                     pass
             if len(batch) == 1:
-                _deliver([(batch[0], False, self._mapped(exc))])
-            else:
-                for request in batch:
-                    self._run_batch(conn, [request])
-            return
-        if fx:
-            self.notifier.dispatch(fx)
-        _deliver([(request, True, value) for request, value in zip(batch, values, strict=True)])
+                return [(batch[0], False, self._mapped(exc))], []
+            results: list[tuple[_Request, bool, Any]] = []
+            effects: list[Effects] = []
+            for request in batch:
+                one, fxs = self._transact(conn, [request])
+                results += one
+                effects += fxs
+            return results, effects
+        results = [(request, True, value) for request, value in zip(batch, values, strict=True)]
+        return results, [fx] if fx else []
 
     def _mapped(self, exc: BaseException) -> BaseException:
         if isinstance(exc, sqlite3.Error):
