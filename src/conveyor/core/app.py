@@ -92,6 +92,7 @@ class Conveyor:
         self.clock = clock
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.queues: dict[str, QueueConfig] = {}
+        self._undeclared_queues: dict[str, QueueConfig] = {}
         self.middleware: list[Middleware] = []
         self.events = EventHub()
         self.portal = Portal(on_exit=self._close_at_exit)
@@ -271,7 +272,12 @@ class Conveyor:
         return self.schedules.declare(spec)
 
     def queue_config(self, name: str) -> QueueConfig:
-        return self.queues.get(name) or QueueConfig(name)
+        config = self.queues.get(name)
+        if config is None:  # an undeclared queue: the defaults (made once, on the hot path)
+            config = self._undeclared_queues.get(name)
+            if config is None:
+                config = self._undeclared_queues[name] = QueueConfig(name)
+        return config
 
     def use(self, middleware: Middleware) -> Conveyor:
         """Add app-wide middleware (outermost first)."""

@@ -288,8 +288,9 @@ class JobRunner:
             _loop=loop,
         )
         active.ctx = ctx
-        self._install_thread_hook(active, ctx)
         task = self.app.tasks.get(job.task)
+        if task is not None and task.config.executor == "thread":
+            self._install_thread_hook(active, ctx)
         started = time.monotonic()
         if self.app.events.has_listeners("started", job.task):
             await self.app.events.emit(
@@ -466,7 +467,7 @@ class JobRunner:
         delay = 0.05
         for attempt in range(10):
             try:
-                return await within(max(self.app.lease, 5.0), op())
+                return await within(max(self.app.lease, 5.0), op(), coarse=True)
             except Exception as exc:  # noqa: BLE001
                 if attempt == 9:
                     log.error(

@@ -47,11 +47,13 @@ class WorkerStatsCollector:
         cancelled, or handed_back (not counted as processed)."""
         if outcome == "handed_back":
             return
-        counters = (
-            self,
-            self.queues.setdefault(queue, _Counter()),
-            self.tasks.setdefault(task, _Counter()),
-        )
+        by_queue = self.queues.get(queue)
+        if by_queue is None:
+            by_queue = self.queues[queue] = _Counter()
+        by_task = self.tasks.get(task)
+        if by_task is None:
+            by_task = self.tasks[task] = _Counter()
+        counters = (self, by_queue, by_task)
         for c in counters:
             c.processed += 1
             c.total_duration += duration
