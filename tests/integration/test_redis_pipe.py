@@ -6,6 +6,7 @@ they do through redis-py; clients the pipe does not speak fall back to redis-py.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from redis.exceptions import AuthenticationError, NoScriptError, ResponseError, 
 
 from conveyor.backends.redis import RedisFactory
 from conveyor.backends.redis_connect import make_client, make_retry
-from conveyor.backends.redis_pipe import ScriptPipe, pack, pipe_for
+from conveyor.backends.redis_pipe import SILENCE, PipeClosedError, ScriptPipe, pack, pipe_for
 from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import NewJob
 
@@ -197,3 +198,104 @@ async def test_the_redis_py_path_still_runs_every_transition() -> None:
     finally:
         await backend.close()
         await f.destroy()
+
+
+#: A script that keeps the server busy for 300 ms (Redis runs one script at a time).
+BUSY = (
+    "local t = redis.call('TIME'); local s = t[1] * 1e6 + t[2]; "
+    "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - s > 300000; return 1"
+)
+
+
+async def test_a_caller_giving_up_on_a_busy_server_leaves_the_others_calls_alone() -> None:
+    """Dropping the shared connection when one caller gives up would make the others send
+    again commands Redis may already have run (a claim twice, an INCR twice)."""
+    require_shared_server()
+    pipe = shared_pipe()
+    other = aioredis.Redis.from_url(SHARED_URL)
+    key = f"{{pipe-test}}:{new_job_id()}"
+    try:
+        assert await pipe.execute("PING") == b"PONG"
+        busy = asyncio.create_task(other.eval(BUSY, 0))
+        await asyncio.sleep(0.02)  # the server is inside the script now
+        counted = asyncio.create_task(pipe.execute("INCR", key))
+        gives_up = asyncio.create_task(pipe.execute("PING"))
+        await asyncio.sleep(0.05)
+        gives_up.cancel()
+        await busy
+        assert await counted == 1
+        assert await other.get(key) == b"1"
+        assert await pipe.execute("ECHO", "same connection") == b"same connection"
+    finally:
+        await other.delete(key)
+        await other.aclose()
+        await pipe.close()
+
+
+async def test_a_silent_connection_is_dropped_after_a_caller_gives_up(tmp_path: Path) -> None:
+    async with private_server(tmp_path) as server:
+        pipe = pipe_for(make_client(server.url, 0), make_retry(3))
+        assert pipe is not None
+        admin = server.client()
+        try:
+            assert await pipe.execute("PING") == b"PONG"
+            await admin.execute_command("CLIENT", "PAUSE", "4000", "ALL")  # nothing comes back
+            waiting = asyncio.create_task(pipe.execute("ECHO", "patient"))
+            gives_up = asyncio.create_task(pipe.execute("PING"))
+            await asyncio.sleep(0.1)
+            gives_up.cancel()
+            first = pipe._protocol
+            started = time.monotonic()
+            while pipe._protocol is first and first is not None and first.lost is None:
+                assert time.monotonic() - started < SILENCE + 2.0, "the silent connection stayed"
+                await asyncio.sleep(0.05)  # polling the pipe's state; the deadline bounds it
+            assert time.monotonic() - started >= SILENCE - 0.2
+            await admin.execute_command("CLIENT", "UNPAUSE")
+            assert await asyncio.wait_for(waiting, 10) == b"patient"  # retried, then answered
+        finally:
+            await pipe.close()
+            await admin.aclose()
+
+
+async def test_a_failed_handshake_raises_once_and_leaves_nothing_behind(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with private_server(tmp_path, "--requirepass", "right") as server:
+        url = f"redis://:wrong@127.0.0.1:{server.port}/2?client_name=conveyor-test"
+        pipe = pipe_for(make_client(url, 6), None)
+        assert pipe is not None
+        with pytest.raises(AuthenticationError, match="WRONGPASS"):
+            await pipe.execute("PING")
+        await pipe.close()
+        gc.collect()
+        await asyncio.sleep(0)
+        assert "never retrieved" not in caplog.text
+
+
+async def test_closing_while_a_call_connects_refuses_the_call() -> None:
+    require_shared_server()
+    name = f"pipe-close-{new_job_id()}"
+    pipe = shared_pipe(client_name=name)
+    admin = aioredis.Redis.from_url(SHARED_URL)
+    try:
+        call = asyncio.create_task(pipe.execute("PING"))
+        await asyncio.sleep(0)  # the call is connecting
+        await pipe.close()
+        with pytest.raises(PipeClosedError):
+            await call
+        await asyncio.sleep(0.05)  # let the server see the close; then nothing of ours is left
+        assert name not in [c.get("name") for c in await admin.client_list()]
+    finally:
+        await admin.aclose()
+
+
+async def test_a_password_in_the_url_is_accepted_by_a_server_without_one() -> None:
+    """redis-py authenticates with HELLO, which a passwordless default user accepts; so does
+    the pipe (a bare AUTH would be refused)."""
+    require_shared_server()
+    pipe = pipe_for(make_client("redis://:anything@127.0.0.1:6379/0", 0), None)
+    assert pipe is not None
+    try:
+        assert await pipe.execute("PING") == b"PONG"
+    finally:
+        await pipe.close()

@@ -869,3 +869,45 @@ async def test_power_durability_never_commits_on_the_callers_thread(tmp_path: Pa
     finally:
         await backend.close()
         await factory.destroy()
+
+
+async def test_an_inline_write_that_cannot_begin_goes_to_the_writer_and_reports_there(
+    tmp_path: Path,
+) -> None:
+    """A file that turned out not to be a database fails an inline write with Conveyor's
+    error (from the writer thread), not a raw sqlite3 one."""
+    path = tmp_path / "jobs.db"
+    factory = SQLiteFactory(_url(path))
+    backend = factory.create()
+    await backend.open()
+    try:
+        engine = await factory.engine()
+        conn = engine._conn
+        assert conn is not None
+        with engine._conn_lock:  # the writer is idle; make BEGIN fail as a damaged file would
+            conn.execute("PRAGMA query_only = 1")
+        with pytest.raises(BackendError):
+            await backend.enqueue([_job()])
+        with engine._conn_lock:
+            conn.execute("PRAGMA query_only = 0")
+            assert not conn.in_transaction
+        assert (await backend.enqueue([_job()]))[0].created
+    finally:
+        await backend.close()
+        await factory.destroy()
+
+
+async def test_the_writer_checkpoints_the_wal_instead_of_inline_commits(
+    backend: SQLiteBackend, factory: SQLiteFactory
+) -> None:
+    from conveyor.backends.sqlite_engine import CHECKPOINT_EVERY
+
+    engine = await factory.engine()
+    assert engine._conn is not None
+    with engine._conn_lock:
+        assert engine._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    for _ in range(CHECKPOINT_EVERY + 5):
+        await backend.enqueue([_job()])
+    assert engine.inline_writes >= CHECKPOINT_EVERY
+
+    await _until(lambda: engine.checkpoints >= 1)

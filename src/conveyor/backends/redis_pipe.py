@@ -41,11 +41,21 @@ from redis.exceptions import (
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisError,
     ResponseError,
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = str | bytes | int | float
+
+#: How long a connection may stay silent, after a caller gave up waiting on it, before it is
+#: taken for dead and replaced.
+SILENCE = 2.0
+
+
+class PipeClosedError(RedisError):
+    """The backend was closed; not retried (unlike a dropped connection)."""
+
 
 #: Error replies whose first word names a redis-py exception class other than ResponseError.
 #: The message keeps that word (``translate_errors`` reads it).
@@ -129,6 +139,11 @@ class _Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(ConnectionError(f"Connection to Redis lost{f': {exc}' if exc else ''}"))
 
+    def fail_if_silent_since(self, since: float) -> None:
+        """Drop the connection if calls wait and nothing has arrived since ``since``."""
+        if self.lost is None and self.pending and self.last_read < since:
+            self.fail(ConnectionError("no reply from Redis; reconnecting"))
+
     def fail(self, error: Exception) -> None:
         """Close the connection and fail every call still waiting for a reply."""
         if self.lost is None:
@@ -194,26 +209,31 @@ class ScriptPipe:
             async with asyncio.timeout(self.timeout):
                 return await fut  # a timeout cancels fut; its late reply is then skipped
         except TimeoutError as exc:
-            # A server that does not answer in time: drop the connection (as redis-py does)
-            # so every caller stuck behind the same reply fails now and retries.
-            error = RedisTimeoutError(f"Timeout reading from {self.host}:{self.port}")
-            protocol.fail(error)
-            raise error from exc
-        except asyncio.CancelledError:
-            # The caller gave up (a deadline of its own, a shutdown). If nothing at all came
-            # back since this command was sent, the connection may have silently died (a NAT
-            # or firewall dropped it, no FIN or RST): drop it, so the others waiting on it
-            # retry on a new one instead of waiting for the read timeout.
+            # Nothing for this call within the read timeout. If nothing at all came back
+            # since it was sent, the connection is dead: drop it (as redis-py drops a
+            # connection that timed out), and the calls stuck behind it fail and retry. If
+            # other replies did come, the server is alive and merely slow: only this call
+            # gives up, and its late reply is skipped.
             if protocol.last_read < sent_at:
-                protocol.fail(ConnectionError("no reply from Redis; reconnecting"))
+                protocol.fail(RedisTimeoutError(f"Timeout reading from {self.host}:{self.port}"))
+            raise RedisTimeoutError(f"Timeout reading from {self.host}:{self.port}") from exc
+        except asyncio.CancelledError:
+            # The caller gave up (a deadline of its own, a shutdown); its late reply will be
+            # skipped and the others' calls are untouched: dropping the connection now would
+            # make them send again commands Redis may already have run. But a connection
+            # that silently died (a NAT or firewall forgot it: no FIN, no RST) would hold
+            # every caller until the read timeout, so if nothing comes back for
+            # SILENCE seconds more, it is dropped then.
+            if protocol.last_read < sent_at:
+                loop.call_later(SILENCE, protocol.fail_if_silent_since, sent_at)
             raise
 
     async def _connect(self) -> _Protocol:
-        if self._closed:
-            raise ConnectionError("the Redis backend is closed")
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
+            if self._closed:
+                raise PipeClosedError("the Redis backend is closed")
             current = self._protocol
             if current is not None and current.lost is None:
                 return current
@@ -237,6 +257,8 @@ class ScriptPipe:
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             try:
                 await self._handshake(protocol)
+                if self._closed:  # closed while this connection was being set up
+                    raise PipeClosedError("the Redis backend is closed")
             except BaseException:
                 protocol.fail(ConnectionError("handshake failed"))
                 raise
@@ -244,11 +266,14 @@ class ScriptPipe:
             return protocol
 
     async def _handshake(self, protocol: _Protocol) -> None:
+        """Authenticate, name the connection and pick the database, pipelined in one write.
+
+        ``HELLO 2 AUTH`` as redis-py does (it sends ``HELLO 3 AUTH``): it works for a password
+        on the default user and for ACL users, and, unlike a bare ``AUTH``, is not refused
+        when the server's default user has no password."""
         commands: list[list[Arg]] = []
         if self.password is not None:
-            commands.append(
-                ["AUTH", self.username, self.password] if self.username else ["AUTH", self.password]
-            )
+            commands.append(["HELLO", 2, "AUTH", self.username or "default", self.password])
         if self.client_name:
             commands.append(["CLIENT", "SETNAME", self.client_name])
         if self.db:
@@ -266,6 +291,12 @@ class ScriptPipe:
                     await fut
         except TimeoutError as exc:
             raise RedisTimeoutError(f"Timeout connecting to {self.host}:{self.port}") from exc
+        finally:
+            for fut in futures:  # after a failure, the later replies are nobody's business
+                if fut.done() and not fut.cancelled():
+                    fut.exception()
+                else:
+                    fut.cancel()
 
 
 def pipe_for(client: Redis, retry: Retry | None) -> ScriptPipe | None:

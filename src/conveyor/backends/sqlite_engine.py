@@ -57,6 +57,10 @@ POLL_MAX = 0.05
 
 _STOP = object()
 _KICK = object()
+_CHECKPOINT = object()
+#: Committed requests between two WAL checkpoints (a one-job write dirties a handful of pages;
+#: SQLite's own automatic checkpoint comes every 1000 pages).
+CHECKPOINT_EVERY = 200
 
 
 class _Request:
@@ -116,6 +120,10 @@ class Engine:
         self.inline = durability != "power"
         #: How many writes ran inline (for tests and diagnostics).
         self.inline_writes = 0
+        #: How many WAL checkpoints the writer ran (for tests and diagnostics).
+        self.checkpoints = 0
+        self._commits = 0
+        self._checkpoint_asked = False
         #: True once the database is open and migrated (a cheap check for the hot path).
         self.ready = False
         #: How many times the reader polled ``data_version`` (for tests and diagnostics).
@@ -187,15 +195,10 @@ class Engine:
         try:
             if self._conn is not conn or self._closed:
                 return False, None
-            conn.execute("PRAGMA busy_timeout = 0")
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError:
-                return False, None  # another process writes: queue behind it on the writer
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000):d}")
             fx = Effects()
             try:
+                if not self._begin_at_once(conn):
+                    return False, None  # another process writes: queue behind it on the writer
                 value = fn(conn, fx)
                 conn.execute("COMMIT")
             except BaseException as exc:
@@ -208,12 +211,49 @@ class Engine:
                 if mapped is exc:
                     raise
                 raise mapped from exc
+            self.inline_writes += 1
+            self._committed(1, inline=True)
         finally:
             self._conn_lock.release()
-        self.inline_writes += 1
         if fx:
             self.notifier.dispatch(fx)
         return True, value
+
+    def _begin_at_once(self, conn: sqlite3.Connection) -> bool:
+        """``BEGIN IMMEDIATE`` without waiting for the lock; False if it cannot be had now
+        (or anything else goes wrong: the writer thread then meets and reports it)."""
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000):d}")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return False
+        return True
+
+    def _committed(self, requests: int, *, inline: bool) -> None:
+        """Count committed requests; every CHECKPOINT_EVERY of them the writer thread runs a
+        WAL checkpoint (the write connection's automatic one is off: it would run inside
+        whichever commit crossed the threshold, an inline one included, and fsync there)."""
+        self._commits += requests
+        if self._commits < CHECKPOINT_EVERY or self._checkpoint_asked:
+            return
+        self._checkpoint_asked = True
+        if inline:
+            self._writes.put(_CHECKPOINT)
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        with self._conn_lock:
+            self._commits = 0
+            self._checkpoint_asked = False
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error:
+                pass  # a busy or failing checkpoint is retried after the next CHECKPOINT_EVERY
+        self.checkpoints += 1
 
     async def read(self, fn: ReadOp[T]) -> T:
         """Run ``fn(conn)`` on the read connection; its result."""
@@ -232,6 +272,7 @@ class Engine:
         try:
             applied = migrate(conn, self.path)
             check_writable(conn)
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # the writer checkpoints (_committed)
             reader = connect(self.path, durability=self.durability, busy_timeout=self.busy_timeout)
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
             conn.close()
@@ -279,6 +320,9 @@ class Engine:
             item = writes.get()
             if item is _STOP:
                 return
+            if item is _CHECKPOINT:
+                self._checkpoint(conn)
+                continue
             batch = [item]
             stop = False
             while len(batch) < MAX_BATCH:
@@ -289,8 +333,11 @@ class Engine:
                 if item is _STOP:
                     stop = True
                     break
-                batch.append(item)
+                if item is not _CHECKPOINT:  # a checkpoint asked for comes after this batch
+                    batch.append(item)
             self._run_batch(conn, batch)
+            if self._checkpoint_asked:
+                self._checkpoint(conn)
             if stop:
                 return
 
@@ -299,6 +346,7 @@ class Engine:
         # write of its own finds it free (see write_small).
         with self._conn_lock:
             results, effects = self._transact(conn, batch)
+            self._committed(len(batch), inline=False)
         for fx in effects:
             self.notifier.dispatch(fx)
         _deliver(results)

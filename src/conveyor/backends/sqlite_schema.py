@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -224,15 +225,13 @@ def connect(path: str, *, durability: Durability, busy_timeout: float) -> sqlite
         raise storage_error(exc, path, busy_timeout) from exc
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000):d}")
-        mode = conn.execute("PRAGMA journal_mode").fetchall()[0][0]
-        if str(mode).lower() != "wal":
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
-            if str(mode).lower() != "wal":
-                raise StorageUnavailableError(
-                    f"cannot switch the SQLite database {path} to WAL mode (it stayed in "
-                    f"{mode!r} mode); Conveyor needs WAL so workers can read while one writes. "
-                    "Is the file on a network filesystem? Use a local disk."
-                )
+        mode = _switch_to_wal(conn, busy_timeout)
+        if mode.lower() != "wal":
+            raise StorageUnavailableError(
+                f"cannot switch the SQLite database {path} to WAL mode (it stayed in "
+                f"{mode!r} mode); Conveyor needs WAL so workers can read while one writes. "
+                "Is the file on a network filesystem? Use a local disk."
+            )
         conn.execute(f"PRAGMA synchronous = {'FULL' if durability == 'power' else 'NORMAL'}")
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute("PRAGMA journal_size_limit = 67108864")
@@ -244,6 +243,29 @@ def connect(path: str, *, durability: Durability, busy_timeout: float) -> sqlite
         conn.close()
         raise storage_error(exc, path, busy_timeout) from exc
     return conn
+
+
+def _switch_to_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
+    """Put the file in WAL mode (a no-op when it is); the mode it is in afterwards.
+
+    Processes opening a new file at once can each hold a shared lock while they try to take
+    the exclusive one the switch needs; SQLite then answers one of them "database is locked"
+    at once, without waiting for the busy timeout (a deadlock cannot be waited out). That is
+    retried with backoff until the busy timeout has passed."""
+    deadline = time.monotonic() + busy_timeout
+    pause = 0.005
+    while True:
+        try:
+            mode = str(conn.execute("PRAGMA journal_mode").fetchall()[0][0])
+            if mode.lower() == "wal":
+                return mode
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0])
+        except sqlite3.OperationalError as exc:
+            text = str(exc).lower()
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)  # backoff before retrying the lock (this runs in a worker thread)
+        pause = min(pause * 2, 0.1)
 
 
 def _require_json(conn: sqlite3.Connection) -> None:
