@@ -86,6 +86,9 @@ class JSONSerializer:
     def __init__(self) -> None:
         self._encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True)
         self._decoder = json.JSONDecoder()
+        # The decoder's scanner, called directly for the common case (a document with no
+        # surrounding whitespace: what dumps writes); anything else goes through decode().
+        self._scan = self._decoder.scan_once  # type: ignore[attr-defined]
 
     def dumps(self, value: Any) -> bytes:
         try:
@@ -98,7 +101,14 @@ class JSONSerializer:
 
     def loads(self, data: bytes) -> Any:
         try:
-            return self._decoder.decode(bytes(data).decode("utf-8", "surrogatepass"))
+            text = bytes(data).decode("utf-8", "surrogatepass")
+            try:
+                value, end = self._scan(text, 0)
+                if end == len(text):
+                    return value
+            except StopIteration:
+                pass
+            return self._decoder.decode(text)  # whitespace around it, or an error to report
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise SerializationError(f"cannot decode stored JSON: {exc}") from None
 

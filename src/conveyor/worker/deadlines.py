@@ -37,13 +37,13 @@ async def within(timeout: float, call: Awaitable[T], *, coarse: bool = False) ->
     event loop checks every coarse call each ``TICK`` seconds, arming a call the first time
     it finds it past its deadline and cancelling it the next, so it times out up to two ticks
     late."""
+    if coarse:
+        return await within_coarse(timeout, call)
     task = asyncio.current_task()
     if task is None:
         raise RuntimeError("within() must be awaited inside a task")
     loop = asyncio.get_running_loop()
     cancelling = task.cancelling()
-    if coarse:
-        return await _ticker(loop).watch(loop.time() + timeout, task, cancelling, call)
     expired = False
 
     def fire() -> None:
@@ -63,6 +63,16 @@ async def within(timeout: float, call: Awaitable[T], *, coarse: bool = False) ->
         raise
     finally:
         timer[0].cancel()
+
+
+def within_coarse(timeout: float, call: Awaitable[T]) -> Awaitable[T]:
+    """``within(timeout, call, coarse=True)`` without a coroutine of its own (it wraps every
+    job's outcome write)."""
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("within() must be awaited inside a task")
+    loop = task.get_loop()
+    return _ticker(loop).watch(loop.time() + timeout, task, task.cancelling(), call)
 
 
 class _Ticker:

@@ -26,7 +26,7 @@ from conveyor.errors import (
     Retry,
     SerializationError,
 )
-from conveyor.worker.deadlines import within
+from conveyor.worker.deadlines import within_coarse
 from conveyor.worker.processes import ChildProcessDied, ProcessPool, RemoteError
 from conveyor.worker.threads import DaemonThreadPool
 
@@ -467,7 +467,7 @@ class JobRunner:
         delay = 0.05
         for attempt in range(10):
             try:
-                return await within(max(self.app.lease, 5.0), op(), coarse=True)
+                return await within_coarse(max(self.app.lease, 5.0), op())
             except Exception as exc:  # noqa: BLE001
                 if attempt == 9:
                     log.error(
