@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
+from redis.asyncio.retry import Retry
 from redis.exceptions import AuthenticationError, NoScriptError, ResponseError, TimeoutError
 
 from conveyor.backends.redis import RedisFactory
@@ -43,6 +44,13 @@ def shared_pipe(**overrides: object) -> ScriptPipe:
     assert pipe is not None
     for name, value in overrides.items():
         setattr(pipe, name, value)
+    return pipe
+
+
+def private_pipe(url: str, retry: Retry | None = None) -> ScriptPipe:
+    """A pipe to a private server (no retries unless ``retry`` is given)."""
+    pipe = pipe_for(make_client(url, 0), retry)
+    assert pipe is not None
     return pipe
 
 
@@ -139,8 +147,7 @@ async def test_password_and_database_from_the_url(tmp_path: Path) -> None:
 
 async def test_a_server_that_does_not_answer_times_out_then_recovers(tmp_path: Path) -> None:
     async with private_server(tmp_path) as server:
-        pipe = pipe_for(make_client(server.url, 0), None)
-        assert pipe is not None
+        pipe = private_pipe(server.url)
         pipe.timeout = 0.3
         admin = server.client()
         try:
@@ -159,8 +166,7 @@ async def test_a_server_that_does_not_answer_times_out_then_recovers(tmp_path: P
 
 async def test_retries_ride_out_a_short_outage(tmp_path: Path) -> None:
     async with private_server(tmp_path) as server:
-        pipe = pipe_for(make_client(server.url, 0), make_retry(8))
-        assert pipe is not None
+        pipe = private_pipe(server.url, make_retry(8))
         try:
             assert await pipe.execute("PING") == b"PONG"
             server.kill()
@@ -234,8 +240,7 @@ async def test_a_caller_giving_up_on_a_busy_server_leaves_the_others_calls_alone
 
 async def test_a_silent_connection_is_dropped_after_a_caller_gives_up(tmp_path: Path) -> None:
     async with private_server(tmp_path) as server:
-        pipe = pipe_for(make_client(server.url, 0), make_retry(3))
-        assert pipe is not None
+        pipe = private_pipe(server.url, make_retry(3))
         admin = server.client()
         try:
             assert await pipe.execute("PING") == b"PONG"
