@@ -7,7 +7,7 @@ as Conveyor's no-op task does, so the cell measures it like any worker.
 
 ``raw``: the same driver with the same settings, sending the very SQL/Lua Conveyor sends (its
 own query and script files, the same parameters and batching; on Redis over the same
-pipelined connection, ``conveyor.backends.redis_pipe``): one claim for up to
+pipelined connection, ``conveyor.backends.redis.pipe``): one claim for up to
 ``CONCURRENCY`` jobs, then the batch's completions (on Redis and PostgreSQL, whose backends
 coalesce concurrent completions, one ``complete_many`` script or ``complete_batch`` statement
 per batch; SQLite completes the batch in one transaction, as its writer thread does); at
@@ -73,11 +73,11 @@ async def drain(
 
 # -- raw driver loops ---------------------------------------------------------------------------
 async def redis_raw(url: str, prefix: str, concurrency: int) -> int:
-    from conveyor.backends.redis_backend import COMPLETE_BATCH, PROMOTE_BATCH
-    from conveyor.backends.redis_codec import CLAIM_WIDTH, decode_claimed, key_base, num
-    from conveyor.backends.redis_connect import make_client
-    from conveyor.backends.redis_pipe import pipe_for
-    from conveyor.backends.redis_scripts import script
+    from conveyor.backends.redis.backend import COMPLETE_BATCH, PROMOTE_BATCH
+    from conveyor.backends.redis.codec import CLAIM_WIDTH, decode_claimed, key_base, num
+    from conveyor.backends.redis.connect import make_client
+    from conveyor.backends.redis.pipe import pipe_for
+    from conveyor.backends.redis.scripts import script
 
     client = make_client(url, 6)
     pipe = pipe_for(client, None)  # the transport Conveyor's backend sends its scripts over
@@ -144,7 +144,7 @@ async def postgres_raw(url: str, schema: str, concurrency: int) -> int:
     from psycopg_pool import AsyncConnectionPool
 
     from conveyor.backends.postgres import PostgresSettings
-    from conveyor.backends.postgres_sql import queries
+    from conveyor.backends.postgres.statements import queries
 
     settings = PostgresSettings(url=url, schema=schema)
     sql = queries(schema)
@@ -235,8 +235,8 @@ def sqlite_raw(path: str, concurrency: int) -> int:
     (what Conveyor's writer thread does when completions arrive together: group commit). At
     concurrency 1, one transaction per job completing it and claiming the next (the worker's
     fused ``complete_and_claim``)."""
-    from conveyor.backends.sqlite_queries import Q
-    from conveyor.backends.sqlite_schema import connect
+    from conveyor.backends.sqlite.queries import Q
+    from conveyor.backends.sqlite.schema import connect
 
     conn = connect(path, durability="process", busy_timeout=5.0)
     claim_sql = Q["claim_one"] if concurrency == 1 else Q["claim"]

@@ -62,8 +62,8 @@ async def _prefill_redis(url: str, prefix: str, count: int) -> None:
 def redis_limits(spec: dict[str, Any]) -> list[Entry]:
     import redis
 
-    from conveyor.backends.redis_codec import key_base
-    from conveyor.backends.redis_scripts import script
+    from conveyor.backends.redis.codec import key_base
+    from conveyor.backends.redis.scripts import script
 
     url, smoke = spec["redis_url"], spec["smoke"]
     n = 5000 if smoke else 200_000

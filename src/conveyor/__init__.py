@@ -15,8 +15,8 @@ Declare tasks on an app, enqueue jobs from async or sync code, run workers::
     $ conveyor worker myproject.tasks:app
 """
 
+from conveyor.app import Conveyor
 from conveyor.backends.base import CancelOutcome
-from conveyor.core.app import Conveyor
 from conveyor.core.context import JobContext, current_job
 from conveyor.core.events import JobEvent
 from conveyor.core.handle import JobHandle, JobInfo

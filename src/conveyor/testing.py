@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conveyor.core.app import Conveyor
+from conveyor.app import Conveyor
 from conveyor.domain.clock import FakeClock
 from conveyor.worker.worker import Worker, WorkerConfig
 

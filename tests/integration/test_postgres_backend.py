@@ -16,10 +16,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from conveyor.backends.base import matches_any
+from conveyor.backends.common import matches_any
 from conveyor.backends.postgres import PostgresFactory
-from conveyor.backends.postgres_backend import PostgresBackend
-from conveyor.backends.postgres_sql import like_patterns, queries
+from conveyor.backends.postgres.backend import PostgresBackend
+from conveyor.backends.postgres.statements import like_patterns, queries
 from conveyor.domain.job import JobFilter
 from conveyor.domain.states import JobState
 from conveyor.errors import BackendError

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conveyor.backends.postgres_backend import PostgresBackend
+from conveyor.backends.postgres.backend import PostgresBackend
 
 try:
     from .test_postgres_support import client, job, migrated_factory, require_server

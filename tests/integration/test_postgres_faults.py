@@ -15,7 +15,7 @@ import pytest
 
 from conveyor.backends import factory_from_url
 from conveyor.backends.postgres import PostgresFactory
-from conveyor.backends.postgres_backend import PostgresBackend
+from conveyor.backends.postgres.backend import PostgresBackend
 from conveyor.domain.job import JobFilter
 from conveyor.domain.states import JobState
 from conveyor.errors import ConveyorError, StorageUnavailableError

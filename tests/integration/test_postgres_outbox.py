@@ -14,8 +14,8 @@ import psycopg
 import pytest
 
 from conveyor.backends.postgres import PostgresFactory
-from conveyor.backends.postgres_backend import PostgresBackend
-from conveyor.backends.postgres_tx import complete_on, enqueue_on, enqueue_on_sync
+from conveyor.backends.postgres.backend import PostgresBackend
+from conveyor.backends.postgres.tx import complete_on, enqueue_on, enqueue_on_sync
 from conveyor.domain.states import JobState
 
 try:
@@ -236,7 +236,7 @@ _CRASHING_HANDLER = textwrap.dedent(
     import asyncio, os, signal, sys
     import psycopg
     from conveyor.backends import factory_from_url
-    from conveyor.backends.postgres_tx import complete_on
+    from conveyor.backends.postgres.tx import complete_on
 
     async def main():
         url, schema, where = sys.argv[1], sys.argv[2], sys.argv[3]

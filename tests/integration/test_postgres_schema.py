@@ -13,7 +13,7 @@ import pytest
 
 from conveyor.backends import factory_from_url
 from conveyor.backends.postgres import PostgresFactory
-from conveyor.backends.postgres_schema import apply_migrations_only, latest_version, migrations
+from conveyor.backends.postgres.schema import apply_migrations_only, latest_version, migrations
 from conveyor.errors import SchemaVersionError, StorageUnavailableError
 
 try:

@@ -29,7 +29,7 @@ import pytest
 
 from conveyor.backends import factory_from_url
 from conveyor.backends.postgres import PostgresFactory
-from conveyor.backends.postgres_backend import PostgresBackend
+from conveyor.backends.postgres.backend import PostgresBackend
 from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import NewJob
 

@@ -1,4 +1,4 @@
-"""The pipelined script connection (``conveyor.backends.redis_pipe``) against real servers:
+"""The pipelined script connection (``conveyor.backends.redis.pipe``) against real servers:
 replies reach the right caller under concurrency, cancellation and error replies; a dropped
 connection is reconnected and the call retried; passwords, databases and timeouts behave as
 they do through redis-py; clients the pipe does not speak fall back to redis-py."""
@@ -18,8 +18,8 @@ from redis.asyncio.retry import Retry
 from redis.exceptions import AuthenticationError, NoScriptError, ResponseError, TimeoutError
 
 from conveyor.backends.redis import RedisFactory
-from conveyor.backends.redis_connect import make_client, make_retry
-from conveyor.backends.redis_pipe import SILENCE, PipeClosedError, ScriptPipe, pack, pipe_for
+from conveyor.backends.redis.connect import make_client, make_retry
+from conveyor.backends.redis.pipe import SILENCE, PipeClosedError, ScriptPipe, pack, pipe_for
 from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import NewJob
 

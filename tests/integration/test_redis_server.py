@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.backends.redis import RedisFactory
-from conveyor.backends.redis_connect import _version
+from conveyor.backends.redis.connect import _version
 from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import JobFilter, NewJob
 from conveyor.errors import ConfigurationError, StorageUnavailableError

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import redis
 
-from conveyor.backends.redis_codec import key_base
+from conveyor.backends.redis.codec import key_base
 
 from .harness import Rig
 

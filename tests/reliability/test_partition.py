@@ -170,7 +170,7 @@ async def test_a_cut_off_worker_stops_its_handlers(
 SILENT_PG = (
     "bug: a PostgreSQL worker whose open connections silently stop carrying bytes (no FIN/RST: "
     "a NAT or firewall dropped its state) hangs forever: claim (PostgresBackend.claim, "
-    "postgres_backend.py) and heartbeat (register_worker, postgres_client.py _fetchall) await "
+    "postgres/backend.py) and heartbeat (register_worker, postgres/client.py _fetchall) await "
     "replies with no deadline, so it never claims or heartbeats again. Fix: a client-side "
     "deadline on every operation (asyncio.timeout around PostgresClient._run, discarding the "
     "connection on expiry) and TCP keepalives/tcp_user_timeout in the conninfo "
@@ -178,7 +178,7 @@ SILENT_PG = (
 )
 SILENT_REDIS = (
     "bug: a Redis worker whose open connections silently stop carrying bytes (no FIN/RST) "
-    "stops claiming forever: RedisBackend.wait_for_jobs (redis_backend.py) awaits BZPOPMIN on "
+    "stops claiming forever: RedisBackend.wait_for_jobs (redis/backend.py) awaits BZPOPMIN on "
     "the blocking client, which has socket_timeout=None (redis_connect.blocking_client), and "
     "Worker._claim_loop waits for it with no timeout of its own (_wait_any(..., None)). Fix: "
     "await the pop with a client-side deadline (bound + a margin) and drop that connection on "

@@ -22,10 +22,11 @@ from typing import Any
 
 import pytest
 
-from conveyor.backends import factory_from_url, sqlite_schema
+from conveyor.backends import factory_from_url
 from conveyor.backends.memory import MemoryFactory
 from conveyor.backends.sqlite import SQLiteBackend, SQLiteFactory
-from conveyor.backends.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+from conveyor.backends.sqlite import schema as sqlite_schema
+from conveyor.backends.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import ErrorInfo, JobFilter, NewJob
 from conveyor.domain.states import JobState
@@ -900,7 +901,7 @@ async def test_an_inline_write_that_cannot_begin_goes_to_the_writer_and_reports_
 async def test_the_writer_checkpoints_the_wal_instead_of_inline_commits(
     backend: SQLiteBackend, factory: SQLiteFactory
 ) -> None:
-    from conveyor.backends.sqlite_engine import CHECKPOINT_EVERY
+    from conveyor.backends.sqlite.engine import CHECKPOINT_EVERY
 
     engine = await factory.engine()
     assert engine._conn is not None

@@ -19,18 +19,22 @@ ascending); ids are time-sortable, so equal priority and run-at means enqueue or
 worker consumes several queues, they are passed in precedence order and earlier queues are
 drained first.
 
+Features beyond these transitions (key-value state, transactions, and the ones to come) are
+capability protocols in :mod:`conveyor.backends.capabilities`; a backend declares them by
+inheriting them.
+
 The :mod:`conveyor.backends.memory` backend is the reference implementation of these rules;
 the contract suite in ``tests/contract`` holds every backend to it.
 """
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
+from conveyor.backends.common import redact_url
 from conveyor.domain.job import (
     ClaimedJob,
     CountRow,
@@ -62,9 +66,6 @@ class Backend(ABC):
     A backend object is created per event loop by :class:`BackendFactory`; all clients of one
     factory see the same data.
     """
-
-    #: True when enqueue can join a caller's database transaction (the outbox pattern).
-    supports_transactions: bool = False
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Connect; called once before first use."""
@@ -276,23 +277,6 @@ class Backend(ABC):
             await asyncio.sleep(min(interval, remaining))
             interval = min(interval * 1.5, 0.25)
 
-    # -- small shared state (schedules) --------------------------------------------------
-    async def kv_get(self, namespace: str, key: str) -> bytes | None:
-        """The value stored under ``(namespace, key)``, or ``None``."""
-        raise NotImplementedError(f"{type(self).__name__} does not store key-value state yet")
-
-    async def kv_list(self, namespace: str) -> dict[str, bytes]:
-        """Every key and value of a namespace."""
-        raise NotImplementedError(f"{type(self).__name__} does not store key-value state yet")
-
-    async def kv_swap(
-        self, namespace: str, key: str, expected: bytes | None, value: bytes | None
-    ) -> bool:
-        """Compare-and-set, atomically: if the stored value equals ``expected`` (``None`` =
-        absent), store ``value`` (``None`` = delete) and return ``True``; else change nothing
-        and return ``False``."""
-        raise NotImplementedError(f"{type(self).__name__} does not store key-value state yet")
-
     # -- worker registry ------------------------------------------------------------------
     @abstractmethod
     async def register_worker(self, info: WorkerInfo) -> None:
@@ -333,46 +317,3 @@ class BackendFactory(ABC):
     def describe(self) -> dict[str, Any]:
         """Facts about the store for ``conveyor info`` (never secrets)."""
         return {"url": redact_url(self.url)}
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
-
-
-def pattern_to_regex(pattern: str) -> re.Pattern[str]:
-    """A task-name pattern (``*`` matches any run of characters, all else literal) as a regex."""
-    return re.compile("^" + ".*".join(re.escape(part) for part in pattern.split("*")) + "$", re.S)
-
-
-def matches_any(name: str, patterns: Sequence[str] | None) -> bool:
-    """Whether ``name`` matches one of ``patterns`` (``None`` matches everything)."""
-    if patterns is None:
-        return True
-    return any(pattern_to_regex(p).match(name) is not None for p in patterns)
-
-
-def filter_matches(record: JobRecord, flt: JobFilter) -> bool:
-    """Whether one record satisfies a :class:`JobFilter` (used by the memory backend and by
-    backends that filter in Python)."""
-    if flt.states is not None and record.state not in flt.states:
-        return False
-    if flt.queue is not None and record.queue != flt.queue:
-        return False
-    if flt.task is not None and record.task != flt.task:
-        return False
-    if flt.error_code is not None and (record.error is None or record.error.code != flt.error_code):
-        return False
-    if flt.finished_before is not None and (
-        record.finished_at is None or record.finished_at >= flt.finished_before
-    ):
-        return False
-    if flt.workflow_id is not None and record.workflow_id != flt.workflow_id:
-        return False
-    return not (flt.ids is not None and record.id not in flt.ids)
-
-
-RETRYABLE_STATES = (JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED)
-#: Stalls that make a job a suspect (see :meth:`Backend.claim`). The SQL and Lua claims spell
-#: it out as ``stalls > 1``.
-SUSPECT_STALLS = 2

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from conveyor.core.app import Conveyor
+from conveyor.app import Conveyor
 from conveyor.errors import (
     ConveyorError,
     InvalidArgumentsError,

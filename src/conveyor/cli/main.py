@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from conveyor.backends.base import redact_url
+from conveyor.backends.common import redact_url
 from conveyor.cli.common import (
     app_options,
     console,

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from conveyor.app import Conveyor
 from conveyor.cli.common import (
     EXIT_NOT_FOUND,
     app_options,
@@ -20,7 +21,6 @@ from conveyor.cli.common import (
     table,
 )
 from conveyor.cli.worker_cmd import setup_logging
-from conveyor.core.app import Conveyor
 from conveyor.errors import JobNotFoundError
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
+from conveyor.app import Conveyor
 from conveyor.cli.common import console, load_app
-from conveyor.core.app import Conveyor
 from conveyor.domain.states import JobState
 from conveyor.worker.worker import Worker, WorkerConfig
 

@@ -1,4 +1,11 @@
-"""The App: the one composition root that owns tasks, queues, the backend, events and middleware."""
+"""The core of an app: tasks, queues, the backend client per event loop, events, middleware,
+enqueueing, inspection and dead letters.
+
+:class:`App` is everything the core itself provides; :class:`conveyor.Conveyor` (in
+:mod:`conveyor.app`, the composition root) adds the feature packages that build on it, such as
+schedules. Handles, tasks and inspection depend on narrow protocols of it (see
+:mod:`conveyor.core.ports`), never on the class itself.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,14 @@ import sys
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, Self, TypeVar, overload
 
 from conveyor.backends import DEFAULT_URL, factory_from_url
 from conveyor.backends.base import Backend, BackendFactory, CancelOutcome
+from conveyor.backends.capabilities import SyncTransactions, Transactions
 from conveyor.core.events import EventHub, JobEvent, Listener
 from conveyor.core.handle import JobHandle
+from conveyor.core.inspect import DeadLetters, Inspector
 from conveyor.core.middleware import EnqueueCall, Middleware, compose_enqueue
 from conveyor.core.options import (
     EnqueueOptions,
@@ -46,8 +55,8 @@ def default_task_name(fn: Callable[..., Any]) -> str:
     return f"{module}.{fn.__qualname__}"
 
 
-class Conveyor:
-    """A Conveyor application.
+class App:
+    """The core of a Conveyor application (use :class:`conveyor.Conveyor`).
 
     ``url`` picks the store: ``sqlite:///jobs.db`` (the default when ``None``),
     ``postgresql://…``, ``redis://…`` or ``memory://``. The App never reads environment
@@ -102,16 +111,11 @@ class Conveyor:
         self._opening: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, asyncio.Future[Backend]
         ] = weakref.WeakKeyDictionary()
-        from conveyor.core.inspect import DeadLetters, Inspector
-
         self.inspect = Inspector(self)
         self.dead_letters = DeadLetters(self)
-        from conveyor.scheduler.scheduler import Schedules
-
-        self.schedules = Schedules(self)
 
     def __repr__(self) -> str:
-        return f"<Conveyor {self.factory.describe()['url']} tasks={len(self.tasks)}>"
+        return f"<{type(self).__name__} {self.factory.describe()['url']} tasks={len(self.tasks)}>"
 
     # -- time ---------------------------------------------------------------------------------
     def now(self) -> float:
@@ -205,7 +209,7 @@ class Conveyor:
             task: Task[P, R] = Task(self, func, config)
             self.tasks[config.name] = task
             if schedule is not None:
-                self.schedule(config.name, task, **schedule)
+                self._declare_task_schedule(config.name, task, schedule)
             return task
 
         return decorate(fn) if fn is not None else decorate
@@ -232,44 +236,11 @@ class Conveyor:
         self.queues[name] = config
         return config
 
-    def schedule(
-        self,
-        name: str,
-        task: Task[Any, Any] | str,
-        *,
-        cron: str | None = None,
-        every: Duration | None = None,
-        timezone: str = "UTC",
-        args: Sequence[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-        **options: Any,
-    ) -> Any:
-        """Declare a named schedule that enqueues ``task`` with ``args``/``kwargs``.
-
-        ``cron`` (5 fields, or 6 with seconds first) or ``every`` (a duration); ``timezone``
-        (IANA name); options: ``start``/``end`` (aware datetimes), ``jitter``, ``overlap``
-        (default False: skip a tick while the previous run is queued or running),
-        ``on_missed`` (``"skip"`` or ``"catch_up"``), ``catch_up_limit``, ``misfire_grace``,
-        ``queue``, ``priority``. Invalid values raise :class:`ConfigurationError` naming the
-        field.
-        """
-        from conveyor.scheduler.spec import build_spec
-
-        task_name = task if isinstance(task, str) else task.name
-        try:
-            spec = build_spec(
-                name,
-                task_name,
-                cron=cron,
-                every=every,
-                timezone=timezone,
-                args=tuple(args),
-                kwargs=kwargs,
-                **options,
-            )
-        except (ValueError, TypeError) as exc:
-            raise ConfigurationError(f"schedule {name!r}: {exc}") from None
-        return self.schedules.declare(spec)
+    def _declare_task_schedule(
+        self, name: str, task: Task[Any, Any], schedule: dict[str, Any]
+    ) -> None:
+        """``@app.task(schedule=...)``: schedules live in :class:`conveyor.Conveyor`."""
+        raise ConfigurationError(f"task {name}: schedules need a conveyor.Conveyor app")
 
     def queue_config(self, name: str) -> QueueConfig:
         config = self.queues.get(name)
@@ -279,7 +250,7 @@ class Conveyor:
                 config = self._undeclared_queues[name] = QueueConfig(name)
         return config
 
-    def use(self, middleware: Middleware) -> Conveyor:
+    def use(self, middleware: Middleware) -> Self:
         """Add app-wide middleware (outermost first)."""
         self.middleware.append(middleware)
         return self
@@ -401,13 +372,9 @@ class Conveyor:
             connection = final[0].options.connection if final else None
             backend = await self.backend()
             if connection is not None:
-                enqueue_on = getattr(backend, "enqueue_on", None)
-                if enqueue_on is None:
-                    raise ConfigurationError(
-                        f"enqueue with connection= needs a SQL backend that supports "
-                        f"transactions; {self.factory.describe()['url']} does not"
-                    )
-                results = await enqueue_on(connection, jobs, self.backend_now())
+                if not isinstance(backend, Transactions):
+                    raise self._no_transactions()
+                results = await backend.enqueue_on(connection, jobs, self.backend_now())
             else:
                 results = await backend.enqueue(jobs, self.backend_now())
             handles: list[JobHandle[Any]] = []
@@ -432,20 +399,22 @@ class Conveyor:
         self, connection: Any, specs: Sequence[JobSpec[Any]]
     ) -> list[JobHandle[Any]]:
         """Enqueue inside a synchronous DB connection's open transaction (outbox pattern)."""
-        enqueue_on_sync = getattr(self.factory, "enqueue_on_sync", None)
-        if enqueue_on_sync is None:
-            raise ConfigurationError(
-                f"enqueue with connection= needs a SQL backend that supports transactions; "
-                f"{self.factory.describe()['url']} does not"
-            )
+        if not isinstance(self.factory, SyncTransactions):
+            raise self._no_transactions()
         now = self.now()
         items = spec_list(specs)
         jobs = [self.build_job(s, s.options, now) for s in items]
-        results = enqueue_on_sync(connection, jobs, self.backend_now())
+        results = self.factory.enqueue_on_sync(connection, jobs, self.backend_now())
         return [
             JobHandle(self, r.id, j.task, created=r.created)
             for j, r in zip(jobs, results, strict=True)
         ]
+
+    def _no_transactions(self) -> ConfigurationError:
+        return ConfigurationError(
+            f"enqueue with connection= needs a SQL backend that supports transactions; "
+            f"{self.factory.describe()['url']} does not"
+        )
 
     # -- operating ----------------------------------------------------------------------------
     async def cancel(self, job_id: str, reason: str | None = None) -> CancelOutcome:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from conveyor.backends.base import CancelOutcome
+from conveyor.core.ports import AppPort
 from conveyor.core.serialization import Serializer, decode_call
 from conveyor.domain.job import ErrorInfo, JobRecord, LogEntry
 from conveyor.domain.states import JobState
@@ -16,9 +17,6 @@ from conveyor.errors import (
     ResultTimeoutError,
     SerializationError,
 )
-
-if TYPE_CHECKING:
-    from conveyor.core.app import Conveyor
 
 R = TypeVar("R")
 
@@ -162,7 +160,7 @@ class JobHandle(Generic[R]):
     Every coroutine method has a blocking ``*_sync`` twin for synchronous code.
     """
 
-    def __init__(self, app: Conveyor, job_id: str, task: str, *, created: bool = True) -> None:
+    def __init__(self, app: AppPort, job_id: str, task: str, *, created: bool = True) -> None:
         self.app = app
         self.id = job_id
         self.task = task
@@ -174,10 +172,10 @@ class JobHandle(Generic[R]):
 
     async def info(self) -> JobInfo:
         """The decoded job; raises :class:`JobNotFoundError` if it no longer exists."""
-        info = await self.app.inspect.job(self.id)
-        if info is None:
+        record = await (await self.app.backend()).get_job(self.id)
+        if record is None:
             raise JobNotFoundError(self.id)
-        return info
+        return decode_record(self.app.serializer, record)
 
     async def state(self) -> JobState:
         return (await self.info()).state
@@ -190,7 +188,8 @@ class JobHandle(Generic[R]):
 
     async def cancel(self, reason: str | None = None) -> CancelOutcome:
         """Cancel: a waiting job at once; a running one is told through its context."""
-        return await self.app.cancel(self.id, reason)
+        backend = await self.app.backend()
+        return await backend.cancel(self.id, reason, self.app.backend_now())
 
     async def result(self, timeout: float | None = None) -> R:
         """Wait for the job to finish and return its result.

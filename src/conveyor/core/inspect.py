@@ -11,17 +11,32 @@ from __future__ import annotations
 import builtins
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from conveyor.backends.base import RETRYABLE_STATES
+from conveyor.backends.common import RETRYABLE_STATES
 from conveyor.core.handle import JobInfo, decode_record
+from conveyor.core.options import QueueConfig
+from conveyor.core.ports import AppPort
 from conveyor.domain.job import JobFilter, JobRecord, WorkerInfo
 from conveyor.domain.priority import priority_name
 from conveyor.domain.states import SEED000_STATUS, JobState
 from conveyor.errors import InvalidStateError, JobNotFoundError
 
 if TYPE_CHECKING:
-    from conveyor.core.app import Conveyor
+    from conveyor.core.task import Task
+    from conveyor.domain.retry import RetryPolicy
+
+
+class InspectHost(AppPort, Protocol):
+    """What inspection and the dead-letter manager need of the app."""
+
+    tasks: dict[str, Task[Any, Any]]
+    queues: dict[str, QueueConfig]
+    lease: float
+
+    def retry_policy_for(self, task: Task[Any, Any] | None, queue: str) -> RetryPolicy:
+        """The retry policy a job of ``task`` on ``queue`` runs under."""
+        ...
 
 
 def _iso(ts: float | None) -> str | None:
@@ -57,7 +72,7 @@ class Counts:
 class Inspector:
     """Read-side API (``app.inspect``)."""
 
-    def __init__(self, app: Conveyor) -> None:
+    def __init__(self, app: InspectHost) -> None:
         self.app = app
 
     async def job(self, job_id: str) -> JobInfo | None:
@@ -204,7 +219,7 @@ class Inspector:
 class DeadLetters:
     """The dead-letter set (``app.dead_letters``): jobs in ``failed``, kept until acted on."""
 
-    def __init__(self, app: Conveyor) -> None:
+    def __init__(self, app: InspectHost) -> None:
         self.app = app
 
     @staticmethod

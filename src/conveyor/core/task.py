@@ -7,9 +7,9 @@ import functools
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
 
-from conveyor.core.events import Listener
+from conveyor.core.events import EventHub, Listener
 from conveyor.core.middleware import Middleware
 from conveyor.core.options import EnqueueOptions, Executor, check_name
 from conveyor.core.serialization import check_metadata
@@ -17,11 +17,30 @@ from conveyor.domain.retry import RetryPolicy
 from conveyor.errors import InvalidArgumentsError
 
 if TYPE_CHECKING:
-    from conveyor.core.app import Conveyor
     from conveyor.core.handle import JobHandle
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class TaskHost(Protocol):
+    """What a task needs of the app it is declared on: its events and its enqueue paths."""
+
+    events: EventHub
+
+    async def enqueue_many(self, specs: Sequence[JobSpec[Any]]) -> list[JobHandle[Any]]:
+        """Enqueue many calls in one round trip."""
+        ...
+
+    def enqueue_many_sync(self, specs: Sequence[JobSpec[Any]]) -> list[JobHandle[Any]]:
+        """Blocking :meth:`enqueue_many`."""
+        ...
+
+    def enqueue_on_connection_sync(
+        self, connection: Any, specs: Sequence[JobSpec[Any]]
+    ) -> list[JobHandle[Any]]:
+        """Enqueue inside a synchronous DB connection's open transaction."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +98,7 @@ def _positional_range(sig: inspect.Signature) -> tuple[int, int] | None:
 class Task(Generic[P, R]):
     """A declared task. Call ``await task.enqueue(...)`` (or ``task.enqueue_sync(...)``)."""
 
-    def __init__(self, app: Conveyor, fn: Callable[P, R], config: TaskConfig) -> None:
+    def __init__(self, app: TaskHost, fn: Callable[P, R], config: TaskConfig) -> None:
         self.app = app
         self.fn = fn
         self.config = config

@@ -15,9 +15,12 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from conveyor.backends.base import Backend
+from conveyor.backends.capabilities import KeyValueStore, require
 from conveyor.core.options import EnqueueOptions
+from conveyor.core.ports import AppPort
 from conveyor.core.serialization import encode_call
 from conveyor.core.task import JobSpec
 from conveyor.domain.ids import new_job_id
@@ -28,8 +31,25 @@ from conveyor.scheduler.spec import ScheduleSpec, ScheduleState
 from conveyor.scheduler.timing import load_zone, next_tick, ticks_between
 
 if TYPE_CHECKING:
-    from conveyor.backends.base import Backend
-    from conveyor.core.app import Conveyor
+    from conveyor.core.task import Task
+    from conveyor.domain.retry import RetryPolicy
+
+
+class SchedulerHost(AppPort, Protocol):
+    """What schedules need of the app: its tasks, defaults and how it builds a job."""
+
+    tasks: dict[str, Task[Any, Any]]
+    default_queue: str
+    retry: RetryPolicy
+
+    def build_job(self, spec: JobSpec[Any], options: EnqueueOptions, now: float) -> NewJob:
+        """Resolve a call's options against task, queue and app defaults."""
+        ...
+
+
+class ScheduleStore(KeyValueStore, Backend):
+    """A backend with the key-value capability (the type schedules work with)."""
+
 
 NAMESPACE = "schedules"
 BUSY_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.SCHEDULED, JobState.BLOCKED)
@@ -82,7 +102,7 @@ class ScheduleInfo:
 class Schedules:
     """Runtime management (``app.schedules``) and the tick engine the scheduler loop drives."""
 
-    def __init__(self, app: Conveyor) -> None:
+    def __init__(self, app: SchedulerHost) -> None:
         self.app = app
         self.declared: dict[str, ScheduleSpec] = {}
 
@@ -94,8 +114,10 @@ class Schedules:
         self.declared[spec.name] = spec
         return spec
 
-    async def _backend(self) -> Backend:
-        return await self.app.backend()
+    async def _backend(self) -> ScheduleStore:
+        backend = await self.app.backend()
+        require(backend, KeyValueStore, "schedules")
+        return cast(ScheduleStore, backend)
 
     async def _load(self, name: str) -> tuple[bytes, ScheduleState]:
         backend = await self._backend()
@@ -151,7 +173,7 @@ class Schedules:
         _, state = await self._load(name)
         return await self._info(await self._backend(), state)
 
-    async def _info(self, backend: Backend, state: ScheduleState) -> ScheduleInfo:
+    async def _info(self, backend: ScheduleStore, state: ScheduleState) -> ScheduleInfo:
         spec = state.spec
         last_state = None
         if state.last_job_id is not None:
@@ -284,7 +306,7 @@ class Schedules:
                 log.error("schedule %s: tick failed: %s", name, exc, exc_info=exc)
         return total
 
-    async def _tick_one(self, backend: Backend, name: str, now: float) -> int:
+    async def _tick_one(self, backend: ScheduleStore, name: str, now: float) -> int:
         while True:
             raw = await backend.kv_get(NAMESPACE, name)
             if raw is None:

@@ -1,7 +1,7 @@
 """Pushed cancellation: interrupt a running job as soon as its cancellation is requested.
 
-Backends that can push cancellations (Redis pub/sub) offer ``subscribe_cancellations()``, an
-optional capability the worker detects with :class:`PushesCancellations`. Pushes can be missed
+Backends that can push cancellations (Redis pub/sub) have the
+:class:`~conveyor.backends.capabilities.PushesCancellations` capability. Pushes can be missed
 (a message published while the connection is down is lost), so the heartbeat's
 ``cancel_requested`` flag stays the fallback on every backend: a missed push costs at most one
 heartbeat interval, never the cancellation.
@@ -12,24 +12,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol
+
+from conveyor.backends.capabilities import PushesCancellations
+from conveyor.worker.active import WorkerPort
 
 if TYPE_CHECKING:
-    from conveyor.worker.worker import Worker
+    from conveyor.worker.runner import JobRunner
+
+
+class CancellingWorker(WorkerPort, Protocol):
+    """A worker as the listener sees it: its held jobs and the runner that interrupts them."""
+
+    runner: JobRunner
+
 
 log = logging.getLogger("conveyor.worker")
 
 
-@runtime_checkable
-class PushesCancellations(Protocol):
-    """A backend that pushes the ids of running jobs whose cancellation was just requested."""
-
-    def subscribe_cancellations(self) -> AsyncIterator[str]: ...
-
-
 async def listen_for_cancellations(
-    worker: Worker, source: PushesCancellations, stop: asyncio.Event
+    worker: CancellingWorker, source: PushesCancellations, stop: asyncio.Event
 ) -> None:
     """Interrupt this worker's running jobs as their cancellations are pushed, until cancelled.
 
@@ -61,7 +63,7 @@ async def listen_for_cancellations(
         backoff = min(backoff * 2, 5.0)
 
 
-async def _cancel_pushed(worker: Worker, job_id: str) -> None:
+async def _cancel_pushed(worker: CancellingWorker, job_id: str) -> None:
     active = worker.active.get(job_id)
     if active is None or active.finishing or active.stop_reason is not None:
         return  # not ours, or already ending

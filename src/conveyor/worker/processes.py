@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from conveyor.core.context import JobContext, reset_current, set_current
-from conveyor.errors import Retry
+from conveyor.errors import ErrorCode, Retry
 
 
 def _snapshot(ctx: JobContext | None) -> dict[str, Any]:
@@ -58,6 +58,8 @@ def _snapshot(ctx: JobContext | None) -> dict[str, Any]:
 class ChildProcessDied(Exception):
     """The child running a process-mode job exited without answering (killed, OOM, crash)."""
 
+    failure_code = ErrorCode.PROCESS_DIED
+
 
 class RemoteError(Exception):
     """An exception raised inside a child process, carried back by type name and traceback."""
@@ -66,6 +68,9 @@ class RemoteError(Exception):
         super().__init__(message)
         self.type_name = type_name
         self.remote_traceback = tb
+        # how the failure is recorded (see conveyor.domain.failure.classify)
+        self.failure_type = type_name
+        self.failure_traceback = tb
 
 
 def _resolve(module: str, qualname: str) -> Any:

@@ -8,14 +8,15 @@ import functools
 import logging
 import sys
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from conveyor.backends.capabilities import Transactions
 from conveyor.core.context import JobContext, reset_current, set_current
 from conveyor.core.events import JobEvent
 from conveyor.core.middleware import ExecuteCall, ExecuteNext, compose_execute
 from conveyor.core.serialization import decode_call
+from conveyor.domain.failure import decide_failure
 from conveyor.domain.job import ErrorInfo, RecoveredJob
 from conveyor.domain.states import JobState
 from conveyor.errors import (
@@ -23,27 +24,36 @@ from conveyor.errors import (
     ConfigurationError,
     ErrorCode,
     JobTimeout,
-    Retry,
     SerializationError,
 )
 from conveyor.worker.deadlines import within_coarse
-from conveyor.worker.processes import ChildProcessDied, ProcessPool, RemoteError
+from conveyor.worker.processes import ProcessPool
 from conveyor.worker.threads import DaemonThreadPool
 
 if TYPE_CHECKING:
     from conveyor.core.task import Task
-    from conveyor.worker.worker import ActiveJob, Worker
+    from conveyor.worker.active import ActiveJob, WorkerPort
 
 log = logging.getLogger("conveyor.job")
 T = TypeVar("T")
 
 
+_PERMANENT_TYPES = {"unknown_task": "UnknownTask", "invalid_payload": "InvalidPayload"}
+
+
 class _Permanent(Exception):
     """A failure that must not be retried (unknown task, undecodable payload)."""
 
+    failure_permanent = True
+    failure_traceback = ""
+
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
-        self.code = code
+        self.failure_code = code
+        self.failure_type = {
+            "unknown_task": "UnknownTask",
+            "invalid_payload": "InvalidPayload",
+        }.get(code, "Permanent")
 
 
 class _Rollback(Exception):
@@ -68,7 +78,7 @@ def _module_name(fn: Any) -> str:
 class JobRunner:
     """Executes jobs for one worker and reports their outcome to the backend."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: WorkerPort) -> None:
         self.worker = worker
         self.app = worker.app
         self.threads = DaemonThreadPool(worker.config.concurrency)
@@ -177,7 +187,7 @@ class JobRunner:
             return active.extra["tx"][0]
         backend = self.worker.backend
         connection = getattr(backend, "connection", None)
-        if connection is None or not hasattr(backend, "complete_on"):
+        if connection is None or not isinstance(backend, Transactions):
             raise ConfigurationError(
                 "current_job().transaction() needs a backend with transactional completion "
                 f"(PostgreSQL); {self.app.factory.describe()['url']} has none"
@@ -487,11 +497,10 @@ class JobRunner:
         """
         job = active.job
         conn, _ = active.extra["tx"]
-        backend: Any = self.worker.backend
+        backend = self.worker.backend
+        assert isinstance(backend, Transactions)  # open_transaction checked it
         try:
-            ok = bool(
-                await backend.complete_on(conn, job.id, job.fence, data, self.app.backend_now())
-            )
+            ok = await backend.complete_on(conn, job.id, job.fence, data, self.app.backend_now())
         except Exception as exc:  # noqa: BLE001
             log.error(
                 "transactional completion of %s failed: %s", job.id, exc, extra=self._fields(active)
@@ -594,37 +603,17 @@ class JobRunner:
             active.cancel_reason = active.cancel_reason or str(exc)
             await self._interrupted(active, "cancel", duration)
             return
-        code: str = ErrorCode.ERROR
-        type_name = type(exc).__name__
-        tb = "".join(traceback.format_exception(exc))
-        if isinstance(exc, _Permanent):
-            code, permanent, type_name, tb = exc.code, True, "Permanent", ""
-            type_name = {"unknown_task": "UnknownTask", "invalid_payload": "InvalidPayload"}.get(
-                code, type_name
-            )
-        elif isinstance(exc, JobTimeout):
-            code = ErrorCode.TIMEOUT
-        elif isinstance(exc, RemoteError):
-            type_name, tb = exc.type_name, exc.remote_traceback
-        elif isinstance(exc, ChildProcessDied):
-            code = ErrorCode.PROCESS_DIED
-        policy = self.app.retry_policy_for(task, job.queue)
-        will_retry = (
-            task is not None
-            and not permanent
-            and policy.should_retry(exc, job.attempt, job.max_attempts)
+        decision = decide_failure(
+            exc,
+            policy=self.app.retry_policy_for(task, job.queue),
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            task_known=task is not None,
+            permanent=permanent,
+            now=self.app.now(),
         )
-        delay: float | None = None
-        if will_retry:
-            delay = (
-                exc.delay
-                if isinstance(exc, Retry) and exc.delay is not None
-                else policy.delay_for(job.attempt)
-            )
-        now = self.app.now()
-        error = ErrorInfo(
-            code, type_name, str(exc) or type_name, tb or None, attempt=job.attempt, at=now
-        )
+        error, will_retry, delay = decision.error, decision.will_retry, decision.retry_delay
+        code, type_name = error.code, error.type
         await self._flush_logs(active)
         state = await self._store(
             lambda: self.worker.backend.fail(
@@ -639,15 +628,13 @@ class JobRunner:
         if state is None:
             self._lease_lost(active)
             return
-        outcome = "retried" if will_retry else "dead"
-        self.worker.stats.record(job.task, job.queue, outcome, duration)
+        self.worker.stats.record(job.task, job.queue, decision.outcome, duration)
         events = self.app.events
         listened = events.has_listeners("failed", job.task)
         fields = self._fields(active, duration=duration, error_code=code)
         if not listened:
             # Nobody listens for failures: say so in the log. A failure that will be retried is
             # a warning; one that dead-letters the job is an error with its traceback.
-            with_tb = not will_retry and not isinstance(exc, (_Permanent, Retry)) and tb != ""
             log.log(
                 logging.WARNING if will_retry else logging.ERROR,
                 "job %s (%s) failed on attempt %d/%d [%s] %s: %s%s",
@@ -661,7 +648,7 @@ class JobRunner:
                 f" — retrying in {delay:.2f}s"
                 if will_retry and delay is not None
                 else " — dead-lettered",
-                exc_info=exc if with_tb else None,
+                exc_info=exc if decision.log_traceback else None,
                 extra=fields,
             )
         event = JobEvent(
@@ -670,13 +657,13 @@ class JobRunner:
             job.task,
             job.queue,
             job.attempt,
-            at=now,
+            at=error.at,
             will_retry=will_retry,
             duration=duration,
             error_code=code,
             error_type=type_name,
             error_message=str(exc),
-            traceback=tb or None,
+            traceback=error.traceback,
             retry_delay=delay,
             trace_id=job.trace_id,
             worker_id=self.worker.id,

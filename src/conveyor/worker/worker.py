@@ -18,20 +18,22 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from conveyor.backends.capabilities import PushesCancellations
 from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import ClaimedJob, JobFilter, WorkerInfo
 from conveyor.domain.states import JobState
-from conveyor.worker.cancellations import PushesCancellations, listen_for_cancellations
+from conveyor.worker.active import ActiveJob
+from conveyor.worker.cancellations import listen_for_cancellations
 from conveyor.worker.deadlines import within
 from conveyor.worker.runner import JobRunner
 from conveyor.worker.stats import WorkerStatsCollector
 
 if TYPE_CHECKING:
+    from conveyor.app import Conveyor
     from conveyor.backends.base import Backend
-    from conveyor.core.app import Conveyor
 
 log = logging.getLogger("conveyor.worker")
 
@@ -59,22 +61,6 @@ class WorkerConfig:
     burst_waits_for_scheduled: bool = True
     scheduler: bool = True
     worker_id: str | None = None
-
-
-@dataclass(eq=False)
-class ActiveJob:
-    """A job this worker holds."""
-
-    job: ClaimedJob
-    started: float
-    task: asyncio.Task[None] | None = None
-    stop_reason: str | None = None  # "cancel" | "timeout" | "shutdown" | "lease_lost"
-    cancel_reason: str | None = None
-    # Set once the handler is done and its outcome is about to be written: from then on a
-    # heartbeat's "not held" may be that write landing first, not a lost lease.
-    finishing: bool = False
-    ctx: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Worker:

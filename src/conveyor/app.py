@@ -1,0 +1,78 @@
+"""The composition root: :class:`Conveyor`, the app users create.
+
+It is the core :class:`~conveyor.core.app.App` (tasks, queues, the backend, enqueueing, events,
+middleware, inspection, dead letters) plus the feature packages built on the core: schedules
+(:mod:`conveyor.scheduler`) today. Feature packages depend on narrow protocols of the app, and
+only this module depends on all of them, so the import graph has no cycles.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+from conveyor.core.app import App
+from conveyor.core.task import Task
+from conveyor.domain.durations import Duration
+from conveyor.errors import ConfigurationError
+from conveyor.scheduler.scheduler import Schedules
+from conveyor.scheduler.spec import ScheduleSpec, build_spec
+
+__all__ = ["Conveyor"]
+
+
+class Conveyor(App):
+    """A Conveyor application.
+
+    ``url`` picks the store: ``sqlite:///jobs.db`` (the default when ``None``),
+    ``postgresql://…``, ``redis://…`` or ``memory://``. The App never reads environment
+    variables; the CLI passes ``CONVEYOR_URL`` in when it is set.
+    """
+
+    @functools.cached_property
+    def schedules(self) -> Schedules:
+        """Runtime management of schedules (:class:`~conveyor.scheduler.Schedules`)."""
+        return Schedules(self)
+
+    def schedule(
+        self,
+        name: str,
+        task: Task[Any, Any] | str,
+        *,
+        cron: str | None = None,
+        every: Duration | None = None,
+        timezone: str = "UTC",
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> ScheduleSpec:
+        """Declare a named schedule that enqueues ``task`` with ``args``/``kwargs``.
+
+        ``cron`` (5 fields, or 6 with seconds first) or ``every`` (a duration); ``timezone``
+        (IANA name); options: ``start``/``end`` (aware datetimes), ``jitter``, ``overlap``
+        (default False: skip a tick while the previous run is queued or running),
+        ``on_missed`` (``"skip"`` or ``"catch_up"``), ``catch_up_limit``, ``misfire_grace``,
+        ``queue``, ``priority``. Invalid values raise :class:`ConfigurationError` naming the
+        field.
+        """
+        task_name = task if isinstance(task, str) else task.name
+        try:
+            spec = build_spec(
+                name,
+                task_name,
+                cron=cron,
+                every=every,
+                timezone=timezone,
+                args=tuple(args),
+                kwargs=kwargs,
+                **options,
+            )
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"schedule {name!r}: {exc}") from None
+        return self.schedules.declare(spec)
+
+    def _declare_task_schedule(
+        self, name: str, task: Task[Any, Any], schedule: dict[str, Any]
+    ) -> None:
+        self.schedule(name, task, **schedule)

@@ -1,0 +1,104 @@
+"""``redis://`` and ``rediss://``: the Redis (or Valkey) backend, for the highest throughput.
+
+Every state transition is one Lua script, so it is atomic inside Redis; workers block on a
+marker key instead of polling; cancellations and finished jobs are pushed over pub/sub. See
+``docs/redis.md`` for the key layout, memory use, the settings Redis needs and what an
+un-persisted Redis loses on restart.
+
+Options (``factory_from_url(url, **options)``):
+
+``prefix``
+    Key prefix, so several apps (or tests) share one Redis. Every key is ``{prefix}:…``.
+``client``
+    An existing ``redis.asyncio.Redis`` to use instead of connecting from the URL; it is
+    never closed by Conveyor.
+``retries``
+    How many times a command is retried, with exponential backoff and jitter, when the
+    connection drops (default 6: about two seconds of outage are ridden out).
+``pipelined``
+    Send every script call over one shared, pipelined connection (default ``True``; see
+    ``conveyor.backends.redis.pipe``). ``False`` uses redis-py's connection pool for them, as
+    do TLS (``rediss://``), Unix-socket and RESP3 clients in any case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from conveyor.backends.base import BackendFactory
+from conveyor.backends.common import redact_url
+from conveyor.errors import ConfigurationError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from conveyor.backends.redis.backend import RedisBackend
+
+
+class RedisFactory(BackendFactory):
+    """Makes :class:`RedisBackend` clients of the jobs under one key prefix."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "conveyor",
+        client: Redis | None = None,
+        retries: int = 6,
+        pipelined: bool = True,
+    ) -> None:
+        try:
+            import redis.asyncio  # noqa: F401
+        except ImportError as exc:
+            raise MissingDependencyError("redis", "redis") from exc
+        from conveyor.backends.redis.codec import key_base
+
+        if not isinstance(prefix, str) or not prefix:
+            raise ConfigurationError("the Redis key prefix must be a non-empty string")
+        if retries < 0:
+            raise ConfigurationError("retries must be >= 0")
+        self.url = url
+        self.prefix = prefix
+        self.base = key_base(prefix)
+        self.client = client
+        self.retries = retries
+        self.pipelined = pipelined
+
+    def create(self) -> RedisBackend:
+        """A new client for the calling event loop (with its own connection pool unless the
+        factory was given a ``client``)."""
+        from conveyor.backends.redis.backend import RedisBackend
+        from conveyor.backends.redis.connect import make_client
+
+        if self.client is not None:
+            client, owned = self.client, False
+        else:
+            client, owned = make_client(self.url, self.retries), True
+        return RedisBackend(
+            self.url, self.prefix, self.base, client, owned, pipelined=self.pipelined
+        )
+
+    async def destroy(self) -> None:
+        """Delete every key under the prefix (``SCAN`` + ``UNLINK``)."""
+        from conveyor.backends.redis.codec import scan_pattern
+        from conveyor.backends.redis.connect import make_client, translate_errors
+
+        client = self.client or make_client(self.url, self.retries)
+        try:
+            with translate_errors(self.url, self.prefix):
+                batch: list[bytes] = []
+                async for key in client.scan_iter(match=scan_pattern(self.base), count=1000):
+                    batch.append(key)
+                    if len(batch) >= 1000:
+                        await client.unlink(*batch)
+                        batch = []
+                if batch:
+                    await client.unlink(*batch)
+        finally:
+            if self.client is None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+
+    def describe(self) -> dict[str, Any]:
+        return {"url": redact_url(self.url), "prefix": self.prefix, "key_base": self.base}
