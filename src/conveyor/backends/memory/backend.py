@@ -73,6 +73,8 @@ class MemoryStore:
 class MemoryBackend(MemoryBrowser, KeyValueStore, Backend):
     """A client of a :class:`MemoryStore`."""
 
+    store: MemoryStore
+
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from conveyor.backends.capabilities.browse import (
     BrowseQuery,
@@ -15,8 +16,14 @@ from conveyor.backends.capabilities.browse import (
 from conveyor.domain.job import JobRecord
 from conveyor.domain.states import JobState
 
-if TYPE_CHECKING:
-    from conveyor.backends.memory.backend import MemoryStore
+
+class _Store(Protocol):
+    """The parts of :class:`~conveyor.backends.memory.MemoryStore` browsing reads."""
+
+    lock: threading.RLock
+    jobs: dict[str, JobRecord]
+    keys: dict[str, str]
+    throughput: dict[tuple[float, str, str, str], tuple[int, float]]
 
 
 def _matches(job: JobRecord, q: BrowseQuery) -> bool:
@@ -36,7 +43,7 @@ def _matches(job: JobRecord, q: BrowseQuery) -> bool:
 class MemoryBrowser(JobBrowser):
     """Mixed into :class:`~conveyor.backends.memory.MemoryBackend` (uses its ``store``)."""
 
-    store: MemoryStore
+    store: _Store
 
     async def browse_jobs(self, query: BrowseQuery) -> list[JobRecord]:
         if query.limit <= 0:
