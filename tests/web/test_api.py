@@ -71,7 +71,7 @@ async def test_every_page_and_read_route_answers(
     assert overview["health"]["ok"] is True
     job = (await api.get(f"/api/jobs/{ids['failed']}")).json()
     assert job["error"]["code"] == "error" and "smtp refused" in job["error"]["traceback"]
-    assert [e["event"] for e in job["timeline"]][0] == "enqueued"
+    assert job["timeline"][0]["event"] == "enqueued"
     groups = (await api.get("/api/dead-letters")).json()["groups"]
     assert [(g["code"], g["count"]) for g in groups] == [("error", 1)]
     [schedule] = (await api.get("/api/schedules")).json()["schedules"]
