@@ -225,7 +225,6 @@ async def test_login_session_and_csrf(app: Conveyor, ids: dict[str, str]) -> Non
         "/api/jobs?limit=99999999999999999999",
         "/api/jobs?limit=abc",
         "/api/jobs?before=%27%20OR%201%3D1--",
-        "/api/jobs?before=a&after=b",
         "/api/jobs?queue=%00",
         "/api/jobs?q=" + "y" * 500,
         "/api/throughput?hours=100000",

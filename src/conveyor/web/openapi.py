@@ -35,8 +35,9 @@ def _param(name: str, where: str, schema: dict[str, Any], desc: str, required: b
     }
 
 
-_ID = {"type": "string", "minLength": 1, "maxLength": 128}
-_NAME = {"type": "string", "maxLength": 200}
+_ID = {"type": "string", "pattern": "^[A-Za-z0-9_.:\\-]{1,128}$"}
+_CURSOR = {"type": "string", "pattern": "^[A-Za-z0-9_.:\\-]{0,128}$"}
+_NAME = {"type": "string", "pattern": "^[^\\x00-\\x1f\\x7f]{0,200}$"}
 _JOB = {
     "type": "object",
     "required": ["id", "task", "queue", "state"],
@@ -100,7 +101,9 @@ def _post(summary: str, params: list[Any], body: dict[str, Any] | None = None) -
 def document(title: str, root: str = "") -> dict[str, Any]:
     """The OpenAPI document (paths relative to the dashboard's root ``root``)."""
     job_id = _param("job_id", "path", _ID, "a job id")
-    name = _param("name", "path", {"type": "string", "minLength": 1, "maxLength": 200}, "name")
+    name = _param(
+        "name", "path", {"type": "string", "pattern": "^[^\\x00-\\x1f\\x7f/]{1,200}$"}, "name"
+    )
     group_body = {
         "type": "object",
         "required": ["error_code"],
@@ -112,8 +115,8 @@ def document(title: str, root: str = "") -> dict[str, Any]:
         _param("task", "query", _NAME, "task name"),
         _param("error_code", "query", _NAME, "last error's code"),
         _param("q", "query", _NAME, "job id, idempotency key, or metadata key=value"),
-        _param("before", "query", _ID, "cursor: jobs older than this id"),
-        _param("after", "query", _ID, "cursor: jobs newer than this id"),
+        _param("before", "query", _CURSOR, "cursor: jobs older than this id"),
+        _param("after", "query", _CURSOR, "cursor: jobs newer than this id (ignored with before)"),
         _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 500}, "page size"),
     ]
     paths = {

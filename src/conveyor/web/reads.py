@@ -74,10 +74,8 @@ class JobQuery:
             raise BadRequest("limit must be between 1 and 500")
         before, after = params.get("before") or None, params.get("after") or None
         if before and after:
-            raise BadRequest("give before or after, not both")
-        search = params.get("q") or None
-        if search is not None and len(search) > 200:
-            raise BadRequest("search text is over 200 characters")
+            after = None  # before wins (documented in the OpenAPI description)
+        search = check_name(params.get("q"), "search text")
         return cls(
             state=state,
             queue=check_name(params.get("queue"), "queue"),
