@@ -95,7 +95,8 @@ async def test_worker_metrics_count_outcomes_across_processes(
             except OSError:
                 text = ""
             done = _value(text, "conveyor_jobs_finished_total{")
-            if done >= 7:
+            slots = _value(text, "conveyor_worker_slots{")
+            if done >= 7 and slots == 10 * processes:  # every process has started
                 break
             time.sleep(0.2)
         assert _value(text, 'conveyor_jobs_finished_total{outcome="succeeded"') == 6 or (
