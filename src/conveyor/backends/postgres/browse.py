@@ -1,5 +1,5 @@
 """The browsing capability for PostgreSQL: keyset pages and capped counts over the indexes of
-migration 0007 (and ``jobs_state_idx``), and the throughput counters table."""
+migration 0003 (and ``jobs_state_idx``), and the throughput counters table."""
 
 from __future__ import annotations
 

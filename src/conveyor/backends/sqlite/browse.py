@@ -1,4 +1,4 @@
-"""The browsing capability for SQLite: keyset pages and capped counts over the 0007 indexes,
+"""The browsing capability for SQLite: keyset pages and capped counts over the 0003 indexes,
 and the throughput counters table. Reads run on the reader thread, writes in the writer's
 transaction."""
 

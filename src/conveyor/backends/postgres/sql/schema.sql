@@ -116,7 +116,7 @@ CREATE TABLE {schema}.kv (
     PRIMARY KEY (namespace, key)
 ) WITH (fillfactor = 70);
 
--- The dashboard's reads (migration 0007): keyset paging and capped counts per queue and per
+-- The dashboard's reads (migration 0003): keyset paging and capped counts per queue and per
 -- task, the dead-letter set by error code.
 CREATE INDEX jobs_queue_state_idx ON {schema}.jobs (queue, state, id);
 CREATE INDEX jobs_task_state_idx ON {schema}.jobs (task, state, id);

@@ -1,4 +1,4 @@
--- Conveyor SQLite schema, version 7: the dashboard's reads (the browse capability).
+-- Conveyor SQLite schema, version 3: the dashboard's reads (the browse capability).
 -- Keyset paging and capped counts per state tab, per queue and per task each have an index;
 -- the dead-letter set by error code has a partial one (only failed rows pay for it).
 CREATE INDEX IF NOT EXISTS conveyor_jobs_by_state

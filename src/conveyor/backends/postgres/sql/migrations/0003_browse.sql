@@ -1,4 +1,4 @@
--- Migration 0007: the dashboard's reads (the browse capability). Keyset paging and capped
+-- Migration 0003: the dashboard's reads (the browse capability). Keyset paging and capped
 -- counts per queue and per task have an index each (per state: jobs_state_idx); the dead-letter
 -- set by error code has a partial one (only failed rows pay for it).
 CREATE INDEX jobs_queue_state_idx ON {schema}.jobs (queue, state, id);
