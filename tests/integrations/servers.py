@@ -116,7 +116,9 @@ async def serve_asgi(app: Any, *, ws: str = "auto") -> AsyncIterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", ws=ws)
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="on", ws=ws, timeout_graceful_shutdown=2
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

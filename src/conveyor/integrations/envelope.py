@@ -129,3 +129,35 @@ def lookup_path(event: EventEnvelope, path: str) -> str | None:
     if value is None or isinstance(value, (Mapping, list, tuple)):
         return None
     return str(value)
+
+
+def check_pattern(pattern: str) -> str:
+    """Validate an event-name pattern: dotted segments where ``*`` is exactly one segment and
+    ``#`` zero or more (the bus's convention, and AMQP's). Raises ``ValueError``."""
+    if not isinstance(pattern, str) or not pattern or len(pattern) > 256:
+        raise ValueError("an event pattern must be a non-empty string (at most 256 characters)")
+    for segment in pattern.split("."):
+        if not segment:
+            raise ValueError(f"event pattern {pattern!r} has an empty segment")
+        if segment not in ("*", "#") and ("*" in segment or "#" in segment):
+            raise ValueError(
+                f"event pattern {pattern!r}: '*' and '#' must stand alone in a segment "
+                "(use order.* or order.#)"
+            )
+    return pattern
+
+
+def pattern_matches(pattern: str, name: str) -> bool:
+    """Whether event ``name`` matches ``pattern`` (``*`` one segment, ``#`` zero or more)."""
+    return _match(pattern.split("."), name.split("."))
+
+
+def _match(pat: list[str], parts: list[str]) -> bool:
+    if not pat:
+        return not parts
+    head = pat[0]
+    if head == "#":
+        return any(_match(pat[1:], parts[i:]) for i in range(len(parts) + 1))
+    if not parts:
+        return False
+    return (head == "*" or head == parts[0]) and _match(pat[1:], parts[1:])
