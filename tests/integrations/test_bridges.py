@@ -161,9 +161,9 @@ async def outage(
                 n += 1
 
         producer = asyncio.create_task(produce())
-        await wait_until(lambda: len(sent) >= 40, what="publishing")
+        await wait_until(lambda: len(sent) >= 40, 60, "publishing")
         await broker_stop()
-        await wait_until(lambda: out.status().retries >= 1, what="a failed publish")
+        await wait_until(lambda: out.status().retries >= 1, 60, "a failed publish")
         await broker_start()
         after = len(sent)
         await wait_until(lambda: len(sent) >= after + 50, 60, "publishing after the outage")
