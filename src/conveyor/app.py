@@ -16,6 +16,7 @@ from conveyor.core.app import App
 from conveyor.core.task import Task
 from conveyor.domain.durations import Duration
 from conveyor.errors import ConfigurationError
+from conveyor.integrations.webhooks.registry import Webhooks
 from conveyor.scheduler.scheduler import Schedules
 from conveyor.scheduler.spec import ScheduleSpec, build_spec
 
@@ -29,6 +30,12 @@ class Conveyor(App):
     ``postgresql://…``, ``redis://…`` or ``memory://``. The App never reads environment
     variables; the CLI passes ``CONVEYOR_URL`` in when it is set.
     """
+
+    @functools.cached_property
+    def webhooks(self) -> Webhooks:
+        """Webhook subscriptions and their delivery log
+        (:class:`~conveyor.integrations.webhooks.registry.Webhooks`)."""
+        return Webhooks(self)
 
     @functools.cached_property
     def schedules(self) -> Schedules:

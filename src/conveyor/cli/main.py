@@ -27,6 +27,7 @@ from conveyor.cli.dashboard_cmd import dashboard
 from conveyor.cli.dlq import dlq
 from conveyor.cli.jobs import jobs
 from conveyor.cli.schedules_cmd import scheduler, schedules
+from conveyor.cli.webhooks_cmd import webhooks
 from conveyor.cli.worker_cmd import worker
 from conveyor.domain.states import JobState
 from conveyor.errors import ConveyorError, InvalidArgumentsError
@@ -48,6 +49,7 @@ cli.add_command(dlq)
 cli.add_command(schedules)
 cli.add_command(scheduler)
 cli.add_command(dashboard)
+cli.add_command(webhooks)
 
 
 @cli.command()
