@@ -246,3 +246,45 @@ def test_bridges_from_seed_003_config() -> None:
         bridge_from_config({"provider": "kafka", "topic": "events"})
     with pytest.raises(ValueError, match="mqtt://"):
         MQTTBridge("http://x")
+
+
+async def test_bridge_status_shows_in_conveyor_stats_without_the_password(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from conveyor import Conveyor
+    from conveyor.integrations.bridges.board import report
+
+    require_port(5672, "RabbitMQ")
+    db = tmp_path / "stats.db"
+    app = Conveyor(f"sqlite:///{db}")
+    t = tag()
+    out, _ = pair("rabbitmq", "amqp://guest:guest@127.0.0.1:5672/", t)
+    try:
+        await out.connect()
+        await report(app, out, "out")
+    finally:
+        await out.aclose()
+        await app.close()
+    run = subprocess.run(
+        [sys.executable, "-m", "conveyor", "stats", "--url", f"sqlite:///{db}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "Bridges" in run.stdout and "rabbitmq" in run.stdout and "up" in run.stdout
+    assert ":guest@" not in run.stdout  # the password is redacted
+    data = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "conveyor", "stats", "--json", "--url", f"sqlite:///{db}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    )
+    [bridge] = data["bridges"]
+    assert bridge["url"] == "amqp://guest:•••@127.0.0.1:5672/" and bridge["connected"] is True

@@ -155,12 +155,15 @@ def stats(app_path: str | None, url: str | None, as_json: bool) -> None:
     """Job counts per queue and per task, with per-task outcome counters and durations."""
     app = load_app(app_path, url)
 
-    async def go() -> tuple[Any, Any]:
-        return await app.inspect.counts(), await app.inspect.task_metrics()
+    async def go() -> tuple[Any, Any, Any]:
+        from conveyor.integrations.bridges.board import read_statuses
 
-    counts, metrics = run(app, go)
+        bridges = await read_statuses(await app.backend())
+        return await app.inspect.counts(), await app.inspect.task_metrics(), bridges
+
+    counts, metrics, bridges = run(app, go)
     if as_json:
-        emit_json({**counts.to_dict(), "metrics": metrics})
+        emit_json({**counts.to_dict(), "metrics": metrics, "bridges": bridges})
         return
     states = [s.value for s in JobState]
     shown = [s for s in states if counts.total.get(s) or s in ("queued", "running", "failed")]
@@ -185,6 +188,42 @@ def stats(app_path: str | None, url: str | None, as_json: bool) -> None:
         )
     console.print(table("Tasks", ["task", *shown, "p50", "p95", "p99"], rows))
     console.print("total: " + ", ".join(f"{s} {counts.total.get(s, 0)}" for s in shown))
+    if bridges:
+        console.print(bridge_table(bridges))
+
+
+def bridge_table(bridges: list[dict[str, Any]]) -> Any:
+    """The broker bridges' reported status (URLs with passwords redacted)."""
+    rows = [
+        [
+            b["name"],
+            b["role"],
+            b["broker"],
+            b["url"],
+            "up" if b["connected"] else "down",
+            b["published"],
+            b["acked"],
+            b["retries"],
+            b["reconnects"],
+            fmt_age(time.time() - b["age"]),
+            (b.get("last_error") or "-")[:60],
+        ]
+        for b in bridges
+    ]
+    columns = [
+        "bridge",
+        "role",
+        "broker",
+        "url",
+        "state",
+        "published",
+        "acked",
+        "retries",
+        "reconnects",
+        "reported",
+        "last error",
+    ]
+    return table("Bridges", columns, rows)
 
 
 @cli.command()
