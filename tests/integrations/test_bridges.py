@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -218,6 +219,37 @@ async def test_rabbitmq_connections_closed_by_the_server_mid_stream() -> None:
     store, sent = await outage("rabbitmq", close, nothing, out, inn, t)
     assert store.ids() >= set(sent) and len(sent) >= 90
     assert out.status().retries >= 1 and inn.status().reconnects >= 1
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda port: RabbitMQBridge(
+            f"amqp://guest:hunter2@127.0.0.1:{port}/", publish_timeout=0.5, retry_max=0.1
+        ),
+        lambda port: NATSBridge(
+            f"nats://guest:hunter2@127.0.0.1:{port}", publish_timeout=0.5, retry_max=0.1
+        ),
+        lambda port: MQTTBridge(
+            f"mqtt://guest:hunter2@127.0.0.1:{port}", publish_timeout=0.5, retry_max=0.1
+        ),
+    ],
+    ids=KINDS,
+)
+async def test_broker_passwords_never_reach_logs_errors_or_status(
+    make: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.integrations.servers import free_port
+
+    bridge = make(free_port())
+    loop = asyncio.get_running_loop()
+    with caplog.at_level(logging.DEBUG), pytest.raises(BrokerUnavailableError) as info:
+        await bridge.publish(events(1, "x")[0], deadline=loop.time() + 0.6)
+    await bridge.aclose()
+    shown = [str(info.value), repr(bridge), str(bridge.status().to_dict()), caplog.text]
+    assert bridge.status().retries >= 1 and "•••" in bridge.status().url
+    for text in shown:
+        assert "hunter2" not in text
 
 
 async def test_publish_gives_up_at_the_deadline_with_a_redacted_url() -> None:

@@ -10,6 +10,7 @@ acknowledged only by :meth:`Inbound.ack` and redelivered after ``ack_wait`` othe
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -58,13 +59,18 @@ class NATSBridge(Bridge):
         self._js: nats.js.JetStreamContext | None = None
 
     async def _connect(self) -> None:
-        nc = await nats.connect(
-            self.url,
-            connect_timeout=self.publish_timeout,
-            allow_reconnect=False,
-            max_reconnect_attempts=0,
-            error_cb=_quiet,
-            disconnected_cb=None,
+        # nats-py keeps retrying an initial connection that is refused: bound it here, and
+        # let the bridge's own retry loop (with its backoff and deadline) try again.
+        nc = await asyncio.wait_for(
+            nats.connect(
+                self.url,
+                connect_timeout=self.publish_timeout,
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                error_cb=_quiet,
+                disconnected_cb=None,
+            ),
+            self.publish_timeout,
         )
         js = nc.jetstream(timeout=self.publish_timeout)
         config = nats.js.api.StreamConfig(
