@@ -280,7 +280,21 @@ class Bridge(ABC):
                 with contextlib.suppress(*self.transient):
                     await inbound.reject(requeue=True)
                 raise
-            await inbound.ack()
+            try:
+                await inbound.ack()
+            except self.transient as exc:
+                # The connection broke between storing and acknowledging: the broker will
+                # redeliver this message (a duplicate, as at-least-once allows); consume()
+                # reconnects on its next read.
+                self._failed(exc)
+                log.warning(
+                    "%s bridge %s: ack of %s lost (%s); it will be redelivered",
+                    self.broker,
+                    self._status.name,
+                    inbound.event.id,
+                    self._status.last_error,
+                    extra={"action": "bridge_ack_lost", "event_id": inbound.event.id},
+                )
 
     async def aclose(self) -> None:
         """Close the connection."""

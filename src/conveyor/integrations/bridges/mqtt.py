@@ -79,6 +79,7 @@ class MQTTBridge(Bridge):
                 await client.__aexit__(None, None, None)
             except Exception:  # noqa: BLE001 - already broken; nothing to do
                 pass
+            _retrieve(client)
 
     def topic_for(self, key: str) -> str:
         """The topic an event with routing key ``key`` is published to."""
@@ -123,6 +124,15 @@ class MQTTBridge(Bridge):
                 await asyncio.shield(client.__aexit__(None, None, None))
             except Exception:  # noqa: BLE001 - already broken
                 pass
+            _retrieve(client)
+
+
+def _retrieve(client: aiomqtt.Client) -> None:
+    """Mark aiomqtt's "disconnected" future as seen (a broken connection leaves an exception
+    there that asyncio would otherwise report as never retrieved)."""
+    future = getattr(client, "_disconnected", None)
+    if isinstance(future, asyncio.Future) and future.done() and not future.cancelled():
+        future.exception()
 
 
 def _acks(paho: Any, mid: int, qos: int) -> tuple[Any, Any]:

@@ -96,9 +96,17 @@ class RabbitMQBridge(Bridge):
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             type=event.name,
         )
-        confirmation = await exchange.publish(
-            message, routing_key=key, mandatory=self.mandatory, timeout=self.publish_timeout
-        )
+        try:
+            confirmation = await exchange.publish(
+                message, routing_key=key, mandatory=self.mandatory, timeout=self.publish_timeout
+            )
+        except asyncio.CancelledError:
+            # aiormq cancels pending confirmations when the server closes the connection;
+            # only a cancellation of this task itself is a real one.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise ConnectionError("the connection closed before the broker confirmed") from None
         # With confirms + mandatory an unroutable message comes back as Return, then Ack:
         # aio-pika hands the Return over as the result instead of raising.
         if isinstance(confirmation, aiormq.abc.DeliveredMessage) and isinstance(
