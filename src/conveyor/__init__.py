@@ -41,6 +41,7 @@ from conveyor.errors import (
     ResultTimeoutError,
     Retry,
     SerializationError,
+    ValidationError,
 )
 from conveyor.worker.worker import Worker, WorkerConfig
 
@@ -79,6 +80,7 @@ __all__ = [
     "SerializationError",
     "Serializer",
     "Task",
+    "ValidationError",
     "Worker",
     "WorkerConfig",
     "__version__",

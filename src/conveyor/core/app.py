@@ -13,7 +13,7 @@ import asyncio
 import sys
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, Self, TypeVar, overload
 
 from conveyor.backends import DEFAULT_URL, factory_from_url
@@ -33,6 +33,7 @@ from conveyor.core.options import (
 from conveyor.core.portal import Portal
 from conveyor.core.serialization import JSONSerializer, Serializer, encode_call
 from conveyor.core.task import JobSpec, Task, TaskConfig, spec_list
+from conveyor.core.versions import Migration, PayloadVersions
 from conveyor.domain.clock import Clock
 from conveyor.domain.durations import Duration, optional_duration, parse_duration
 from conveyor.domain.ids import new_job_id
@@ -145,6 +146,10 @@ class App:
         metadata: dict[str, Any] | None = None,
         middleware: Sequence[Middleware] = (),
         schedule: dict[str, Any] | None = None,
+        validate: bool | None = None,
+        version: int | None = None,
+        since: int | None = None,
+        migrate: Mapping[int, Migration] | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(  # type: ignore[misc]
@@ -163,6 +168,10 @@ class App:
         metadata: dict[str, Any] | None = None,
         middleware: Sequence[Middleware] = (),
         schedule: dict[str, Any] | None = None,
+        validate: bool | None = None,
+        version: int | None = None,
+        since: int | None = None,
+        migrate: Mapping[int, Migration] | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Declare a task (decorator, with or without options).
 
@@ -171,6 +180,10 @@ class App:
         timeout). ``concurrency``: most jobs of this task one worker runs at once.
         ``schedule``: an inline schedule named after the task, e.g.
         ``{"cron": "0 3 * * *", "timezone": "Europe/Paris"}`` (see :meth:`schedule`).
+        ``validate``: check arguments and result against the annotations (``None``: when one
+        holds a pydantic model, dataclass or TypedDict; see ``docs/validation.md``).
+        ``version``, ``since``, ``migrate``: the payload version jobs are stamped with, the
+        oldest one a worker still runs, and the migrations between (``docs/versioning.md``).
         """
 
         def decorate(func: Callable[P, R]) -> Task[P, R]:
@@ -201,6 +214,10 @@ class App:
                     executor=chosen,
                     metadata=dict(metadata or {}),
                     middleware=tuple(middleware),
+                    validate=validate,
+                    versions=PayloadVersions.build(
+                        name or default_task_name(func), version, since, migrate
+                    ),
                 )
             except (ValueError, InvalidArgumentsError) as exc:
                 raise ConfigurationError(f"task {func.__qualname__}: {exc}") from None
@@ -335,11 +352,15 @@ class App:
                 run_at = now + options.delay
         start = run_at if run_at is not None else now + (delay or 0.0)
         ttl = options.ttl if options.ttl is not None else cfg.ttl
+        args, kwargs = task.encode_arguments(
+            spec.args, spec.kwargs, validate=options.validate is not False
+        )
         return NewJob(
             id=options.job_id or new_job_id(),
             task=task.name,
             queue=queue,
-            payload=encode_call(self.serializer, spec.args, spec.kwargs),
+            payload=encode_call(self.serializer, tuple(args), kwargs),
+            payload_version=cfg.versions.version,
             priority=options.priority if options.priority is not None else cfg.priority,
             run_at=run_at,
             max_attempts=options.max_attempts or retry.attempts,
@@ -379,7 +400,10 @@ class App:
                 results = await backend.enqueue(jobs, self.backend_now())
             handles: list[JobHandle[Any]] = []
             for job, res in zip(jobs, results, strict=True):
-                handles.append(JobHandle(self, res.id, job.task, created=res.created))
+                decode = by_name[job.task].decode_result
+                handles.append(
+                    JobHandle(self, res.id, job.task, created=res.created, decode=decode)
+                )
                 if res.created and self.events.has_listeners("enqueued", job.task):
                     await self.events.emit(
                         JobEvent(
@@ -406,8 +430,8 @@ class App:
         jobs = [self.build_job(s, s.options, now) for s in items]
         results = self.factory.enqueue_on_sync(connection, jobs, self.backend_now())
         return [
-            JobHandle(self, r.id, j.task, created=r.created)
-            for j, r in zip(jobs, results, strict=True)
+            JobHandle(self, r.id, j.task, created=r.created, decode=s.task.decode_result)
+            for s, j, r in zip(items, jobs, results, strict=True)
         ]
 
     def _no_transactions(self) -> ConfigurationError:

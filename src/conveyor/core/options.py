@@ -128,6 +128,7 @@ class EnqueueOptions:
     metadata: dict[str, Any] = field(default_factory=dict)
     job_id: str | None = None
     connection: Any = None
+    validate: bool | None = None  # issue 19: False skips the producer-side validation
 
     @classmethod
     def build(
@@ -145,6 +146,7 @@ class EnqueueOptions:
         metadata: dict[str, Any] | None = None,
         job_id: str | None = None,
         connection: Any = None,
+        validate: bool | None = None,
     ) -> EnqueueOptions:
         """Validate and normalise; raises :class:`InvalidArgumentsError` naming the option."""
         try:
@@ -178,6 +180,8 @@ class EnqueueOptions:
         ):
             if value is not None:
                 check_name(name, value)
+        if validate is not None and not isinstance(validate, bool):
+            raise InvalidArgumentsError("validate must be True or False")
         if metadata is not None:
             if not isinstance(metadata, dict):
                 raise InvalidArgumentsError("metadata must be a dict")
@@ -195,6 +199,7 @@ class EnqueueOptions:
             metadata=dict(metadata or {}),
             job_id=job_id,
             connection=connection,
+            validate=validate,
         )
 
     def merged(self, other: EnqueueOptions) -> EnqueueOptions:

@@ -13,6 +13,8 @@ fails with a clear message on a store without it.
   PostgreSQL.
 - :class:`PushesCancellations`: a running job is interrupted as soon as its cancellation is
   requested, not at the next heartbeat; Redis.
+- :class:`Defers`: hand a running job back for later without counting the attempt (a payload
+  version newer than the worker's); all four backends.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from __future__ import annotations
 from typing import Any
 
 from conveyor.backends.capabilities.cancellations import PushesCancellations
+from conveyor.backends.capabilities.defer import Defers
 from conveyor.backends.capabilities.kv import KeyValueStore
 from conveyor.backends.capabilities.transactions import SyncTransactions, Transactions
 from conveyor.errors import ConfigurationError
 
 __all__ = [
+    "Defers",
     "KeyValueStore",
     "PushesCancellations",
     "SyncTransactions",
@@ -39,6 +43,7 @@ ALL: dict[str, type[Any]] = {
     "kv": KeyValueStore,
     "transactions": Transactions,
     "pushed_cancellations": PushesCancellations,
+    "defer": Defers,
 }
 
 

@@ -28,6 +28,7 @@ from conveyor.backends.base import Backend, BackendFactory, CancelOutcome
 from conveyor.backends.capabilities.transactions import SyncTransactions, Transactions
 from conveyor.backends.common import redact_url
 from conveyor.backends.sqlite import ops, reads, tx
+from conveyor.backends.sqlite.defer import SQLiteDefer
 from conveyor.backends.sqlite.engine import Engine
 from conveyor.backends.sqlite.kv import SQLiteKV
 from conveyor.backends.sqlite.notify import Effects, Notifier, Waiter
@@ -202,7 +203,7 @@ async def _stop(engine: Engine) -> None:
     await asyncio.wrap_future(engine.stopped)
 
 
-class SQLiteBackend(SQLiteKV, Transactions, Backend):
+class SQLiteBackend(SQLiteDefer, SQLiteKV, Transactions, Backend):  # Defers: issue 19
     """One client of a :class:`SQLiteFactory`; usable from any event loop."""
 
     factory: SQLiteFactory
