@@ -19,6 +19,10 @@ from typing import Any, ParamSpec, Self, TypeVar, overload
 from conveyor.backends import DEFAULT_URL, factory_from_url
 from conveyor.backends.base import Backend, BackendFactory, CancelOutcome
 from conveyor.backends.capabilities import SyncTransactions, Transactions
+from conveyor.core.contract import TaskContract
+from conveyor.core.contract import contract as make_contract
+from conveyor.core.contract import implement as implement_contract
+from conveyor.core.contract import register as register_contract
 from conveyor.core.events import EventHub, JobEvent, Listener
 from conveyor.core.handle import JobHandle
 from conveyor.core.inspect import DeadLetters, Inspector
@@ -230,6 +234,59 @@ class App:
             return task
 
         return decorate(fn) if fn is not None else decorate
+
+    # -- contracts (issue 19; see core/contract.py) ----------------------------------------
+    @overload
+    def contract(self, spec: TaskContract[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def contract(self, *, name: str, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def contract(  # type: ignore[misc]
+        self, spec: TaskContract[P, R] | None = None, /, *, name: str = "", **options: Any
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a task by its contract, without its implementation: producers enqueue
+        typed jobs of it; a worker must :meth:`implement` it. ``app.contract(spec)`` with a
+        :func:`conveyor.contract` object, or ``@app.contract(name=..., ...)`` on a stub."""
+        if spec is not None:
+            return register_contract(self, self.tasks, spec)
+
+        def declare(stub: Callable[P, R]) -> Task[P, R]:
+            spec = make_contract(name=name or default_task_name(stub), **options)(stub)
+            return register_contract(self, self.tasks, spec)
+
+        return declare
+
+    def implement(
+        self,
+        spec: TaskContract[P, R] | Task[P, R],
+        *,
+        executor: Executor | None = None,
+        concurrency: int | None = None,
+        middleware: Sequence[Middleware] = (),
+        since: int | None = None,
+        migrate: Mapping[int, Migration] | None = None,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]:
+        """Decorator: ``fn`` implements the contract (its signature must match; checked now)."""
+        found = spec.contract if isinstance(spec, Task) else spec
+        if not isinstance(found, TaskContract):
+            raise ConfigurationError(f"{spec!r} is not a contract")
+        chosen: TaskContract[P, R] = found
+
+        def decorate(fn: Callable[P, R]) -> Task[P, R]:
+            return implement_contract(
+                self,
+                self.tasks,
+                chosen,
+                fn,
+                executor=executor,
+                concurrency=concurrency,
+                middleware=middleware,
+                since=since,
+                migrate=migrate,
+            )
+
+        return decorate
 
     def queue(
         self,

@@ -115,7 +115,20 @@ class Task(Generic[P, R]):
         self.schema = CallSchema.build(config.name, fn, config.validate)
         #: False for a contract declared without its implementation (``app.contract``).
         self.implemented = True
+        #: The :class:`~conveyor.core.contract.TaskContract` this task was declared from.
+        self.contract: Any = None
         functools.update_wrapper(self, fn)
+
+    def bind_implementation(self, fn: Callable[P, R], config: TaskConfig) -> None:
+        """Make ``fn`` the handler of a task registered from a contract (in place, so the
+        handles producers already hold keep working)."""
+        self.fn = fn
+        self.config = config
+        self._signature = _signature(fn)
+        self._positional = _positional_range(self._signature)
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.schema = CallSchema.build(config.name, fn, config.validate)
+        self.implemented = True
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"

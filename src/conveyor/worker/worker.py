@@ -22,9 +22,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from conveyor.backends.capabilities import PushesCancellations
+from conveyor.backends.common import matches_any
+from conveyor.core.contract import unimplemented
 from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import ClaimedJob, JobFilter, WorkerInfo
 from conveyor.domain.states import JobState
+from conveyor.errors import ConfigurationError
 from conveyor.worker.active import ActiveJob
 from conveyor.worker.cancellations import listen_for_cancellations
 from conveyor.worker.deadlines import within
@@ -142,6 +145,19 @@ class Worker:
 
     async def run(self) -> None:
         """Run until :meth:`stop` (or, in burst mode, until idle)."""
+        # issue 19: a contract this worker would run must be implemented here.
+        missing = unimplemented(
+            self.app.tasks,
+            self.queues,
+            self.app.default_queue,
+            lambda name: matches_any(name, self.config.tasks),
+        )
+        if missing:
+            raise ConfigurationError(
+                f"this worker would run {', '.join(missing)} but only has the contract; "
+                "implement it with @app.implement(...) in the worker's code, or leave it out "
+                "with --tasks/--queues"
+            )
         self._stop_event = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._backend = await self.app.backend()
