@@ -52,7 +52,7 @@ async def test_registering_then_implementing_upgrades_the_same_task_in_place() -
     assert resize_image is task and task.implemented
     await run_until_idle(app, queues=("images",))
     assert await handle.result(timeout=1) == Thumbnail(url="u", width=128)
-    with pytest.raises(ValidationError, match="images.resize: argument 'image'"):
+    with pytest.raises(ValidationError, match=r"images\.resize: argument 'image'"):
         await task.enqueue({"nope": 1})  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="already implemented"):
         app.implement(resize)(resize_image.fn)
@@ -85,7 +85,7 @@ async def test_a_worker_will_not_start_with_a_contract_it_cannot_run() -> None:
     app = memory_app()
     app.contract(resize)
     worker = Worker(app, WorkerConfig(queues=("images",), burst=True))
-    with pytest.raises(ConfigurationError, match="images.resize but only has the contract"):
+    with pytest.raises(ConfigurationError, match=r"images\.resize but only has the contract"):
         await worker.run()
     # A worker that does not consume that queue (or task) starts fine.
     await run_until_idle(app, queues=("default",))

@@ -35,7 +35,8 @@ from conveyor.core.options import (
     coerce_retry,
 )
 from conveyor.core.portal import Portal
-from conveyor.core.serialization import JSONSerializer, Serializer, encode_call
+from conveyor.core.serialization import Serializer, encode_call
+from conveyor.core.serializers import recorded
 from conveyor.core.task import JobSpec, Task, TaskConfig, spec_list
 from conveyor.core.versions import Migration, PayloadVersions
 from conveyor.domain.clock import Clock
@@ -65,7 +66,8 @@ class App:
 
     ``url`` picks the store: ``sqlite:///jobs.db`` (the default when ``None``),
     ``postgresql://…``, ``redis://…`` or ``memory://``. The App never reads environment
-    variables; the CLI passes ``CONVEYOR_URL`` in when it is set.
+    variables; the CLI passes ``CONVEYOR_URL`` in when it is set. ``serializer``: ``"json"``
+    (default), ``"orjson"``, ``"msgpack"`` or your own object (``docs/serializers.md``).
     """
 
     def __init__(
@@ -79,7 +81,8 @@ class App:
         heartbeat_interval: Duration = 1.0,
         max_stalls: int = 3,
         retention: Retention | None = None,
-        serializer: Serializer | None = None,
+        serializer: Serializer | str | None = None,
+        serializers: Sequence[Serializer] = (),
         clock: Clock | None = None,
         backend_options: dict[str, Any] | None = None,
         backend_factory: BackendFactory | None = None,
@@ -102,7 +105,9 @@ class App:
             raise ConfigurationError("max_stalls must be >= 0")
         self.max_stalls = max_stalls
         self.retention = retention or Retention()
-        self.serializer: Serializer = serializer or JSONSerializer()
+        # issue 19: ``json`` (default), ``orjson``, ``msgpack`` or an object; the stored bytes
+        # record which one wrote them, and ``serializers`` are extra readers.
+        self.serializer: Serializer = recorded(serializer, serializers)
         self.clock = clock
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.queues: dict[str, QueueConfig] = {}
