@@ -68,7 +68,7 @@ def conveyor_clock() -> FakeClock:
 try:  # strict-mode pytest-asyncio needs its own decorator for async fixtures
     from pytest_asyncio import fixture as async_fixture
 except ImportError:  # pragma: no cover - anyio users
-    async_fixture = pytest.fixture
+    async_fixture = pytest.fixture  # type: ignore[assignment]
 
 
 @async_fixture
