@@ -159,6 +159,8 @@ class App:
         version: int | None = None,
         since: int | None = None,
         migrate: Mapping[int, Migration] | None = None,
+        on_cancel: Callable[..., Any] | None = None,
+        max_stalls: int | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(  # type: ignore[misc]
@@ -181,6 +183,8 @@ class App:
         version: int | None = None,
         since: int | None = None,
         migrate: Mapping[int, Migration] | None = None,
+        on_cancel: Callable[..., Any] | None = None,
+        max_stalls: int | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Declare a task (decorator, with or without options).
 
@@ -193,6 +197,10 @@ class App:
         holds a pydantic model, dataclass or TypedDict; see ``docs/validation.md``).
         ``version``, ``since``, ``migrate``: the payload version jobs are stamped with, the
         oldest one a worker still runs, and the migrations between (``docs/versioning.md``).
+        ``on_cancel``: cleanup called as ``on_cancel(ctx, *args, **kwargs)`` after a running
+        job was cancelled and its handler stopped, before it is stored as cancelled.
+        ``max_stalls``: this task's stall limit (the app's ``max_stalls`` otherwise): a job
+        whose worker died more often is dead-lettered with code ``poison_message``.
         """
 
         def decorate(func: Callable[P, R]) -> Task[P, R]:
@@ -210,6 +218,8 @@ class App:
                 raise ConfigurationError("executor='process' needs a plain (def) function")
             if concurrency is not None and concurrency < 1:
                 raise ConfigurationError("task concurrency must be >= 1")
+            if max_stalls is not None and (not isinstance(max_stalls, int) or max_stalls < 0):
+                raise ConfigurationError("task max_stalls must be an int >= 0")
             try:
                 prio = parse_priority(priority)
                 config = TaskConfig(
@@ -227,6 +237,8 @@ class App:
                     versions=PayloadVersions.build(
                         name or default_task_name(func), version, since, migrate
                     ),
+                    on_cancel=on_cancel,
+                    max_stalls=max_stalls,
                 )
             except (ValueError, InvalidArgumentsError) as exc:
                 raise ConfigurationError(f"task {func.__qualname__}: {exc}") from None
@@ -271,6 +283,7 @@ class App:
         middleware: Sequence[Middleware] = (),
         since: int | None = None,
         migrate: Mapping[int, Migration] | None = None,
+        on_cancel: Callable[..., Any] | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]:
         """Decorator: ``fn`` implements the contract (its signature must match; checked now)."""
         found = spec.contract if isinstance(spec, Task) else spec
@@ -289,6 +302,7 @@ class App:
                 middleware=middleware,
                 since=since,
                 migrate=migrate,
+                on_cancel=on_cancel,
             )
 
         return decorate

@@ -68,6 +68,7 @@ class TaskContract(Generic[P, R]):
         middleware: Sequence[Middleware] = (),
         since: int | None = None,
         migrate: Mapping[int, Migration] | None = None,
+        on_cancel: Callable[..., Any] | None = None,
     ) -> TaskConfig:
         """The task settings of this contract (plus what only an implementation says)."""
         return TaskConfig(
@@ -83,6 +84,7 @@ class TaskContract(Generic[P, R]):
             middleware=tuple(middleware),
             validate=self.validate,
             versions=PayloadVersions.build(self.name, self.version, since, migrate),
+            on_cancel=on_cancel,
         )
 
 
@@ -194,6 +196,7 @@ def implement(
     middleware: Sequence[Middleware] = (),
     since: int | None = None,
     migrate: Mapping[int, Migration] | None = None,
+    on_cancel: Callable[..., Any] | None = None,
 ) -> Task[P, R]:
     """``app.implement(spec)(fn)``: check ``fn`` against the contract, then make it the task's
     handler (upgrading a task registered by :func:`register` in place)."""
@@ -215,6 +218,7 @@ def implement(
         middleware=middleware,
         since=since,
         migrate=migrate,
+        on_cancel=on_cancel,
     )
     existing = tasks.get(spec.name)
     if existing is not None and existing.implemented:

@@ -62,6 +62,8 @@ class TaskConfig:
     # -- issue 19: typed payloads and payload versions (see core/schema.py, core/versions.py)
     validate: bool | None = None
     versions: PayloadVersions = field(default_factory=PayloadVersions)
+    on_cancel: Callable[..., Any] | None = None  # cleanup after a cancellation
+    max_stalls: int | None = None  # this task's stall limit (None: the app's)
 
     def __post_init__(self) -> None:
         check_name("task name", self.name)

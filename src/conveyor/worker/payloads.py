@@ -65,8 +65,25 @@ class NotImplementedTask(Exception):
     failure_traceback = ""
 
 
+class StalledTooOften(Exception):
+    """The job stalled more often than its task allows (a per-task ``max_stalls`` below the
+    app's: recovery, which applies the highest limit, re-queued it); permanent."""
+
+    failure_code = ErrorCode.POISON_MESSAGE
+    failure_type = "PoisonMessage"
+    failure_permanent = True
+    failure_traceback = ""
+
+
+def recovery_stall_limit(tasks: dict[str, Task[Any, Any]], app_limit: int) -> int:
+    """The stall limit stall recovery applies: the highest of the app's and the tasks' own
+    (each task's lower limit is then enforced when its job is next claimed)."""
+    own = [t.config.max_stalls for t in tasks.values() if t.config.max_stalls is not None]
+    return max([app_limit, *own])
+
+
 def prepare_call(
-    task: Task[Any, Any], job: ClaimedJob, serializer: Serializer
+    task: Task[Any, Any], job: ClaimedJob, serializer: Serializer, max_stalls: int | None = None
 ) -> tuple[list[Any], dict[str, Any]]:
     """The handler's ``(args, kwargs)`` for ``job``; raises one of the exceptions above,
     :class:`~conveyor.core.versions.VersionUnsupported`,
@@ -76,6 +93,12 @@ def prepare_call(
         raise NotImplementedTask(
             f"task {task.name} is a contract without an implementation in this worker; "
             "implement it (app.implement) in the worker's code"
+        )
+    limit = task.config.max_stalls if task.config.max_stalls is not None else max_stalls
+    if limit is not None and job.stalls > limit:
+        raise StalledTooOften(
+            f"task {task.name}: the job stalled {job.stalls} times (its workers died or hung), "
+            f"more than the task allows ({limit}); dead-lettered as a poison message"
         )
     versions = task.config.versions
     plan = versions.plan(job.payload_version)

@@ -27,6 +27,7 @@ from conveyor.errors import (
     ValidationError,
 )
 from conveyor.worker.deadlines import within_coarse
+from conveyor.worker.hooks import run_on_cancel
 from conveyor.worker.payloads import NEWER_PAYLOAD_DELAY, NewerPayload, defer_job, prepare_call
 from conveyor.worker.processes import ProcessPool
 from conveyor.worker.threads import DaemonThreadPool
@@ -384,7 +385,8 @@ class JobRunner:
                 "declares it, then retry the job from the dead-letter set",
             )
         # issue 19: payload version, migrations, validation (worker/payloads.py)
-        args, kwargs = prepare_call(task, job, self.app.serializer)
+        args, kwargs = prepare_call(task, job, self.app.serializer, self.app.max_stalls)
+        active.extra["call"] = (args, kwargs)  # for the on_cancel hook (worker/hooks.py)
         if active.stop_reason is not None:  # interrupted before it started
             raise _Interrupted(active.stop_reason)
         me = asyncio.current_task()
@@ -567,6 +569,7 @@ class JobRunner:
                 "job %s handed back to the queue at shutdown", job.id, extra=self._fields(active)
             )
             return
+        await run_on_cancel(self.app.tasks.get(job.task), active, max(self.app.lease / 2, 1.0))
         error = ErrorInfo(
             ErrorCode.CANCELLED,
             "Cancelled",

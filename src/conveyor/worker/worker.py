@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor.backends.capabilities import PushesCancellations
 from conveyor.backends.common import matches_any
 from conveyor.core.contract import unimplemented
+from conveyor.core.events import JobEvent
 from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import ClaimedJob, JobFilter, WorkerInfo
 from conveyor.domain.states import JobState
@@ -31,6 +32,8 @@ from conveyor.errors import ConfigurationError
 from conveyor.worker.active import ActiveJob
 from conveyor.worker.cancellations import listen_for_cancellations
 from conveyor.worker.deadlines import within
+from conveyor.worker.payloads import recovery_stall_limit
+from conveyor.worker.retention import prune_by_count
 from conveyor.worker.runner import JobRunner
 from conveyor.worker.stats import WorkerStatsCollector
 
@@ -190,8 +193,10 @@ class Worker:
                     self.app.schedules.run(self._stop_event), name="conveyor-scheduler"
                 )
             )
+        await self.emit_worker_event("worker:ready")  # issue 19: app-level worker events
         try:
             await self._claim_loop()
+            await self.emit_worker_event("worker:closing")
             await self._drain()
         finally:
             await self._stop_helpers(helpers)
@@ -207,6 +212,24 @@ class Worker:
                 self.stats.failed,
                 extra={"worker_id": self.id},
             )
+
+    async def emit_worker_event(self, kind: str, exc: BaseException | None = None) -> None:
+        """``worker:ready``, ``worker:closing`` or ``worker:error`` to the app's listeners."""
+        if not self.app.events.has_listeners(kind, ""):
+            return
+        await self.app.events.emit(
+            JobEvent(
+                kind,
+                "",
+                "",
+                "",
+                at=self.app.now(),
+                worker_id=self.id,
+                error_type=None if exc is None else type(exc).__name__,
+                error_message=None if exc is None else str(exc),
+                extra={"queues": list(self.queues), "concurrency": self.config.concurrency},
+            )
+        )
 
     @staticmethod
     async def _stop_helpers(helpers: list[asyncio.Task[Any]]) -> None:
@@ -361,6 +384,7 @@ class Worker:
                     jobs = await within(max(self.app.lease, 5.0), self._claim(queues, free))
                 except Exception as exc:  # noqa: BLE001 - the store is down: back off, retry
                     log.warning("claim failed (%r); retrying", exc, extra={"worker_id": self.id})
+                    await self.emit_worker_event("worker:error", exc)
                     await self._wait_any(
                         self._stop_event.wait(), min(self.config.poll_interval, 1.0)
                     )
@@ -577,6 +601,7 @@ class Worker:
             await self.backend.register_worker(self.info())
         except Exception as exc:  # noqa: BLE001 - keep beating; leases cover the gap
             log.warning("heartbeat failed: %s", exc, extra={"worker_id": self.id})
+            await self.emit_worker_event("worker:error", exc)
             return False
         return True
 
@@ -597,7 +622,8 @@ class Worker:
         """Recover jobs whose lease expired (their worker died); returns how many."""
         try:
             recovered = await self.backend.recover_expired(
-                self.app.max_stalls, self.app.backend_now()
+                recovery_stall_limit(self.app.tasks, self.app.max_stalls),  # issue 19
+                self.app.backend_now(),
             )
         except Exception as exc:  # noqa: BLE001
             log.warning("stall recovery failed: %s", exc, extra={"worker_id": self.id})
@@ -645,6 +671,10 @@ class Worker:
             except Exception as exc:  # noqa: BLE001
                 log.warning("retention pruning failed: %s", exc, extra={"worker_id": self.id})
                 break
+        try:  # issue 19: count limits (worker/retention.py)
+            total += await prune_by_count(self.backend, retention)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("retention pruning failed: %s", exc, extra={"worker_id": self.id})
         with contextlib.suppress(Exception):
             await self.backend.prune_workers(now - 10 * self.app.lease)
         return total
