@@ -9,10 +9,11 @@ only this module depends on all of them, so the import graph has no cycles.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from conveyor.core.app import App
+from conveyor.core.env import APP_VARIABLES, options_from_env
 from conveyor.core.handle import JobHandle
 from conveyor.core.seed000 import from_document
 from conveyor.core.task import Task
@@ -31,6 +32,15 @@ class Conveyor(App):
     ``postgresql://…``, ``redis://…`` or ``memory://``. The App never reads environment
     variables; the CLI passes ``CONVEYOR_URL`` in when it is set.
     """
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Conveyor:
+        """An app configured from ``CONVEYOR_URL``, ``CONVEYOR_LEASE``,
+        ``CONVEYOR_HEARTBEAT_INTERVAL``, ``CONVEYOR_MAX_STALLS``, ``CONVEYOR_TIMEOUT``,
+        ``CONVEYOR_RETRY``, ``CONVEYOR_DEFAULT_QUEUE``, ``CONVEYOR_SERIALIZER`` (those set;
+        ``options`` win). Reads ``environ`` (default ``os.environ``) only when called."""
+        found = options_from_env(APP_VARIABLES, environ)
+        return cls(**{**found, **options})
 
     @functools.cached_property
     def schedules(self) -> Schedules:

@@ -32,7 +32,14 @@ from conveyor.domain.states import JobState
 from conveyor.errors import ConveyorError, InvalidArgumentsError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        "max_content_width": 100,
+        # Every option can also come from CONVEYOR_<COMMAND>_<OPTION> (docs/cli.md).
+        "auto_envvar_prefix": "CONVEYOR",
+    }
+)
 @click.version_option(package_name="conveyor")
 def cli() -> None:
     """Conveyor: background jobs for Python.

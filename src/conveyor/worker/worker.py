@@ -17,13 +17,14 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from conveyor.backends.capabilities import PushesCancellations
 from conveyor.backends.common import matches_any
 from conveyor.core.contract import unimplemented
+from conveyor.core.env import WORKER_VARIABLES, options_from_env
 from conveyor.core.events import JobEvent
 from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import ClaimedJob, JobFilter, WorkerInfo
@@ -67,6 +68,14 @@ class WorkerConfig:
     burst_waits_for_scheduled: bool = True
     scheduler: bool = True
     worker_id: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> WorkerConfig:
+        """A config from the ``CONVEYOR_WORKER_*`` variables ``conveyor worker`` reads too
+        (``QUEUES``, ``TASKS``, ``CONCURRENCY``, ``GRACE``, ``POLL_INTERVAL``, ``BURST``,
+        ``WORKER_ID``, ``NO_SCHEDULER``); ``options`` win. Reads ``environ`` (default
+        ``os.environ``) only when called."""
+        return cls(**{**options_from_env(WORKER_VARIABLES, environ), **options})
 
 
 class Worker:
