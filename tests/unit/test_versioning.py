@@ -4,6 +4,7 @@ counts the versions still waiting."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +129,27 @@ async def test_inspection_counts_the_versions_still_waiting(tmp_path: Path) -> N
     assert status.to_dict()["safe_since"] == 3
     await old.close()
     await new.close()
+
+
+async def test_the_cli_shows_the_version_distribution(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from conveyor.cli.main import cli
+
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    old, _ = v1_app(url)
+    new, _ = v3_app(url)
+    await old.tasks["send"].enqueue("a@example.com")
+    await new.tasks["send"].enqueue(address="b@example.com", locale="en")
+    await old.close()
+    await new.close()
+    runner = CliRunner()
+    result = await asyncio.to_thread(
+        runner.invoke, cli, ["versions", "send", "--url", url, "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["by_state"] == {"queued": {"1": 1, "3": 1}}
+    table = await asyncio.to_thread(runner.invoke, cli, ["versions", "send", "--url", url])
+    assert table.exit_code == 0 and "oldest waiting: 1" in table.output

@@ -27,6 +27,7 @@ from conveyor.cli.dlq import dlq
 from conveyor.cli.jobs import jobs
 from conveyor.cli.schedules_cmd import scheduler, schedules
 from conveyor.cli.seed000_cmd import enqueue_seed000_documents
+from conveyor.cli.versions_cmd import versions
 from conveyor.cli.worker_cmd import worker
 from conveyor.domain.states import JobState
 from conveyor.errors import ConveyorError, InvalidArgumentsError
@@ -54,6 +55,7 @@ cli.add_command(jobs)
 cli.add_command(dlq)
 cli.add_command(schedules)
 cli.add_command(scheduler)
+cli.add_command(versions)
 
 
 @cli.command()
