@@ -52,6 +52,7 @@ docs: $(STAMP)  ## Build the documentation site (mkdocs-material) into build/sit
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 test: $(STAMP) check docs  ## Static checks, the docs build, then the whole test suite
+	@test -x /usr/bin/chromium || bash .ci/install-chromium
 	$(BIN)/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 unit: $(STAMP)

@@ -36,7 +36,7 @@ from conveyor.worker.deadlines import within
 from conveyor.worker.payloads import recovery_stall_limit
 from conveyor.worker.retention import prune_by_count
 from conveyor.worker.runner import JobRunner
-from conveyor.worker.stats import WorkerStatsCollector
+from conveyor.worker.stats import WorkerStatsCollector, flush_throughput
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -212,6 +212,7 @@ class Worker:
             self.runner.shutdown()
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5.0):
+                    await flush_throughput(self.backend, self.stats)
                     await self.backend.unregister_worker(self.id)
             log.info(
                 "worker %s stopped: processed=%d succeeded=%d failed=%d",
@@ -612,6 +613,8 @@ class Worker:
             log.warning("heartbeat failed: %s", exc, extra={"worker_id": self.id})
             await self.emit_worker_event("worker:error", exc)
             return False
+        # Stored throughput counters for the dashboard (never fails the beat).
+        await flush_throughput(self.backend, self.stats)
         return True
 
     async def _maintenance_loop(self) -> None:

@@ -28,6 +28,7 @@ from conveyor.backends.base import Backend, BackendFactory, CancelOutcome
 from conveyor.backends.capabilities.transactions import SyncTransactions, Transactions
 from conveyor.backends.common import redact_url
 from conveyor.backends.sqlite import ops, reads, tx
+from conveyor.backends.sqlite.browse import SQLiteBrowser
 from conveyor.backends.sqlite.defer import SQLiteDefer
 from conveyor.backends.sqlite.engine import Engine
 from conveyor.backends.sqlite.kv import SQLiteKV
@@ -203,7 +204,9 @@ async def _stop(engine: Engine) -> None:
     await asyncio.wrap_future(engine.stopped)
 
 
-class SQLiteBackend(SQLiteDefer, SQLiteKV, Transactions, Backend):  # Defers: issue 19
+class SQLiteBackend(  # Defers: issue 19
+    SQLiteDefer, SQLiteBrowser, SQLiteKV, Transactions, Backend
+):
     """One client of a :class:`SQLiteFactory`; usable from any event loop."""
 
     factory: SQLiteFactory
