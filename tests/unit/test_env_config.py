@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from conveyor import ConfigurationError, Conveyor, JobState, WorkerConfig
 from conveyor.cli.main import cli
-from tests.unit import seed000_app
+from tests.unit import env_app
 
 
 def test_the_app_from_env() -> None:
@@ -66,12 +66,12 @@ def restore_logging() -> Iterator[None]:
 
 
 def test_cli_options_come_from_the_environment(restore_logging: None) -> None:
-    app = seed000_app.app
-    mail = app.tasks["notifications.send_email"].enqueue_sync("ada@example.com")
-    report = app.tasks["reports.build"].enqueue_sync(1)
+    app = env_app.app
+    mail = env_app.notify.enqueue_sync("ada@example.com")
+    report = env_app.report.enqueue_sync(1)
     runner = CliRunner()
     env = {
-        "CONVEYOR_APP": "tests.unit.seed000_app:app",
+        "CONVEYOR_APP": "tests.unit.env_app:app",
         "CONVEYOR_WORKER_QUEUES": "notifications",
         "CONVEYOR_WORKER_BURST": "1",
         "CONVEYOR_WORKER_CONCURRENCY": "2",
