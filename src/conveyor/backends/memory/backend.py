@@ -18,6 +18,7 @@ from conveyor.backends.base import Backend, BackendFactory, CancelOutcome
 from conveyor.backends.capabilities.kv import KeyValueStore
 from conveyor.backends.common import RETRYABLE_STATES, SUSPECT_STALLS, filter_matches, matches_any
 from conveyor.backends.memory.browse import MemoryBrowser
+from conveyor.backends.memory.defer import MemoryDefer
 from conveyor.domain.job import (
     ClaimedJob,
     CountRow,
@@ -70,7 +71,7 @@ class MemoryStore:
                 self._waiters.remove(item)
 
 
-class MemoryBackend(MemoryBrowser, KeyValueStore, Backend):
+class MemoryBackend(MemoryDefer, MemoryBrowser, KeyValueStore, Backend):  # Defers: issue 19
     """A client of a :class:`MemoryStore`."""
 
     store: MemoryStore

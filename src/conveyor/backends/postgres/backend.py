@@ -28,6 +28,7 @@ from conveyor.backends.postgres.client import (
     NoReply,
     PostgresClient,
 )
+from conveyor.backends.postgres.defer import PostgresDefer
 from conveyor.backends.postgres.errors import is_transient, translate, translated
 from conveyor.backends.postgres.kv import PostgresKV
 from conveyor.backends.postgres.statements import (
@@ -64,7 +65,9 @@ CompleteItem = tuple[str, int, bytes | None, float | None]
 EnqueueItem = tuple[list[NewJob], float | None]
 
 
-class PostgresBackend(PostgresBrowser, PostgresKV, Transactions, PostgresClient, Backend):
+class PostgresBackend(
+    PostgresDefer, PostgresBrowser, PostgresKV, Transactions, PostgresClient, Backend
+):
     """A client of one PostgreSQL schema, made by
     :class:`~conveyor.backends.postgres.PostgresFactory`."""
 

@@ -44,6 +44,7 @@ from conveyor.backends.redis.connect import (
     check_server,
     translate_errors,
 )
+from conveyor.backends.redis.defer import RedisDefer
 from conveyor.backends.redis.notify import Notifier
 from conveyor.backends.redis.pipe import ScriptPipe, pipe_for
 from conveyor.backends.redis.scripts import ScriptArg, run
@@ -86,7 +87,9 @@ def write_token() -> str:
     return uuid4().hex[:16]
 
 
-class RedisBackend(RedisBrowser, KeyValueStore, PushesCancellations, Backend):
+class RedisBackend(  # Defers: issue 19
+    RedisDefer, RedisBrowser, KeyValueStore, PushesCancellations, Backend
+):
     """One client of the jobs stored under one key prefix of one Redis server."""
 
     def __init__(
