@@ -210,3 +210,24 @@ async def test_websocket_slow_client_is_closed_with_1013() -> None:
                 while True:
                     await ws.recv()
         assert info.value.rcvd is not None and info.value.rcvd.code == 1013
+
+
+async def test_mounts_in_fastapi() -> None:
+    from fastapi import FastAPI
+
+    hub = Broadcaster()
+    realtime_app = RealtimeApp(hub, channels={"orders": "order.*"})
+    api = FastAPI()
+
+    @api.get("/health")
+    def health() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    api.mount("/events", realtime_app)
+    async with serve_asgi(api) as base, httpx.AsyncClient(base_url=base) as client:
+        assert (await client.get("/health")).json() == {"ok": "yes"}
+        async with client.stream("GET", "/events/sse/orders") as response:
+            await wait_until(lambda: realtime_app.open_connections == 1, what="connection")
+            hub.publish(ev(1))
+            frame = await anext(sse_frames(response))
+        assert frame["id"] == "1" and json.loads(frame["data"])["id"] == "e1"
