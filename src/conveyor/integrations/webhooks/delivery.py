@@ -88,8 +88,9 @@ Sleep = Callable[[float], Awaitable[None]]
 class WebhookSender:
     """Signs and sends webhooks over one pooled, SSRF-guarded httpx client.
 
-    Use it as an async context manager (or call :meth:`aclose`). ``policy`` is the default
-    address policy; an endpoint's own policy applies to its requests when it is less strict.
+    Use it as an async context manager (or call :meth:`aclose`). ``policy`` is the address
+    policy for endpoints that keep the default one; an endpoint that sets its own policy is
+    connected under that policy instead.
     ``resolver`` replaces DNS (tests of rebinding); ``sleep`` replaces the wait between
     retries (tests on a fake clock).
     """
