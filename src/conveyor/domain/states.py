@@ -13,8 +13,10 @@ completed  the handler returned                          completed / COMPLETED /
 failed     permanently failed: the dead-letter set       dead, timeout / FAILED / failed
 cancelled  cancelled before or while running             cancelled / CANCELLED / cancelled
 expired    its TTL passed before it started              (none) / (none) / expired
-blocked    a workflow step waiting on its parents        pending / PENDING / (none)
 ========== ============================================= =============================
+
+``blocked`` is reserved for workflow steps waiting on their parents; nothing produces it yet
+(the stores and the contract suite already treat it as a waiting state).
 """
 
 from __future__ import annotations
