@@ -314,6 +314,14 @@ class BackendFactory(ABC):
     async def destroy(self) -> None:  # noqa: B027 - optional hook
         """Drop everything this factory stores (its file, schema or key prefix). For tests."""
 
+    async def reset(self) -> list[str]:
+        """Delete every job, key, worker entry and piece of shared state, and leave the store
+        ready for use (``conveyor db reset``). The default destroys, then migrates; stores that
+        other processes may hold open override it to empty their tables in place. Returns the
+        migration steps applied."""
+        await self.destroy()
+        return await self.migrate()
+
     def describe(self) -> dict[str, Any]:
         """Facts about the store for ``conveyor info`` (never secrets)."""
         return {"url": redact_url(self.url)}

@@ -111,7 +111,7 @@ def run(app: Conveyor, coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise SystemExit(code)
 
 

@@ -6,6 +6,7 @@ job's state, 5 aborted at a confirmation prompt.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -13,9 +14,11 @@ import click
 
 from conveyor.backends.common import redact_url
 from conveyor.cli.common import (
+    EXIT_ABORTED,
     app_options,
     console,
     emit_json,
+    fail,
     fmt_age,
     fmt_duration,
     load_app,
@@ -308,6 +311,31 @@ def db_migrate(app_path: str | None, url: str | None, as_json: bool) -> None:
         )
     else:
         console.print(f"{redact_url(app.url)} is up to date")
+
+
+@db.command("reset")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed off a TTY).")
+@app_options
+def db_reset(yes: bool, app_path: str | None, url: str | None, as_json: bool) -> None:
+    """Wipe the store: delete every job, schedule state and worker entry (tests, benchmarks).
+
+    Stop the workers first. Without --yes it asks on a terminal and refuses otherwise.
+    """
+    app = load_app(app_path, url)
+    where = redact_url(app.url)
+    if not yes:
+        if not sys.stdin.isatty():
+            fail(f"refusing to wipe {where} without --yes", EXIT_ABORTED)
+        if not click.confirm(
+            f"Delete every job, schedule and worker entry in {where}?", default=False
+        ):
+            console.print("aborted; nothing changed")
+            raise SystemExit(EXIT_ABORTED)
+    applied = run(app, app.reset)
+    if as_json:
+        emit_json({"url": where, "reset": True, "applied": applied})
+    else:
+        console.print(f"{where} is empty")
 
 
 def main() -> None:

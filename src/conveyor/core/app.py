@@ -14,6 +14,7 @@ import sys
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar, overload
 
 from conveyor.backends import DEFAULT_URL, factory_from_url
@@ -30,7 +31,7 @@ from conveyor.core.options import (
     Retention,
     coerce_retry,
 )
-from conveyor.core.portal import Portal
+from conveyor.core.portal import Portal, blocking
 from conveyor.core.serialization import JSONSerializer, Serializer, encode_call
 from conveyor.core.task import JobSpec, Task, TaskConfig, spec_list
 from conveyor.domain.clock import Clock
@@ -292,8 +293,40 @@ class App:
         del self._opening[loop]
         return client
 
+    async def open(self) -> Self:
+        """Connect to the store now (instead of at the first call that needs it); returns the
+        app, so ``app = await Conveyor(url).open()`` works. ``async with app:`` opens and
+        closes around a block. Opening twice is harmless."""
+        await self.backend()
+        return self
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __enter__(self) -> Self:
+        """``with app:`` in synchronous code: :meth:`open_sync`, then :meth:`close_sync`."""
+        self.portal.run(self.backend())
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close_sync()
+
     async def close(self) -> None:
-        """Close the backend client of this loop (and of the sync portal)."""
+        """Close the backend client of this loop (and of the sync portal). The app stays
+        usable: the next call that needs the store connects again."""
         loop = asyncio.get_running_loop()
         backend = self._backends.pop(loop, None)
         if backend is not None:
@@ -429,3 +462,23 @@ class App:
     async def migrate(self) -> list[str]:
         """Create or upgrade the store's schema (``conveyor db migrate``)."""
         return await self.factory.migrate()
+
+    async def reset(self) -> list[str]:
+        """Wipe the store: every job, idempotency key, worker entry and schedule state is
+        deleted, and the schema is left ready for use (``conveyor db reset --yes``).
+
+        For tests and benchmarks. Stop the workers first: a job they hold is gone. Returns the
+        migration steps applied afterwards (none when the schema was kept).
+        """
+        loop = asyncio.get_running_loop()
+        backend = self._backends.pop(loop, None)
+        if backend is not None:
+            await backend.close()
+        return await self.factory.reset()
+
+    # -- blocking twins (same arguments and results) -------------------------------------------
+    # ``backend()`` has none: a backend client belongs to the event loop that opened it.
+    open_sync = blocking(open)
+    cancel_sync = blocking(cancel)
+    migrate_sync = blocking(migrate)
+    reset_sync = blocking(reset)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from conveyor.backends.common import RETRYABLE_STATES
 from conveyor.core.handle import JobInfo, decode_record
 from conveyor.core.options import QueueConfig
+from conveyor.core.portal import blocking
 from conveyor.core.ports import AppPort
 from conveyor.domain.job import JobFilter, JobRecord, WorkerInfo
 from conveyor.domain.priority import priority_name
@@ -70,7 +71,7 @@ class Counts:
 
 
 class Inspector:
-    """Read-side API (``app.inspect``)."""
+    """Read-side API (``app.inspect``). Every coroutine method has a blocking ``*_sync`` twin."""
 
     def __init__(self, app: InspectHost) -> None:
         self.app = app
@@ -152,6 +153,13 @@ class Inspector:
             entry["p99"] = percentile(durations, 99)
         return metrics
 
+    # -- blocking twins (same arguments and results) -----------------------------------------
+    job_sync = blocking(job)
+    jobs_sync = blocking(jobs)
+    counts_sync = blocking(counts)
+    workers_sync = blocking(workers)
+    task_metrics_sync = blocking(task_metrics)
+
     # -- seed 000 protocol shapes ------------------------------------------------------------
     def as_seed000_task(self, info: JobInfo) -> dict[str, Any]:
         """Render a job as seed 000's ``Task``."""
@@ -217,7 +225,9 @@ class Inspector:
 
 
 class DeadLetters:
-    """The dead-letter set (``app.dead_letters``): jobs in ``failed``, kept until acted on."""
+    """The dead-letter set (``app.dead_letters``): jobs in ``failed``, kept until acted on.
+
+    Every coroutine method has a blocking ``*_sync`` twin."""
 
     def __init__(self, app: InspectHost) -> None:
         self.app = app
@@ -383,3 +393,9 @@ class DeadLetters:
             total += n
             if n < batch:
                 return total
+
+    # -- blocking twins (same arguments and results) -----------------------------------------
+    list_sync = blocking(list)
+    retry_sync = blocking(retry)
+    retry_all_sync = blocking(retry_all)
+    purge_sync = blocking(purge)

@@ -613,3 +613,12 @@ class MemoryFactory(BackendFactory):
 
     def create(self) -> MemoryBackend:
         return MemoryBackend(self.store)
+
+    async def destroy(self) -> None:
+        """Forget every job, key, worker and shared value (clients stay usable)."""
+        with self.store.lock:
+            self.store.jobs.clear()
+            self.store.keys.clear()
+            self.store.workers.clear()
+            self.store.kv.clear()
+        self.store.wake()

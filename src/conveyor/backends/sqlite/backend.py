@@ -151,6 +151,37 @@ class SQLiteFactory(SyncTransactions, BackendFactory):
         finally:
             conn.close()
 
+    async def reset(self) -> list[str]:
+        """Empty every Conveyor table in place (one transaction): other processes that hold
+        the file open keep working on the emptied store."""
+        return await asyncio.to_thread(self._reset_now)
+
+    def _reset_now(self) -> list[str]:
+        conn = connect(self.path, durability=self.durability, busy_timeout=self.busy_timeout)
+        try:
+            applied = migrate(conn, self.path)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                tables = [
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT name FROM sqlite_master WHERE type = 'table' "
+                        "AND name LIKE 'conveyor\\_%' ESCAPE '\\'"
+                    ).fetchall()
+                ]
+                for table in tables:
+                    conn.execute(f'DELETE FROM "{table}"')
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return applied
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.path, self.busy_timeout) from exc
+        finally:
+            conn.close()
+
     async def destroy(self) -> None:
         """Stop the threads and delete the database file with its ``-wal`` and ``-shm``."""
         with self._lock:
