@@ -13,7 +13,7 @@ import asyncio
 import sys
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar, overload
 
@@ -33,7 +33,7 @@ from conveyor.core.options import (
 )
 from conveyor.core.portal import Portal, blocking
 from conveyor.core.serialization import JSONSerializer, Serializer, encode_call
-from conveyor.core.task import JobSpec, Task, TaskConfig, spec_list
+from conveyor.core.task import AsyncTask, JobSpec, Task, TaskConfig, TaskDecorator, spec_list
 from conveyor.domain.clock import Clock
 from conveyor.domain.durations import Duration, optional_duration, parse_duration
 from conveyor.domain.ids import new_job_id
@@ -129,6 +129,9 @@ class App:
 
     # -- declaring ----------------------------------------------------------------------------
     @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
+
+    @overload
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
     @overload
@@ -146,11 +149,11 @@ class App:
         metadata: dict[str, Any] | None = None,
         middleware: Sequence[Middleware] = (),
         schedule: dict[str, Any] | None = None,
-    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+    ) -> TaskDecorator: ...
 
     def task(  # type: ignore[misc]
         self,
-        fn: Callable[P, R] | None = None,
+        fn: Callable[..., Any] | None = None,
         /,
         *,
         name: str | None = None,
@@ -164,7 +167,7 @@ class App:
         metadata: dict[str, Any] | None = None,
         middleware: Sequence[Middleware] = (),
         schedule: dict[str, Any] | None = None,
-    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+    ) -> Any:
         """Declare a task (decorator, with or without options).
 
         ``executor``: ``"async"`` (default for ``async def``), ``"thread"`` (default for plain
@@ -174,7 +177,7 @@ class App:
         ``{"cron": "0 3 * * *", "timezone": "Europe/Paris"}`` (see :meth:`schedule`).
         """
 
-        def decorate(func: Callable[P, R]) -> Task[P, R]:
+        def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
             import inspect as _inspect
 
             is_async = _inspect.iscoroutinefunction(func)
@@ -207,7 +210,8 @@ class App:
                 raise ConfigurationError(f"task {func.__qualname__}: {exc}") from None
             if config.name in self.tasks:
                 raise ConfigurationError(f"a task named {config.name!r} is already declared")
-            task: Task[P, R] = Task(self, func, config)
+            kind = AsyncTask if is_async else Task
+            task: Task[Any, Any] = kind(self, func, config)
             self.tasks[config.name] = task
             if schedule is not None:
                 self._declare_task_schedule(config.name, task, schedule)
@@ -311,10 +315,14 @@ class App:
     ) -> None:
         await self.close()
 
-    def __enter__(self) -> Self:
-        """``with app:`` in synchronous code: :meth:`open_sync`, then :meth:`close_sync`."""
+    def open_sync(self) -> Self:
+        """Blocking :meth:`open` for synchronous code."""
         self.portal.run(self.backend())
         return self
+
+    def __enter__(self) -> Self:
+        """``with app:`` in synchronous code: :meth:`open_sync`, then :meth:`close_sync`."""
+        return self.open_sync()
 
     def __exit__(
         self,
@@ -478,7 +486,6 @@ class App:
 
     # -- blocking twins (same arguments and results) -------------------------------------------
     # ``backend()`` has none: a backend client belongs to the event loop that opened it.
-    open_sync = blocking(open)
     cancel_sync = blocking(cancel)
     migrate_sync = blocking(migrate)
     reset_sync = blocking(reset)

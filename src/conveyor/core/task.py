@@ -1,13 +1,18 @@
-"""Typed task handles: ``Task[P, R]`` checks enqueue arguments against the function's signature."""
+"""Typed task handles: ``Task[P, R]`` checks enqueue arguments against the function's signature.
+
+``R`` is what the job's result is: the return type of a plain function, the *awaited* return
+type of an ``async def`` (whose task is an :class:`AsyncTask`), so ``await handle.result()`` is
+typed the same either way.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from conveyor.core.events import EventHub, Listener
 from conveyor.core.middleware import Middleware
@@ -98,9 +103,9 @@ def _positional_range(sig: inspect.Signature) -> tuple[int, int] | None:
 class Task(Generic[P, R]):
     """A declared task. Call ``await task.enqueue(...)`` (or ``task.enqueue_sync(...)``)."""
 
-    def __init__(self, app: TaskHost, fn: Callable[P, R], config: TaskConfig) -> None:
+    def __init__(self, app: TaskHost, fn: Callable[P, Any], config: TaskConfig) -> None:
         self.app = app
-        self.fn = fn
+        self.fn: Callable[P, Any] = fn
         self.config = config
         self.name = config.name
         self._signature = _signature(fn)
@@ -113,7 +118,8 @@ class Task(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function directly, in this process (no job is created)."""
-        return self.fn(*args, **kwargs)
+        result: R = self.fn(*args, **kwargs)
+        return result
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise :class:`InvalidArgumentsError` if the call does not fit the signature."""
@@ -154,6 +160,28 @@ class Task(Generic[P, R]):
     def on(self, kind: str, listener: Listener) -> Callable[[], None]:
         """Listen for ``kind`` events of this task only; returns an unsubscribe function."""
         return self.app.events.on(kind, listener, task=self.name)
+
+
+class AsyncTask(Task[P, R]):
+    """The task of an ``async def`` returning ``R``: its jobs' results are ``R``, and calling it
+    directly returns the coroutine, as calling the function would."""
+
+    def __call__(  # type: ignore[override]
+        self, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, R]:
+        """Call the function directly, in this process (no job is created)."""
+        coro: Coroutine[Any, Any, R] = self.fn(*args, **kwargs)
+        return coro
+
+
+class TaskDecorator(Protocol):
+    """What ``@app.task(...)`` with options returns: a decorator typed like ``@app.task``."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
 
 class TaskCall(Generic[P, R]):
