@@ -14,6 +14,7 @@ jobs, printed by the CLI and safe to match on in alerting rules. The tree::
     │   └── SerializationError          invalid_payload
     ├── JobNotFoundError                not_found
     ├── InvalidStateError               invalid_state
+    │   └── KeyHeldError                key_held
     ├── JobFailedError                  (the job's own code)
     ├── JobCancelledError               cancelled
     ├── ResultTimeoutError              result_timeout
@@ -121,6 +122,22 @@ class InvalidStateError(ConveyorError):
     """The action makes no sense for the job's current state."""
 
     code = "invalid_state"
+
+
+class KeyHeldError(InvalidStateError):
+    """A retry was refused: another job holds the job's idempotency key (at most one live job
+    per key). ``holder_id`` names it."""
+
+    code = "key_held"
+
+    def __init__(self, job_id: str, key: str, holder_id: str) -> None:
+        super().__init__(
+            f"job {job_id} was not retried: its idempotency key {key!r} is held by job "
+            f"{holder_id} (at most one live job per key; cancel or purge that job first)"
+        )
+        self.job_id = job_id
+        self.key = key
+        self.holder_id = holder_id
 
 
 class JobFailedError(ConveyorError):

@@ -469,9 +469,15 @@ async def test_complete_and_claim_is_complete_then_claim(backend: RedisBackend) 
     # A stale fence completes nothing, but the claim still happens.
     await backend.enqueue([d := job()], now=T)
     done, nxt = await backend.complete_and_claim(
-        a.id, first.fence, None, "w", ["default"], 1, 30, now=T + 2, tasks=["tasks.*"]
+        a.id, first.fence + 1, None, "w", ["default"], 1, 30, now=T + 2, tasks=["tasks.*"]
     )
     assert not done and [n.id for n in nxt] == [d.id]
+    # A repeat of the completion that took effect answers as it did (and changes nothing).
+    done, nxt = await backend.complete_and_claim(
+        a.id, first.fence, None, "w", ["default"], 1, 30, now=T + 2
+    )
+    assert done and nxt == []
+    assert (await backend.get_job(a.id)).result == b"r"  # type: ignore[union-attr]
     done, nxt = await backend.complete_and_claim(b.id, 99, None, "w", ["default"], 0, 30)
     assert not done and nxt == []
 

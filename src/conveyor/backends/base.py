@@ -46,6 +46,7 @@ from conveyor.domain.job import (
     LogEntry,
     NewJob,
     RecoveredJob,
+    RetriedJobs,
     WorkerInfo,
 )
 from conveyor.domain.states import JobState
@@ -119,7 +120,11 @@ class Backend(ABC):
     async def complete(
         self, job_id: str, fence: int, result: bytes | None, now: float | None = None
     ) -> bool:
-        """Running → completed, storing ``result``; ``False`` if the lease is not held."""
+        """Running → completed, storing ``result``; ``False`` if the lease is not held.
+
+        A repeat of a completion that took effect (the job is completed under ``fence``)
+        answers ``True`` again and changes nothing: a client that lost the reply may ask twice.
+        """
 
     async def complete_and_claim(
         self,
@@ -169,12 +174,19 @@ class Backend(ABC):
         set, optionally labelled with ``dead_letter_queue`` — or ``cancelled``). Otherwise it
         moves to ``queued`` (delay ≤ 0) or ``scheduled`` with ``run_at = now + retry_delay``.
         ``error`` becomes the job's last error and is appended to its error history.
+
+        A repeat of a failure that took effect (same fence, ``error`` stored as the last
+        error, the job in the state that write leads to and not held) answers the state it
+        wrote again and changes nothing (see :func:`~conveyor.backends.common.repeated_fail`).
         """
 
     @abstractmethod
     async def release(self, job_id: str, fence: int, now: float | None = None) -> bool:
         """Hand a running job back (graceful shutdown): queued again at once, lease cleared, the
-        attempt not counted (``attempts - 1``), run-at unchanged so it keeps its place."""
+        attempt not counted (``attempts - 1``), run-at unchanged so it keeps its place.
+
+        A repeat answers ``True`` again while the job is queued under ``fence`` and not held
+        (see :func:`~conveyor.backends.common.repeated_release`)."""
 
     @abstractmethod
     async def heartbeat(
@@ -233,10 +245,18 @@ class Backend(ABC):
         reset_attempts: bool = False,
         now: float | None = None,
         limit: int = 1000,
-    ) -> list[str]:
-        """Move matching ``failed``/``cancelled``/``expired`` jobs back to ``queued`` (run-at
-        now, error history kept, ``attempts`` zeroed when ``reset_attempts``); returns their ids.
-        Jobs in other states are never touched, whatever the filter says."""
+    ) -> RetriedJobs:
+        """Move up to ``limit`` matching ``failed``/``cancelled``/``expired`` jobs, in id
+        order, back to ``queued`` (run-at now, error history kept; ``attempts`` zeroed when
+        ``reset_attempts``, else ``max_attempts`` raised to ``attempts + 1`` when lower: the
+        job gets one more run); returns their ids. Jobs in other states are never touched,
+        whatever the filter says.
+
+        One live holder per idempotency key: a matching job whose key another job holds (a
+        state in :data:`~conveyor.domain.states.KEY_HOLDING_STATES`) is left alone, and so is
+        any but the first (lowest id) of matching jobs sharing a free key. The answer's
+        ``refused`` maps up to ``limit`` such jobs, in id order, to the holder's id (as it
+        stands after this call's retries)."""
 
     @abstractmethod
     async def delete_jobs(self, flt: JobFilter, *, limit: int = 1000) -> int:

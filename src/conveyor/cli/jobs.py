@@ -24,7 +24,7 @@ from conveyor.cli.common import (
 )
 from conveyor.core.handle import JobInfo
 from conveyor.domain.states import JobState
-from conveyor.errors import InvalidStateError, JobNotFoundError
+from conveyor.errors import InvalidStateError, JobNotFoundError, KeyHeldError
 
 STATE_CHOICE = click.Choice([s.value for s in JobState])
 
@@ -192,7 +192,7 @@ def _exit_for(outcomes: list[Any]) -> None:
     values = [o.value if isinstance(o, CancelOutcome) else o for o in outcomes]
     if "not_found" in values:
         raise SystemExit(EXIT_NOT_FOUND)
-    if "not_cancellable" in values or "invalid_state" in values:
+    if "not_cancellable" in values or any(str(v).startswith("invalid_state") for v in values):
         raise SystemExit(EXIT_INVALID_STATE)
 
 
@@ -218,6 +218,8 @@ def retry(
                 out.append((job_id, "retried"))
             except JobNotFoundError:
                 out.append((job_id, "not_found"))
+            except KeyHeldError as exc:
+                out.append((job_id, f"invalid_state: key held by job {exc.holder_id}"))
             except InvalidStateError:
                 out.append((job_id, "invalid_state"))
         return out

@@ -21,7 +21,7 @@ from conveyor.core.ports import AppPort
 from conveyor.domain.job import JobFilter, JobRecord, WorkerInfo
 from conveyor.domain.priority import priority_name
 from conveyor.domain.states import SEED000_STATUS, JobState
-from conveyor.errors import InvalidStateError, JobNotFoundError
+from conveyor.errors import InvalidStateError, JobNotFoundError, KeyHeldError
 
 if TYPE_CHECKING:
     from conveyor.core.task import Task
@@ -311,7 +311,9 @@ class DeadLetters:
     async def retry(self, job_id: str, *, reset_attempts: bool = False) -> None:
         """Re-queue one failed, cancelled or expired job.
 
-        Raises :class:`JobNotFoundError` or :class:`InvalidStateError` (nothing changes).
+        Raises :class:`JobNotFoundError` or :class:`InvalidStateError` (nothing changes);
+        :class:`KeyHeldError` (an :class:`InvalidStateError` naming the holder) when another
+        job holds the job's idempotency key: at most one live job per key.
         """
         backend = await self.app.backend()
         record = await backend.get_job(job_id)
@@ -322,10 +324,13 @@ class DeadLetters:
                 f"job {job_id} is {record.state.value}; only failed, cancelled or expired jobs "
                 "can be retried"
             )
-        ids = await backend.retry_jobs(
+        done = await backend.retry_jobs(
             JobFilter(ids=(job_id,)), reset_attempts=reset_attempts, now=self.app.backend_now()
         )
-        if not ids:
+        holder = done.refused.get(job_id)
+        if holder is not None:
+            raise KeyHeldError(job_id, record.idempotency_key or "", holder)
+        if not done:
             raise InvalidStateError(f"job {job_id} changed state before it could be retried")
 
     async def retry_all(
@@ -338,7 +343,8 @@ class DeadLetters:
         reset_attempts: bool = False,
         batch: int = 500,
     ) -> int:
-        """Re-queue every matching failed job; returns how many."""
+        """Re-queue every matching failed job; returns how many. A job whose idempotency key
+        another job holds stays where it is (see :meth:`retry`)."""
         backend = await self.app.backend()
         if self._origins(queue):
             chosen = await self._matching_ids(task, queue, error_code, older_than)

@@ -231,6 +231,23 @@ class JobFilter:
     ids: tuple[str, ...] | None = None
 
 
+class RetriedJobs(list[str]):
+    """What :meth:`~conveyor.backends.base.Backend.retry_jobs` did: the list holds the ids it
+    moved back to ``queued`` (in id order); ``refused`` maps each matching job it left alone,
+    because another job holds its idempotency key, to that holder's id."""
+
+    __slots__ = ("refused",)
+
+    def __init__(
+        self, ids: list[str] | tuple[str, ...] = (), refused: dict[str, str] | None = None
+    ):
+        super().__init__(ids)
+        self.refused: dict[str, str] = dict(refused or {})
+
+    def __repr__(self) -> str:
+        return f"RetriedJobs({list(self)!r}, refused={self.refused!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class CountRow:
     """Number of jobs of one task in one queue in one state."""

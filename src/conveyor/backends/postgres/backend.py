@@ -19,6 +19,7 @@ from psycopg.types.json import Json
 from conveyor.backends.base import Backend, CancelOutcome
 from conveyor.backends.capabilities.transactions import Transactions
 from conveyor.backends.coalesce import Coalescer
+from conveyor.backends.common import fail_outcome
 from conveyor.backends.postgres.client import (
     READ,
     RETRY_DELAYS,
@@ -48,6 +49,7 @@ from conveyor.domain.job import (
     LogEntry,
     NewJob,
     RecoveredJob,
+    RetriedJobs,
 )
 from conveyor.domain.states import JobState
 from conveyor.errors import ConveyorError, StorageUnavailableError
@@ -256,7 +258,14 @@ class PostgresBackend(PostgresKV, Transactions, PostgresClient, Backend):
             return await self.complete(job_id, fence, result, now), []
         at = None if now is None else float(now)
         channel = self.wake.allow_done()
-        one = {"id": job_id, "fence": int(fence), "result": result, "now": at, "channel": channel}
+        one = {
+            "id": job_id,
+            "fence": int(fence),
+            "result": result,
+            "now": at,
+            "channel": channel,
+            "repeat": True,
+        }
         params = {
             "now": at,
             "queues": distinct(queues),
@@ -318,7 +327,14 @@ class PostgresBackend(PostgresKV, Transactions, PostgresClient, Backend):
         channel = self.wake.allow_done()
         if len(items) == 1:  # scalar parameters are cheaper to send than arrays
             job_id, fence, result, now = items[0]
-            one = {"id": job_id, "fence": fence, "result": result, "now": now, "channel": channel}
+            one = {
+                "id": job_id,
+                "fence": fence,
+                "result": result,
+                "now": now,
+                "channel": channel,
+                "repeat": True,
+            }
             rows = await self._fetchall("complete", one, STALE)
         else:
             params = {
@@ -346,6 +362,7 @@ class PostgresBackend(PostgresKV, Transactions, PostgresClient, Backend):
         dead_letter_queue: str | None = None,
     ) -> JobState | None:
         written = error_json(error)
+        wrote, seen = fail_outcome(retry_delay, terminal)
         jobs_channel = done_channel = None
         if retry_delay is None:
             done_channel = self.wake.allow_done()
@@ -361,17 +378,13 @@ class PostgresBackend(PostgresKV, Transactions, PostgresClient, Backend):
             "error": written,
             "jobs_channel": jobs_channel,
             "done_channel": done_channel,
+            "wrote": wrote.value,
+            "seen": [state.value for state in seen],
         }
         try:
             rows = await self._fetchall("fail", params, STALE)
         except StorageUnavailableError:
             # The outcome is unknown; the fence and the error record tell whether it was ours.
-            if retry_delay is None:
-                wrote, seen = JobState(terminal), {JobState(terminal)}
-            elif retry_delay <= 0:
-                wrote, seen = JobState.QUEUED, {JobState.QUEUED}
-            else:  # a claim may have promoted it to queued since
-                wrote, seen = JobState.SCHEDULED, {JobState.SCHEDULED, JobState.QUEUED}
             record = await self.get_job(job_id)
             if record is None or record.fence != fence:
                 return None
@@ -506,23 +519,67 @@ class PostgresBackend(PostgresKV, Transactions, PostgresClient, Backend):
         reset_attempts: bool = False,
         now: float | None = None,
         limit: int = 1000,
-    ) -> list[str]:
+    ) -> RetriedJobs:
         if limit <= 0:
-            return []
+            return RetriedJobs()
         where, params = filter_sql(flt)
-        sql = self._sql["retry"].replace("{filter}", where)
-        params.update(
-            now=now, limit=int(limit), reset=bool(reset_attempts), channel=self.jobs_channel
+        page_sql = self._sql["retry_page"].replace("{filter}", where)
+        lock_keys, holders_sql, update = (
+            self._sql["enqueue_lock_keys"],
+            self._sql["key_holders"],
+            self._sql["retry_ids"],
         )
 
-        async def op(conn: Conn) -> list[tuple[Any, ...]]:
-            cur = await conn.execute(sql, params)
-            return await cur.fetchall()
+        async def op(conn: Conn) -> RetriedJobs:
+            # One transaction: the rows looked at are locked, and so are their keys (as an
+            # enqueue locks them), so no enqueue or other retry takes a key meanwhile.
+            ids: list[str] = []
+            refused: dict[str, str] = {}
+            after = ""
+            async with conn.transaction():
+                while len(ids) < limit:
+                    cur = await conn.execute(
+                        page_sql, {**params, "after": after, "page": max(int(limit), 100)}
+                    )
+                    rows = await cur.fetchall()
+                    if not rows:
+                        break
+                    keys = sorted({key for _, key in rows if key is not None})
+                    held: dict[str, list[str]] = {}
+                    if keys:
+                        await conn.execute(lock_keys, {"keys": keys})
+                        cur = await conn.execute(holders_sql, {"keys": keys})
+                        for key, holder in await cur.fetchall():
+                            held.setdefault(key, []).append(holder)
+                    chosen: list[str] = []
+                    for job_id, key in rows:
+                        after = job_id
+                        if len(ids) + len(chosen) >= limit:
+                            break
+                        if key is not None:
+                            holder = next((h for h in held.get(key, ()) if h != job_id), None)
+                            if holder is not None:  # one live holder per key
+                                refused[job_id] = holder
+                                continue
+                            held[key] = [job_id]
+                        chosen.append(job_id)
+                    if chosen:
+                        cur = await conn.execute(
+                            update,
+                            {
+                                "ids": chosen,
+                                "now": now,
+                                "reset": bool(reset_attempts),
+                                "channel": self.jobs_channel,
+                            },
+                        )
+                        ids += [row[0] for row in await cur.fetchall()]
+            return RetriedJobs(ids, refused)
 
-        rows = await self._run(op, STALE)
-        if rows:
+        done: RetriedJobs = await self._run(op, STALE)
+        if done:
             self.wake.wake_jobs(None)
-        return [r[0] for r in rows]
+        return done
 
     async def delete_jobs(self, flt: JobFilter, *, limit: int = 1000) -> int:
         where, params = filter_sql(flt)

@@ -57,6 +57,7 @@ from conveyor.domain.job import (
     LogEntry,
     NewJob,
     RecoveredJob,
+    RetriedJobs,
     WorkerInfo,
     unreadable_record,
 )
@@ -417,13 +418,17 @@ class RedisBackend(KeyValueStore, PushesCancellations, Backend):
         reset_attempts: bool = False,
         now: float | None = None,
         limit: int = 1000,
-    ) -> list[str]:
+    ) -> RetriedJobs:
         states = [s for s in RETRYABLE_STATES if flt.states is None or s in flt.states]
         if not states or limit <= 0:
-            return []
+            return RetriedJobs()
         args: list[ScriptArg] = [opt_num(now), "1" if reset_attempts else "0", str(limit)]
         args += [str(SCAN_BUDGET), *encode_filter(flt, states)]
-        return [job_id.decode() for job_id in await self._run("retry", args)]
+        retried, refused = await self._run("retry", args)
+        pairs = [item.decode() for item in refused]
+        return RetriedJobs(
+            [job_id.decode() for job_id in retried], dict(zip(pairs[::2], pairs[1::2], strict=True))
+        )
 
     async def delete_jobs(self, flt: JobFilter, *, limit: int = 1000) -> int:
         states = [s for s in JobState if s in TERMINAL_STATES]

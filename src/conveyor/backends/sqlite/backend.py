@@ -58,6 +58,7 @@ from conveyor.domain.job import (
     LogEntry,
     NewJob,
     RecoveredJob,
+    RetriedJobs,
     WorkerInfo,
 )
 from conveyor.domain.states import JobState
@@ -474,9 +475,9 @@ class SQLiteBackend(SQLiteKV, Transactions, Backend):
         reset_attempts: bool = False,
         now: float | None = None,
         limit: int = 1000,
-    ) -> list[str]:
+    ) -> RetriedJobs:
         if limit <= 0:
-            return []
+            return RetriedJobs()
         engine = await self.factory.engine()
         return await engine.write(
             lambda conn, fx: ops.retry_jobs(conn, fx, flt, reset_attempts, now, limit)

@@ -73,4 +73,5 @@ def complete_on_sync(
     """Fenced completion with the caller's connection inside its open transaction, so the
     handler's own writes and the completion commit (or roll back) together."""
     _check(conn, path)
-    return ops.complete(conn, Effects(), job_id, fence, result, now)
+    # Only a held lease counts here: a repeat would commit the caller's writes a second time.
+    return ops.complete(conn, Effects(), job_id, fence, result, now, repeat_ok=False)

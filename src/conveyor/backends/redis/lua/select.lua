@@ -52,11 +52,13 @@ local function passes(id, flt, check_index)
   return true
 end
 
-local function select_ids(flt, desc, offset, limit, budget)
-  -- Ids of matching jobs in id order (descending when desc), after skipping `offset`.
+local function select_ids(flt, desc, offset, limit, budget, pred)
+  -- Ids of matching jobs in id order (descending when desc), after skipping `offset`; with
+  -- `pred`, only those it accepts (it sees every matching id in order until the limit).
   local out, skipped, seen = {}, 0, 0
   if limit <= 0 then return out end
   local function keep(id)
+    if pred and not pred(id) then return false end
     if skipped < offset then skipped = skipped + 1 else out[#out + 1] = id end
     return #out >= limit
   end
