@@ -41,6 +41,7 @@ from conveyor.errors import (
     KeyHeldError,
     ResultTimeoutError,
     Retry,
+    ScheduleNotFoundError,
     SerializationError,
 )
 from conveyor.worker.worker import Worker, WorkerConfig
@@ -79,6 +80,7 @@ __all__ = [
     "Retention",
     "Retry",
     "RetryPolicy",
+    "ScheduleNotFoundError",
     "SerializationError",
     "Serializer",
     "Task",

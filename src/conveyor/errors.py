@@ -13,6 +13,7 @@ jobs, printed by the CLI and safe to match on in alerting rules. The tree::
     │   ├── InvalidArgumentsError       invalid_arguments
     │   └── SerializationError          invalid_payload
     ├── JobNotFoundError                not_found
+    ├── ScheduleNotFoundError           not_found
     ├── InvalidStateError               invalid_state
     │   └── KeyHeldError                key_held
     ├── JobFailedError                  (the job's own code)
@@ -25,7 +26,7 @@ jobs, printed by the CLI and safe to match on in alerting rules. The tree::
 Codes stored on failed jobs (see :class:`ErrorCode`): ``error`` (the handler raised),
 ``timeout``, ``poison_message`` (stalled too many times), ``unknown_task``,
 ``invalid_payload``, ``cancelled``, ``expired``, ``lease_lost``, ``process_died`` (a process-mode
-child exited without answering).
+child exited without answering), ``retry`` (the handler asked for a retry: not a failure).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class ErrorCode(StrEnum):
     EXPIRED = "expired"
     LEASE_LOST = "lease_lost"
     PROCESS_DIED = "process_died"
+    RETRY = "retry"
 
 
 class ConveyorError(Exception):
@@ -116,6 +118,16 @@ class JobNotFoundError(ConveyorError, LookupError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"no job with id {job_id!r}")
         self.job_id = job_id
+
+
+class ScheduleNotFoundError(ConveyorError, LookupError):
+    """No schedule has this name."""
+
+    code = "not_found"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no schedule named {name!r} (see `conveyor schedules list`)")
+        self.name = name
 
 
 class InvalidStateError(ConveyorError):

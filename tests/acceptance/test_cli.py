@@ -264,6 +264,9 @@ async def test_cli_stats_queues_and_live_workers(make_store: MakeStore) -> None:
     assert entry["workerName"].split(":")[1] == str(worker.pid)
     assert entry["concurrency"] == 4 and "default" in entry["queueNames"]
     assert set(entry["queues"]) == {"default", "billing"}
+    for counters in entry["queues"].values():  # camelCase throughout, as the seed writes it
+        assert all("_" not in key for key in counters), counters
+        assert counters["processed"] >= 1 and "avgExecutionMs" in counters
 
     # With a worker running, --wait returns the result; a repeated key returns the same job.
     waited = store.cli_json("enqueue", "add", "--args", "[20, 22]", "--wait", "20", "--key", "k1")
@@ -286,10 +289,16 @@ async def test_cli_stats_queues_and_live_workers(make_store: MakeStore) -> None:
     assert stats["metrics"]["billing_boom"]["dead"] == 1
 
     assert [q["name"] for q in queues] == ["default", "billing", "payments"]
-    assert queues[2]["deadLetterQueue"] == "payments-dead"
+    assert queues[2]["deadLetterSet"] == "payments-dead"
+    assert queues[0]["concurrency"] is None  # the default queue has no limit of its own
     validator = schema("queue_config")
     for q in queues:
         validator.validate(q)
+
+    # A job that fails while --wait waits: the documented status 6, with its error.
+    died = store.cli("enqueue", "boom", "--wait", "20", "--json")
+    assert died.returncode == 6, died.stdout + died.stderr
+    assert json.loads(died.stdout)["state"] == "failed" and "boom" in died.stdout
 
     worker.signal(signal.SIGTERM)
     assert await worker.wait_exit(10) == 0, worker.log()

@@ -11,10 +11,14 @@ import time
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from conveyor.backends.common import redact_url
 from conveyor.cli.common import (
     EXIT_ABORTED,
+    EXIT_ERROR,
+    EXIT_JOB_FAILED,
+    EXIT_STILL_WAITING,
     app_options,
     console,
     emit_json,
@@ -25,13 +29,20 @@ from conveyor.cli.common import (
     parse_json_option,
     run,
     table,
+    truncated,
 )
 from conveyor.cli.dlq import dlq
 from conveyor.cli.jobs import jobs
 from conveyor.cli.schedules_cmd import scheduler, schedules
 from conveyor.cli.worker_cmd import worker
 from conveyor.domain.states import JobState
-from conveyor.errors import ConveyorError, InvalidArgumentsError
+from conveyor.errors import (
+    ConveyorError,
+    InvalidArgumentsError,
+    JobCancelledError,
+    JobFailedError,
+    ResultTimeoutError,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -71,7 +82,14 @@ cli.add_command(scheduler)
 @click.option("--timeout", metavar="DURATION", help="Per-job timeout.")
 @click.option("--ttl", metavar="DURATION", help="Expire if not started within this long.")
 @click.option("--trace-id", metavar="ID")
-@click.option("--wait", "wait_for", type=float, metavar="SECONDS", help="Wait for the result.")
+@click.option(
+    "--wait",
+    "wait_for",
+    type=float,
+    metavar="SECONDS",
+    help="Wait for the result; exit 6 if the job failed (or was cancelled, or expired), 7 if "
+    "it is still waiting or running when the time is up.",
+)
 @app_options
 def enqueue(
     task_name: str,
@@ -124,9 +142,12 @@ def enqueue(
             try:
                 out["result"] = await handle.result(timeout=wait_for)
                 out["state"] = "completed"
-            except ConveyorError as exc:
+            except (JobFailedError, JobCancelledError, ResultTimeoutError) as exc:
                 out["state"] = (await handle.state()).value
                 out["error"] = str(exc)
+                out["exit"] = (
+                    EXIT_STILL_WAITING if isinstance(exc, ResultTimeoutError) else EXIT_JOB_FAILED
+                )
         else:
             out["state"] = (await handle.state()).value
         return out
@@ -135,17 +156,21 @@ def enqueue(
         out = run(app, go)
     except InvalidArgumentsError as exc:
         raise click.UsageError(str(exc)) from None
+    status = out.pop("exit", 0)
     if as_json:
         emit_json(out)
-        return
-    note = "" if out["created"] else " (idempotency key matched an existing job)"
-    console.print(
-        f"enqueued [bold]{task_name}[/] as job [cyan]{out['id']}[/] — {out['state']}{note}"
-    )
-    if "result" in out:
-        console.print(f"result: {out['result']!r}")
-    elif "error" in out:
-        console.print(f"[red]{out['error']}[/]")
+    else:
+        note = "" if out["created"] else " (idempotency key matched an existing job)"
+        console.print(
+            f"enqueued [bold]{task_name}[/] as job [cyan]{out['id']}[/] — {out['state']}{note}"
+        )
+        if "result" in out:
+            shown = truncated(repr(out["result"]), full=False, hint="see `conveyor jobs show`")
+            console.print(f"result: {escape(shown)}", highlight=False)
+        elif "error" in out:
+            console.print(f"[red]{escape(out['error'])}[/]")
+    if status:
+        raise SystemExit(status)
 
 
 @cli.command()
@@ -264,14 +289,18 @@ def queues(app_path: str | None, url: str | None, as_json: bool) -> None:
         [
             q.name,
             q.priority,
-            q.concurrency or "-",
+            q.concurrency or "(worker's)",
             q.retry.attempts if q.retry else "-",
             q.dead_letter or "-",
         ]
         for q in configs
     ]
     console.print(
-        table("Queues", ["queue", "priority", "concurrency", "attempts", "dead letter"], rows)
+        table(
+            "Queues",
+            ["queue", "priority", "concurrency", "attempts", "dead-letter set"],
+            rows,
+        )
     )
     task_rows = [
         [
@@ -339,8 +368,13 @@ def db_reset(yes: bool, app_path: str | None, url: str | None, as_json: bool) ->
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="conveyor")
+    """Console-script entry point. A Conveyor error that escapes a command (a missing extra, an
+    unknown URL scheme, a store that cannot be opened, raised while loading the app or running
+    a worker) is one ``error:`` line and status 1, never a traceback."""
+    try:
+        cli(prog_name="conveyor")
+    except ConveyorError as exc:
+        fail(f"[{exc.code}] {exc}", EXIT_ERROR)
 
 
 if __name__ == "__main__":

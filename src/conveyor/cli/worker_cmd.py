@@ -16,6 +16,7 @@ import click
 
 from conveyor.app import Conveyor
 from conveyor.cli.common import console, load_app
+from conveyor.domain.durations import format_duration
 from conveyor.domain.states import JobState
 from conveyor.worker.worker import Worker, WorkerConfig
 
@@ -37,12 +38,21 @@ class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
         extras = [
-            f"{k}={getattr(record, k)}" for k in JOB_FIELDS if getattr(record, k, None) is not None
+            f"{k}={_shown(k, getattr(record, k))}"
+            for k in JOB_FIELDS
+            if getattr(record, k, None) is not None
         ]
         if extras:
             first, _, rest = base.partition("\n")
             base = f"{first} [{' '.join(extras)}]" + (f"\n{rest}" if rest else "")
         return base
+
+
+def _shown(key: str, value: Any) -> Any:
+    """A log field as text lines show it: durations as ``5.1ms``, never ``5.08e-05``."""
+    if key == "duration" and isinstance(value, int | float):
+        return format_duration(float(value))
+    return value
 
 
 class _JSONFormatter(logging.Formatter):
@@ -199,13 +209,16 @@ async def _progress(app: Conveyor, w: Worker) -> None:
         transient=False,
     ) as bar:
         handle = bar.add_task("jobs", total=None, detail="")
+        # Jobs, not attempts: a job retried three times is one job. Done = jobs that reached a
+        # final state since the bar started; the rest still wait, run or back off.
+        final = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED)
+        waiting_states = (JobState.QUEUED, JobState.RUNNING, JobState.SCHEDULED)
+        start = await app.inspect.counts()
+        before = sum(start.total.get(s.value, 0) for s in final)
         while True:
             counts = await app.inspect.counts()
-            waiting = sum(
-                counts.total.get(s.value, 0)
-                for s in (JobState.QUEUED, JobState.RUNNING, JobState.SCHEDULED)
-            )
-            done = w.stats.processed
+            waiting = sum(counts.total.get(s.value, 0) for s in waiting_states)
+            done = max(sum(counts.total.get(s.value, 0) for s in final) - before, 0)
             bar.update(
                 handle,
                 total=done + waiting,

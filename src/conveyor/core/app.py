@@ -380,7 +380,7 @@ class App:
             id=options.job_id or new_job_id(),
             task=task.name,
             queue=queue,
-            payload=encode_call(self.serializer, spec.args, spec.kwargs),
+            payload=encode_call(self.serializer, spec.args, spec.kwargs, task.positional_names),
             priority=options.priority if options.priority is not None else cfg.priority,
             run_at=run_at,
             max_attempts=options.max_attempts or retry.attempts,

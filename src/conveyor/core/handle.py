@@ -51,6 +51,11 @@ class JobInfo:
 
     @property
     def error(self) -> ErrorInfo | None:
+        """Why the job failed, was cancelled or expired, or why its last attempt failed while
+        it waits for a retry; ``None`` for a completed job (the errors of its earlier attempts
+        stay in ``record.errors`` and the timeline)."""
+        if self.record.state is JobState.COMPLETED:
+            return None
         return self.record.error
 
     @property
@@ -118,7 +123,7 @@ class JobInfo:
             "metadata": r.metadata,
             "lease_owner": r.lease_owner,
             "lease_until": r.lease_until,
-            "error": r.error.to_dict() if r.error else None,
+            "error": self.error.to_dict() if self.error else None,
             "errors": [e.to_dict() for e in r.errors],
             "logs": [entry.to_dict() for entry in r.logs],
             "dead_letter_queue": r.dead_letter_queue,

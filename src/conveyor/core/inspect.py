@@ -217,11 +217,27 @@ class Inspector:
             "failed": int(stats.get("failed", 0)),
             "active": int(stats.get("active", 0)),
             "uptimeMs": int(max(worker.heartbeat_at - worker.started_at, 0) * 1000),
-            "queues": stats.get("queues", {}),
+            "queues": {
+                name: _camel_counters(counters)
+                for name, counters in (stats.get("queues") or {}).items()
+                if isinstance(counters, dict)
+            },
         }
         if stats.get("avg_duration") is not None:
             out["avgExecutionMs"] = float(stats["avg_duration"]) * 1000
         return out
+
+
+def _camel_counters(counters: dict[str, Any]) -> dict[str, Any]:
+    """One queue's counters in the seed's camelCase (``avgExecutionMs``, not ``avg_duration``)."""
+    out: dict[str, Any] = {
+        key: int(counters.get(key) or 0)
+        for key in ("processed", "succeeded", "failed", "retried", "dead")
+    }
+    avg = counters.get("avg_duration")
+    if isinstance(avg, int | float):
+        out["avgExecutionMs"] = float(avg) * 1000
+    return out
 
 
 class DeadLetters:

@@ -110,6 +110,12 @@ class Task(Generic[P, R]):
         self.name = config.name
         self._signature = _signature(fn)
         self._positional = _positional_range(self._signature)
+        #: The names of the parameters that take positional arguments, in order.
+        self.positional_names = tuple(
+            p.name
+            for p in self._signature.parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        )
         self.is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)
 
@@ -141,11 +147,7 @@ class Task(Generic[P, R]):
         """Per-call options: ``delay``, ``run_at``, ``priority``, ``queue``,
         ``idempotency_key``, ``max_attempts``, ``timeout``, ``ttl``, ``trace_id``,
         ``metadata``, ``job_id``, ``connection`` (enqueue inside that DB transaction)."""
-        try:
-            opts = EnqueueOptions.build(**options)
-        except TypeError as exc:
-            raise InvalidArgumentsError(f"unknown enqueue option: {exc}") from None
-        return TaskCall(self, opts)
+        return TaskCall(self, EnqueueOptions.from_user(options))
 
     # -- enqueueing ---------------------------------------------------------------------------
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
@@ -193,7 +195,7 @@ class TaskCall(Generic[P, R]):
 
     def options(self, **options: Any) -> TaskCall[P, R]:
         """Add or override options."""
-        return TaskCall(self.task, self._options.merged(EnqueueOptions.build(**options)))
+        return TaskCall(self.task, self._options.merged(EnqueueOptions.from_user(options)))
 
     def call(self, *args: P.args, **kwargs: P.kwargs) -> JobSpec[R]:
         self.task.check_arguments(args, kwargs)

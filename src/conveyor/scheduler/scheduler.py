@@ -27,7 +27,7 @@ from conveyor.core.task import JobSpec
 from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import NewJob
 from conveyor.domain.states import JobState
-from conveyor.errors import ConfigurationError, JobNotFoundError
+from conveyor.errors import ConfigurationError, ScheduleNotFoundError
 from conveyor.scheduler.spec import ScheduleSpec, ScheduleState
 from conveyor.scheduler.timing import load_zone, next_tick, ticks_between
 
@@ -127,7 +127,7 @@ class Schedules:
         backend = await self._backend()
         raw = await backend.kv_get(NAMESPACE, name)
         if raw is None:
-            raise JobNotFoundError(f"schedule {name}")
+            raise ScheduleNotFoundError(name)
         return raw, _decode(raw)
 
     async def _mutate(self, name: str, change: Any) -> ScheduleState:

@@ -78,6 +78,16 @@ class ScheduleSpec:
         return self.jitter * int.from_bytes(digest[:8], "big") / 2**64
 
     def updated(self, **changes: Any) -> ScheduleSpec:
+        """A copy with ``changes`` applied, accepting the values :func:`build_spec` does
+        (durations as ``"10s"``, numbers or timedeltas; aware datetimes; priority names)."""
+        for name in ("every", "jitter", "misfire_grace"):
+            if changes.get(name) is not None:
+                changes[name] = optional_duration(changes[name], field=name)
+        for name in ("start", "end"):
+            if isinstance(changes.get(name), datetime):
+                changes[name] = to_timestamp(changes[name])
+        if changes.get("priority") is not None:
+            changes["priority"] = parse_priority(changes["priority"])
         return replace(self, **changes)
 
 

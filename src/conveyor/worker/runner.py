@@ -16,6 +16,7 @@ from conveyor.core.context import JobContext, reset_current, set_current
 from conveyor.core.events import JobEvent
 from conveyor.core.middleware import ExecuteCall, ExecuteNext, compose_execute
 from conveyor.core.serialization import decode_call
+from conveyor.domain.durations import format_duration as fmt_seconds
 from conveyor.domain.failure import decide_failure
 from conveyor.domain.job import ErrorInfo, RecoveredJob
 from conveyor.domain.states import JobState
@@ -434,12 +435,13 @@ class JobRunner:
             self._lease_lost(active)
             return
         self.worker.stats.record(job.task, job.queue, "succeeded", duration)
-        log.debug(
-            "job %s completed in %.3fs",
-            job.id,
-            duration,
-            extra=self._fields(active, duration=duration),
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "job %s completed in %s",
+                job.id,
+                fmt_seconds(duration),
+                extra=self._fields(active, duration=duration),
+            )
         if self.app.events.has_listeners("completed", job.task):
             await self.app.events.emit(
                 JobEvent(
@@ -632,7 +634,19 @@ class JobRunner:
         events = self.app.events
         listened = events.has_listeners("failed", job.task)
         fields = self._fields(active, duration=duration, error_code=code)
-        if not listened:
+        if not listened and decision.outcome == "requested":
+            # The handler asked for a retry: it steers its job, nothing failed.
+            log.info(
+                "job %s (%s) asked to be retried after attempt %d/%d (%s) — retrying in %s",
+                job.id,
+                job.task,
+                job.attempt,
+                job.max_attempts,
+                exc,
+                fmt_seconds(delay or 0.0),
+                extra=fields,
+            )
+        elif not listened:
             # Nobody listens for failures: say so in the log. A failure that will be retried is
             # a warning; one that dead-letters the job is an error with its traceback.
             log.log(
@@ -645,7 +659,7 @@ class JobRunner:
                 code,
                 type_name,
                 exc,
-                f" — retrying in {delay:.2f}s"
+                f" — retrying in {fmt_seconds(delay)}"
                 if will_retry and delay is not None
                 else " — dead-lettered",
                 exc_info=exc if decision.log_traceback else None,

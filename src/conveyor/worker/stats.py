@@ -43,8 +43,9 @@ class WorkerStatsCollector:
     tasks: dict[str, _Counter] = field(default_factory=dict)
 
     def record(self, task: str, queue: str, outcome: str, duration: float) -> None:
-        """``outcome``: succeeded, retried (failed, will retry), dead (failed for good),
-        cancelled, or handed_back (not counted as processed)."""
+        """``outcome``: succeeded, retried (failed, will retry), requested (the handler asked
+        for a retry: counted as a retry, not a failure), dead (failed for good), cancelled, or
+        handed_back (not counted as processed)."""
         if outcome == "handed_back":
             return
         by_queue = self.queues.get(queue)
@@ -59,6 +60,8 @@ class WorkerStatsCollector:
             c.total_duration += duration
             if outcome == "succeeded":
                 c.succeeded += 1
+            elif outcome == "requested":
+                c.retried += 1
             elif outcome in ("retried", "dead"):
                 c.failed += 1
                 if outcome == "retried":
