@@ -6,7 +6,7 @@ import pytest
 
 from conveyor.backends import Backend, CancelOutcome
 from conveyor.domain.job import JobFilter, JobRecord
-from conveyor.domain.states import JobState
+from conveyor.domain.states import STORED_STATES, JobState
 
 from ._support import T, approx_t, error, job
 
@@ -129,7 +129,7 @@ async def test_cancel_an_unknown_job(backend: Backend) -> None:
 
 
 async def test_retry_moves_only_retryable_states_back_to_queued(backend: Backend) -> None:
-    ids = {state: await _job_in(backend, state, queue=f"q-{state}") for state in JobState}
+    ids = {state: await _job_in(backend, state, queue=f"q-{state}") for state in STORED_STATES}
     retried = await backend.retry_jobs(JobFilter(), now=T + 50)
     expected = {ids[JobState.FAILED], ids[JobState.CANCELLED], ids[JobState.EXPIRED]}
     assert sorted(retried) == sorted(expected)
@@ -243,7 +243,7 @@ async def test_retried_jobs_are_ordered_by_their_new_run_at(backend: Backend) ->
 
 
 async def test_delete_removes_only_terminal_jobs(backend: Backend) -> None:
-    ids = {state: await _job_in(backend, state, queue=f"q-{state}") for state in JobState}
+    ids = {state: await _job_in(backend, state, queue=f"q-{state}") for state in STORED_STATES}
     assert await backend.delete_jobs(JobFilter()) == 4
     for state, job_id in ids.items():
         record = await backend.get_job(job_id)

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from conveyor import (
+    Conveyor,
     InvalidArgumentsError,
     JobState,
     RetryPolicy,
@@ -224,3 +225,31 @@ def test_log_durations_read_like_durations() -> None:
     assert formatter.format(record) == "done [job_id=j duration=51µs]"
     record.duration = 2.5
     assert "duration=2.50s" in formatter.format(record)
+
+
+def test_large_values_are_cut_short_in_human_output_and_listings_skip_payloads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app_path = _sqlite_app_module(tmp_path)
+    app = Conveyor(f"sqlite:///{tmp_path}/edges.db")
+
+    @app.task(name="edge_app.add")
+    def add(a: int, b: int) -> int: ...
+
+    with app:
+        big = add.enqueue_sync("x" * 10_000_000, 1)  # type: ignore[arg-type]
+        small = add.enqueue_sync("y" * 5_000, 2)  # type: ignore[arg-type]
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["jobs", "show", big.id, "--app", app_path])
+    assert shown.exit_code == 0, shown.output
+    assert len(shown.output) < 20_000 and "--full" in shown.output  # the way to see it all
+    assert "9,998,0" in shown.output.replace("\n", "")  # how much was left out
+    whole = runner.invoke(cli, ["jobs", "show", small.id, "--full", "--app", app_path])
+    assert whole.output.count("y") >= 5_000
+    cut = runner.invoke(cli, ["jobs", "show", small.id, "--app", app_path])
+    assert cut.output.count("y") < 5_000
+    listed = runner.invoke(cli, ["jobs", "list", "--json", "--app", app_path])
+    assert listed.exit_code == 0 and len(listed.output) < 20_000  # no payload was loaded
+    assert '"summary": true' in listed.output

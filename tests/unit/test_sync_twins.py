@@ -73,6 +73,7 @@ def test_every_public_coroutine_method_has_a_working_sync_twin(tmp_path: Path) -
             ("Conveyor", "reset"): None,  # checked last (it wipes everything)
             ("Inspector", "job"): lambda: app.inspect.job_sync(failed_id).state is JobState.FAILED,
             ("Inspector", "jobs"): lambda: len(app.inspect.jobs_sync(state="failed")) == 1,
+            ("Inspector", "damaged"): lambda: app.inspect.damaged_sync() == [],
             ("Inspector", "counts"): lambda: app.inspect.counts_sync().total["failed"] == 1,
             ("Inspector", "workers"): lambda: app.inspect.workers_sync() == [],
             ("Inspector", "task_metrics"): lambda: add.name in app.inspect.task_metrics_sync(),

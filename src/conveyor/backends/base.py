@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
-from conveyor.backends.common import redact_url
+from conveyor.backends.common import redact_url, strip_to_summary
 from conveyor.domain.job import (
     ClaimedJob,
     CountRow,
@@ -265,13 +265,27 @@ class Backend(ABC):
     # -- reading --------------------------------------------------------------------------
     @abstractmethod
     async def get_job(self, job_id: str) -> JobRecord | None:
-        """The full record, or ``None``."""
+        """The full record, or ``None``. Never raises because the stored record is damaged:
+        unreadable fields hold defaults and are named in ``JobRecord.damage`` (a stored state
+        that is not a state reads as ``unknown``); the same holds for every read below."""
 
     @abstractmethod
     async def list_jobs(
         self, flt: JobFilter, *, limit: int = 50, offset: int = 0
     ) -> list[JobRecord]:
         """Matching jobs, newest first (id descending)."""
+
+    async def list_summaries(
+        self, flt: JobFilter, *, limit: int = 50, offset: int = 0
+    ) -> list[JobRecord]:
+        """:meth:`list_jobs` for listings: the same records with ``summary`` set and the
+        payload, result, progress, logs, error history and the last error's traceback left
+        out. Stores override it to leave them in the store (a listing must not load a 10 MB
+        argument per row); this default strips full records."""
+        return [
+            strip_to_summary(record)
+            for record in await self.list_jobs(flt, limit=limit, offset=offset)
+        ]
 
     @abstractmethod
     async def count_jobs(self) -> list[CountRow]:

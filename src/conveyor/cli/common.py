@@ -169,7 +169,7 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Table
     for i, col in enumerate(columns):
         t.add_column(col, overflow="fold", no_wrap=i == 0)
     for row in rows:
-        t.add_row(*[str(c) for c in row])
+        t.add_row(*[escape(str(c)) for c in row])  # data, never markup
     return t
 
 

@@ -22,6 +22,7 @@ from conveyor.cli.common import (
     app_options,
     console,
     emit_json,
+    err_console,
     fail,
     fmt_age,
     fmt_duration,
@@ -32,7 +33,7 @@ from conveyor.cli.common import (
     truncated,
 )
 from conveyor.cli.dlq import dlq
-from conveyor.cli.jobs import jobs
+from conveyor.cli.jobs import jobs, print_damage
 from conveyor.cli.schedules_cmd import scheduler, schedules
 from conveyor.cli.worker_cmd import worker
 from conveyor.domain.states import JobState
@@ -179,12 +180,20 @@ def stats(app_path: str | None, url: str | None, as_json: bool) -> None:
     """Job counts per queue and per task, with per-task outcome counters and durations."""
     app = load_app(app_path, url)
 
-    async def go() -> tuple[Any, Any]:
-        return await app.inspect.counts(), await app.inspect.task_metrics()
+    async def go() -> tuple[Any, Any, Any]:
+        counts = await app.inspect.counts()
+        damaged = await app.inspect.damaged() if counts.total.get("unknown") else []
+        return counts, await app.inspect.task_metrics(), damaged
 
-    counts, metrics = run(app, go)
+    counts, metrics, damaged = run(app, go)
     if as_json:
-        emit_json({**counts.to_dict(), "metrics": metrics})
+        emit_json(
+            {
+                **counts.to_dict(),
+                "metrics": metrics,
+                "damaged": [{"id": j.id, "damage": list(j.damage)} for j in damaged],
+            }
+        )
         return
     states = [s.value for s in JobState]
     shown = [s for s in states if counts.total.get(s) or s in ("queued", "running", "failed")]
@@ -209,6 +218,12 @@ def stats(app_path: str | None, url: str | None, as_json: bool) -> None:
         )
     console.print(table("Tasks", ["task", *shown, "p50", "p95", "p99"], rows))
     console.print("total: " + ", ".join(f"{s} {counts.total.get(s, 0)}" for s in shown))
+    if counts.total.get("unknown"):
+        console.print(
+            f"[red]{counts.total['unknown']} job(s) with an unreadable stored state (counted as "
+            "unknown; `conveyor jobs list --state unknown` lists them)[/]"
+        )
+        print_damage(damaged)
 
 
 @cli.command()
@@ -240,6 +255,12 @@ def workers(include_stale: bool, app_path: str | None, url: str | None, as_json:
         return
     rows = []
     for w in found:
+        if w.stats.get("damage"):
+            err_console.print(
+                f"[red]damaged worker entry {escape(w.id)}: "
+                f"{escape('; '.join(map(str, w.stats['damage'])))}[/]",
+                highlight=False,
+            )
         s = w.stats
         rows.append(
             [

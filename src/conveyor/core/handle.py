@@ -46,6 +46,13 @@ class JobInfo:
         return self.record.id
 
     @property
+    def damage(self) -> tuple[str, ...]:
+        """What could not be read: the stored record's damaged fields (``record.damage``) and
+        the values that did not decode (payload, result, progress). Empty normally."""
+        extra = tuple(self.decode_error.split("; ")) if self.decode_error else ()
+        return (*self.record.damage, *extra)
+
+    @property
     def state(self) -> JobState:
         return self.record.state
 
@@ -132,6 +139,8 @@ class JobInfo:
                 {"at": e.at, "event": e.event, "detail": e.detail} for e in self.timeline()
             ],
             "decode_error": self.decode_error,
+            "damage": list(self.damage),
+            "summary": r.summary,
         }
 
 
@@ -142,10 +151,11 @@ def decode_record(serializer: Serializer, record: JobRecord) -> JobInfo:
     result: Any = None
     progress: Any = None
     problems: list[str] = []
-    try:
-        args, kwargs = decode_call(serializer, record.payload)
-    except SerializationError as exc:
-        problems.append(f"payload: {exc}")
+    if not record.summary and "payload" not in {d.split(":", 1)[0] for d in record.damage}:
+        try:
+            args, kwargs = decode_call(serializer, record.payload)
+        except SerializationError as exc:
+            problems.append(f"payload: {exc}")
     if record.result is not None:
         try:
             result = serializer.loads(record.result)

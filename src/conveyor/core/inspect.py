@@ -91,13 +91,24 @@ class Inspector:
         error_code: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        summary: bool = False,
     ) -> list[JobInfo]:
-        """Jobs matching the filters, newest first, ``limit`` per page from ``offset``."""
+        """Jobs matching the filters, newest first, ``limit`` per page from ``offset``.
+
+        ``summary``: leave arguments, results, progress, logs, the error history and the
+        traceback in the store (listings; :meth:`job` reads one job in full).
+        """
         states = None if state is None else (JobState(state),)
         flt = JobFilter(states=states, queue=queue, task=task, error_code=error_code)
         backend = await self.app.backend()
-        records = await backend.list_jobs(flt, limit=limit, offset=offset)
+        read = backend.list_summaries if summary else backend.list_jobs
+        records = await read(flt, limit=limit, offset=offset)
         return [decode_record(self.app.serializer, r) for r in records]
+
+    async def damaged(self, *, limit: int = 20) -> list[JobInfo]:
+        """Jobs whose stored state is unreadable (shown as ``unknown``), newest first, as
+        summaries: what ``conveyor stats`` points at when a count lands in ``unknown``."""
+        return await self.jobs(state=JobState.UNKNOWN, limit=limit, summary=True)
 
     async def counts(self) -> Counts:
         """Counts by state per queue and per task (every state present, zeros included)."""
@@ -129,16 +140,19 @@ class Inspector:
         duration percentiles (p50/p95/p99, seconds) over its last ``sample`` completed jobs."""
         metrics: dict[str, dict[str, Any]] = {}
         for worker in await self.workers(include_stale=True):
-            for name, counters in (worker.stats.get("tasks") or {}).items():
+            tasks = worker.stats.get("tasks")
+            for name, counters in (tasks if isinstance(tasks, dict) else {}).items():
+                if not isinstance(counters, dict):
+                    continue
                 entry = metrics.setdefault(
                     name, {"succeeded": 0, "failed": 0, "retried": 0, "dead": 0}
                 )
                 for key in ("succeeded", "failed", "retried", "dead"):
-                    entry[key] += int(counters.get(key, 0))
+                    entry[key] += _count(counters.get(key))
         backend = await self.app.backend()
         names = set(metrics) | {row.task for row in await backend.count_jobs()}
         for name in sorted(names):
-            records = await backend.list_jobs(
+            records = await backend.list_summaries(
                 JobFilter(states=(JobState.COMPLETED,), task=name), limit=sample
             )
             durations = sorted(
@@ -156,6 +170,7 @@ class Inspector:
     # -- blocking twins (same arguments and results) -----------------------------------------
     job_sync = blocking(job)
     jobs_sync = blocking(jobs)
+    damaged_sync = blocking(damaged)
     counts_sync = blocking(counts)
     workers_sync = blocking(workers)
     task_metrics_sync = blocking(task_metrics)
@@ -212,10 +227,10 @@ class Inspector:
         stats = worker.stats
         out: dict[str, Any] = {
             "workerName": worker.id,
-            "totalProcessed": int(stats.get("processed", 0)),
-            "succeeded": int(stats.get("succeeded", 0)),
-            "failed": int(stats.get("failed", 0)),
-            "active": int(stats.get("active", 0)),
+            "totalProcessed": _count(stats.get("processed")),
+            "succeeded": _count(stats.get("succeeded")),
+            "failed": _count(stats.get("failed")),
+            "active": _count(stats.get("active")),
             "uptimeMs": int(max(worker.heartbeat_at - worker.started_at, 0) * 1000),
             "queues": {
                 name: _camel_counters(counters)
@@ -223,15 +238,25 @@ class Inspector:
                 if isinstance(counters, dict)
             },
         }
-        if stats.get("avg_duration") is not None:
+        if isinstance(stats.get("avg_duration"), int | float):
             out["avgExecutionMs"] = float(stats["avg_duration"]) * 1000
+        if stats.get("damage"):
+            out["damage"] = list(stats["damage"])
         return out
+
+
+def _count(value: Any) -> int:
+    """A counter from a worker's stats, 0 when missing or unreadable (a damaged entry)."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _camel_counters(counters: dict[str, Any]) -> dict[str, Any]:
     """One queue's counters in the seed's camelCase (``avgExecutionMs``, not ``avg_duration``)."""
     out: dict[str, Any] = {
-        key: int(counters.get(key) or 0)
+        key: _count(counters.get(key))
         for key in ("processed", "succeeded", "failed", "retried", "dead")
     }
     avg = counters.get("avg_duration")
@@ -274,23 +299,26 @@ class DeadLetters:
         older_than: float | None = None,
         limit: int = 50,
         offset: int = 0,
+        summary: bool = False,
     ) -> list[JobInfo]:
         """Failed jobs, newest first, with filters (``older_than`` in seconds).
 
-        ``queue`` matches a job's own queue or the dead-letter queue it was routed to
-        (``app.queue(..., dead_letter=...)``).
+        ``queue`` matches a job's own queue or the dead-letter set it joined
+        (``app.queue(..., dead_letter=...)``). ``summary``: leave arguments, results, logs,
+        the error history and the traceback in the store (listings).
         """
         backend = await self.app.backend()
+        read = backend.list_summaries if summary else backend.list_jobs
         now = self.app.now()
         origins = self._origins(queue)
         if not origins:
             flt = self._filter(task, queue, error_code, older_than, now)
-            records = await backend.list_jobs(flt, limit=limit, offset=offset)
+            records = await read(flt, limit=limit, offset=offset)
         else:
             found: dict[str, JobRecord] = {}
             for name in (queue, *origins):
                 flt = self._filter(task, name, error_code, older_than, now)
-                for r in await backend.list_jobs(flt, limit=offset + limit):
+                for r in await read(flt, limit=offset + limit):
                     routed = r.dead_letter_queue == queue
                     own = r.queue == queue and r.dead_letter_queue in (None, queue)
                     if routed or own:
@@ -319,6 +347,7 @@ class DeadLetters:
                 older_than=older_than,
                 limit=1000,
                 offset=len(ids),
+                summary=True,
             )
             ids += [j.id for j in page]
             if len(page) < 1000:

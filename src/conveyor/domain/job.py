@@ -191,6 +191,12 @@ class JobRecord:
     cancel_requested: bool = False
     cancel_reason: str | None = None
     dead_letter_queue: str | None = None
+    #: What could not be read from the store (a corrupt or hand-edited record), one line per
+    #: field (``"errors: line 1 is not JSON"``); those fields hold defaults. Empty normally.
+    damage: tuple[str, ...] = ()
+    #: A summary read for listings: payload, result, progress, logs and the error history were
+    #: not loaded (they are empty here); ``get_job`` loads them.
+    summary: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from conveyor.backends.coalesce import Coalescer
 from conveyor.backends.common import RETRYABLE_STATES
 from conveyor.backends.redis.codec import (
     CLAIM_WIDTH,
+    SUMMARY_FIELDS,
     UnreadableJob,
     decode_claimed,
     decode_counts,
@@ -61,7 +62,7 @@ from conveyor.domain.job import (
     WorkerInfo,
     unreadable_record,
 )
-from conveyor.domain.states import TERMINAL_STATES, JobState
+from conveyor.domain.states import STORED_STATES, TERMINAL_STATES, JobState
 from conveyor.errors import StorageUnavailableError
 
 BytesMap = dict[bytes, bytes]
@@ -448,10 +449,9 @@ class RedisBackend(KeyValueStore, PushesCancellations, Backend):
     async def list_jobs(
         self, flt: JobFilter, *, limit: int = 50, offset: int = 0
     ) -> list[JobRecord]:
-        states = list(JobState) if flt.states is None else list(dict.fromkeys(flt.states))
-        if not states or limit <= 0:
+        args = self._list_args(flt, limit, offset)
+        if args is None:
             return []
-        args = [str(max(offset, 0)), str(limit), str(SCAN_BUDGET), *encode_filter(flt, states)]
         reply = await self._run("list", args)
         records = []
         for i in range(0, len(reply), 3):
@@ -459,6 +459,27 @@ class RedisBackend(KeyValueStore, PushesCancellations, Backend):
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
             records.append(decode_record(reply[i].decode(), fields, reply[i + 2]))
         return records
+
+    async def list_summaries(
+        self, flt: JobFilter, *, limit: int = 50, offset: int = 0
+    ) -> list[JobRecord]:
+        args = self._list_args(flt, limit, offset)
+        if args is None:
+            return []
+        reply = await self._run("list_summary", args)
+        names = [name.encode() for name in SUMMARY_FIELDS]
+        records = []
+        for i in range(0, len(reply), 2):
+            fields = {n: v for n, v in zip(names, reply[i + 1], strict=True) if v is not None}
+            records.append(decode_record(reply[i].decode(), fields, None, summary=True))
+        return records
+
+    @staticmethod
+    def _list_args(flt: JobFilter, limit: int, offset: int) -> list[ScriptArg] | None:
+        states = list(STORED_STATES) if flt.states is None else list(dict.fromkeys(flt.states))
+        if not states or limit <= 0:
+            return None
+        return [str(max(offset, 0)), str(limit), str(SCAN_BUDGET), *encode_filter(flt, states)]
 
     async def count_jobs(self) -> list[CountRow]:
         with translate_errors(self.url, self.prefix):

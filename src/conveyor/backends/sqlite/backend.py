@@ -502,6 +502,16 @@ class SQLiteBackend(SQLiteKV, Transactions, Backend):
         engine = await self.factory.engine()
         return await engine.read(lambda conn: reads.list_jobs(conn, flt, limit, max(offset, 0)))
 
+    async def list_summaries(
+        self, flt: JobFilter, *, limit: int = 50, offset: int = 0
+    ) -> list[JobRecord]:
+        if limit <= 0:
+            return []
+        engine = await self.factory.engine()
+        return await engine.read(
+            lambda conn: reads.list_jobs(conn, flt, limit, max(offset, 0), summary=True)
+        )
+
     async def count_jobs(self) -> list[CountRow]:
         engine = await self.factory.engine()
         return await engine.read(reads.count_jobs)

@@ -578,6 +578,14 @@ WHERE {filter}
 ORDER BY j.id DESC
 LIMIT %(limit)s OFFSET %(offset)s
 
+-- name: list_summaries
+-- `list_jobs` for listings: no payload, result, progress, logs, error history or traceback.
+SELECT {summary_columns}
+FROM {schema}.jobs j
+WHERE {filter}
+ORDER BY j.id DESC
+LIMIT %(limit)s OFFSET %(offset)s
+
 -- name: get_job
 SELECT {job_columns}
 FROM {schema}.jobs j
