@@ -47,6 +47,7 @@ from conveyor.domain.job import (
     NewJob,
     RecoveredJob,
     RetriedJobs,
+    StoreDeadLetter,
     WorkerInfo,
 )
 from conveyor.domain.states import JobState
@@ -115,6 +116,18 @@ class Backend(ABC):
         (running, its lease owner), else before the second. Later queues are not looked at
         once it stopped.
         """
+
+    def note_store_dead_letters(self, items: Sequence[StoreDeadLetter]) -> None:
+        """For implementations: remember jobs a claim of this client dead-lettered."""
+        if items:
+            self.__dict__.setdefault("_store_dead_letters", []).extend(items)
+
+    def take_store_dead_letters(self) -> list[StoreDeadLetter]:
+        """The jobs this client's claims dead-lettered since the last call, instead of handing
+        them out (their stored record could not be decoded); the worker logs and counts them.
+        Empty for stores that never do (memory)."""
+        taken: list[StoreDeadLetter] = self.__dict__.pop("_store_dead_letters", [])
+        return taken
 
     @abstractmethod
     async def complete(

@@ -212,6 +212,19 @@ class RecoveredJob:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreDeadLetter:
+    """A job a claim dead-lettered in the store instead of handing it out: its stored record
+    could not be decoded (a corrupt field). Workers log and count these (see
+    :meth:`~conveyor.backends.base.Backend.take_store_dead_letters`)."""
+
+    id: str
+    task: str
+    queue: str
+    attempt: int
+    error: ErrorInfo
+
+
+@dataclass(frozen=True, slots=True)
 class LeaseStatus:
     """What a heartbeat learned about one held lease."""
 

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from conveyor.backends.capabilities import PushesCancellations
+from conveyor.core.events import JobEvent
 from conveyor.domain.ids import new_job_id
-from conveyor.domain.job import ClaimedJob, JobFilter, WorkerInfo
+from conveyor.domain.job import ClaimedJob, JobFilter, StoreDeadLetter, WorkerInfo
 from conveyor.domain.states import JobState
 from conveyor.worker.active import ActiveJob
 from conveyor.worker.cancellations import listen_for_cancellations
@@ -241,6 +242,9 @@ class Worker:
     async def adopt(self, finishing: ActiveJob, jobs: list[ClaimedJob], took: float) -> None:
         """Start jobs a fused completion claimed (in place of ``finishing``); ``took`` is how
         long the call took, as the claim loop checks it."""
+        dead = self.backend.take_store_dead_letters()
+        if dead:
+            await self._report_store_dead_letters(dead)
         if not jobs:
             self._skip_claim = True
             return
@@ -298,7 +302,47 @@ class Worker:
             )
             if len(jobs) >= free:
                 break
+        dead = self.backend.take_store_dead_letters()
+        if dead:
+            await self._report_store_dead_letters(dead)
         return jobs
+
+    async def _report_store_dead_letters(self, found: list[StoreDeadLetter]) -> None:
+        """Log and count the jobs our claims dead-lettered in the store instead of handing them
+        out (their stored record could not be decoded): an error line each, the ``dead``
+        counters, and the ``dead`` event."""
+        for dead in found:
+            self.stats.record(dead.task, dead.queue, "dead", 0.0)
+            log.error(
+                "job %s (%s) was dead-lettered when claimed [%s]: %s",
+                dead.id,
+                dead.task,
+                dead.error.code,
+                dead.error.message,
+                extra={
+                    "worker_id": self.id,
+                    "job_id": dead.id,
+                    "task": dead.task,
+                    "queue": dead.queue,
+                    "attempt": dead.attempt,
+                    "error_code": dead.error.code,
+                },
+            )
+            if self.app.events.has_listeners("dead", dead.task):
+                await self.app.events.emit(
+                    JobEvent(
+                        "dead",
+                        dead.id,
+                        dead.task,
+                        dead.queue,
+                        dead.attempt,
+                        at=self.app.now(),
+                        error_code=dead.error.code,
+                        error_type=dead.error.type,
+                        error_message=dead.error.message,
+                        worker_id=self.id,
+                    )
+                )
 
     def _over_limit(self, job: ClaimedJob) -> bool:
         task = self.app.tasks.get(job.task)

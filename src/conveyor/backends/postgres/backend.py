@@ -9,6 +9,7 @@ retries, wake-ups and reads come from :class:`~conveyor.backends.postgres.client
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,8 @@ from conveyor.domain.job import (
     NewJob,
     RecoveredJob,
     RetriedJobs,
+    StoreDeadLetter,
+    unreadable_record,
 )
 from conveyor.domain.states import JobState
 from conveyor.errors import ConveyorError, StorageUnavailableError
@@ -233,7 +236,10 @@ class PostgresBackend(PostgresKV, Transactions, PostgresClient, Backend):
                 cur = await conn.execute(claim, params)
             return await cur.fetchall()
 
-        return _claimed(await self._run(op, STALE))
+        dead: list[StoreDeadLetter] = []
+        jobs = _claimed(await self._run(op, STALE), dead)
+        self.note_store_dead_letters(dead)
+        return jobs
 
     async def complete_and_claim(
         self,
@@ -302,7 +308,10 @@ class PostgresBackend(PostgresKV, Transactions, PostgresClient, Backend):
             return await self.complete(job_id, fence, result, now), []
         if done_rows:
             self.wake.wake_done()
-        return bool(done_rows), _claimed(rows)
+        dead: list[StoreDeadLetter] = []
+        jobs = _claimed(rows, dead)
+        self.note_store_dead_letters(dead)
+        return bool(done_rows), jobs
 
     async def complete(
         self, job_id: str, fence: int, result: bytes | None, now: float | None = None
@@ -601,7 +610,16 @@ class PostgresBackend(PostgresKV, Transactions, PostgresClient, Backend):
         return deleted
 
 
-def _claimed(rows: list[tuple[Any, ...]]) -> list[ClaimedJob]:
-    """The rows of the ``claim`` statement as jobs, in queue precedence and claim order."""
-    rows.sort(key=lambda r: (r[0], -r[5], r[-1], r[1]))
-    return [claimed_from_row(r[1:-1]) for r in rows]
+def _claimed(
+    rows: list[tuple[Any, ...]], dead: list[StoreDeadLetter] | None = None
+) -> list[ClaimedJob]:
+    """The rows of the ``claim`` statement as jobs, in queue precedence and claim order; the
+    rows it dead-lettered instead (an unreadable record) go to ``dead``."""
+    running = [r for r in rows if r[-1] == "running"]
+    if dead is not None:
+        for r in rows:
+            if r[-1] != "running":
+                error = unreadable_record("metadata is not a JSON object", r[6], time.time())
+                dead.append(StoreDeadLetter(r[1], r[2], r[3], r[6], error))
+    running.sort(key=lambda r: (r[0], -r[5], r[-2], r[1]))
+    return [claimed_from_row(r[1:-2]) for r in running]

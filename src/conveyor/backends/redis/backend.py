@@ -59,6 +59,7 @@ from conveyor.domain.job import (
     NewJob,
     RecoveredJob,
     RetriedJobs,
+    StoreDeadLetter,
     WorkerInfo,
     unreadable_record,
 )
@@ -168,7 +169,21 @@ class RedisBackend(KeyValueStore, PushesCancellations, Backend):
         if limit <= 0:
             return []
         args = _claim_args(worker_id, queues, limit, lease, now, tasks, exclude_tasks)
-        return await self._decode_claims(await self._run("claim", args), now)
+        claimed, dead = await self._run("claim", args)
+        self._note_dead(dead, now)
+        return await self._decode_claims(claimed, now)
+
+    def _note_dead(self, flat: Sequence[Any], now: float | None) -> None:
+        """The jobs a claim script dead-lettered (5 values each), for the worker to report."""
+        at = time.time() if now is None else now
+        items = []
+        for i in range(0, len(flat), 5):
+            job_id, task, queue, attempts, what = (
+                v.decode(errors="replace") for v in flat[i : i + 5]
+            )
+            error = unreadable_record(f"{what} is not a number", int(attempts), at)
+            items.append(StoreDeadLetter(job_id, task, queue, int(attempts), error))
+        self.note_store_dead_letters(items)
 
     async def complete_and_claim(
         self,
@@ -194,8 +209,9 @@ class RedisBackend(KeyValueStore, PushesCancellations, Backend):
         has = "0" if result is None else "1"
         args: list[ScriptArg] = [job_id, str(fence), has, result or b"", write_token()]
         args += _claim_args(worker_id, queues, limit, lease, now, tasks, exclude_tasks)
-        reply = await self._run("complete_claim", args)
-        return bool(reply[0]), await self._decode_claims(reply[1:], now)
+        done, claimed, dead = await self._run("complete_claim", args)
+        self._note_dead(dead, now)
+        return bool(done), await self._decode_claims(claimed, now)
 
     async def _decode_claims(self, reply: Sequence[Any], now: float | None) -> list[ClaimedJob]:
         """The claimed jobs of a claim script's reply. One whose record cannot be decoded is
@@ -212,7 +228,12 @@ class RedisBackend(KeyValueStore, PushesCancellations, Backend):
                     bad.reason, bad.attempt, time.time() if now is None else now
                 )
                 with contextlib.suppress(StorageUnavailableError):  # then recovery, as above
-                    await self.fail(bad.job_id, bad.fence, error, retry_delay=None, now=now)
+                    if await self.fail(bad.job_id, bad.fence, error, retry_delay=None, now=now):
+                        task = row_text(reply[i + 1])
+                        queue = row_text(reply[i + 2])
+                        self.note_store_dead_letters(
+                            [StoreDeadLetter(bad.job_id, task, queue, bad.attempt, error)]
+                        )
         return jobs
 
     async def complete(
@@ -522,6 +543,13 @@ class RedisBackend(KeyValueStore, PushesCancellations, Backend):
 
     async def prune_workers(self, heartbeat_before: float) -> int:
         return int(await self._run("worker_prune", [num(heartbeat_before)]))
+
+
+def row_text(value: Any) -> str:
+    """A reply value as text, whatever it holds (a corrupt field included)."""
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return "" if value is None else str(value)
 
 
 def _claim_args(

@@ -59,6 +59,7 @@ from conveyor.domain.job import (
     NewJob,
     RecoveredJob,
     RetriedJobs,
+    StoreDeadLetter,
     WorkerInfo,
 )
 from conveyor.domain.states import JobState
@@ -300,12 +301,15 @@ class SQLiteBackend(SQLiteKV, Transactions, Backend):
         names = list(queues)
         patterns = None if tasks is None else [glob_pattern(p) for p in tasks]
         exclude = list(exclude_tasks)
+        dead: list[StoreDeadLetter] = []
         engine = await self.factory.engine()
-        return await engine.write(
+        jobs = await engine.write(
             lambda conn, fx: ops.claim(
-                conn, fx, worker_id, names, limit, lease, now, patterns, exclude
+                conn, fx, worker_id, names, limit, lease, now, patterns, exclude, dead
             )
         )
+        self.note_store_dead_letters(dead)
+        return jobs
 
     async def complete_and_claim(
         self,
@@ -327,6 +331,7 @@ class SQLiteBackend(SQLiteKV, Transactions, Backend):
         names = list(queues)
         patterns = None if tasks is None else [glob_pattern(p) for p in tasks]
         exclude = list(exclude_tasks)
+        dead: list[StoreDeadLetter] = []
 
         def fused(conn: sqlite3.Connection, fx: Effects) -> tuple[bool, list[ClaimedJob]]:
             done = ops.complete(conn, fx, job_id, fence, result, now)
@@ -334,15 +339,20 @@ class SQLiteBackend(SQLiteKV, Transactions, Backend):
                 return done, []
             conn.execute("SAVEPOINT fused_claim")
             try:
-                jobs = ops.claim(conn, fx, worker_id, names, limit, lease, now, patterns, exclude)
+                jobs = ops.claim(
+                    conn, fx, worker_id, names, limit, lease, now, patterns, exclude, dead
+                )
             except Exception:  # noqa: BLE001 - the completion stands either way
                 conn.execute("ROLLBACK TO fused_claim")
                 jobs = []
+                dead.clear()
             conn.execute("RELEASE fused_claim")
             return done, jobs
 
         engine = await self.factory.engine()
-        return await engine.write_small(fused)  # one job at a time: inline when it can be
+        outcome = await engine.write_small(fused)  # one job at a time: inline when it can be
+        self.note_store_dead_letters(dead)
+        return outcome
 
     async def complete(
         self, job_id: str, fence: int, result: bytes | None, now: float | None = None

@@ -35,6 +35,7 @@ from conveyor.domain.job import (
     NewJob,
     RecoveredJob,
     RetriedJobs,
+    StoreDeadLetter,
     unreadable_record,
 )
 from conveyor.domain.states import KEY_HOLDING_STATES, TERMINAL_STATES, JobState
@@ -199,10 +200,12 @@ def claim(
     now: float | None,
     patterns: list[str] | None,
     exclude: list[str],
+    dead: list[StoreDeadLetter] | None = None,
 ) -> list[ClaimedJob]:
     """Promote and expire, then lease up to ``limit`` jobs in queue precedence order.
 
-    ``patterns`` are task patterns already turned into GLOBs (``None`` matches all).
+    ``patterns`` are task patterns already turned into GLOBs (``None`` matches all). Jobs
+    dead-lettered instead because their record cannot be decoded are added to ``dead``.
     """
     t = _clock(now)
     _promote_and_expire(conn, fx, t)
@@ -224,7 +227,7 @@ def claim(
         params["held"] = any(c.stalls >= SUSPECT_STALLS for c in claimed)
         single = remaining == 1 and not filtered
         rows = conn.execute(Q["claim_one"] if single else sql, params).fetchall()
-        good = _readable(conn, fx, rows, t)
+        good = _readable(conn, fx, rows, t, dead)
         good.sort(key=lambda g: (-g[0][4], g[0][16], g[0][0]))
         claimed.extend(_claimed(row, metadata, t + lease) for row, metadata in good)
         # The claim stops at a second job that stalled before (see `claim` in queries.sql).
@@ -278,7 +281,11 @@ def _decode_metadata(row: tuple[Any, ...]) -> dict[str, Any] | str:
 
 
 def _readable(
-    conn: sqlite3.Connection, fx: Effects, rows: list[Any], t: float
+    conn: sqlite3.Connection,
+    fx: Effects,
+    rows: list[Any],
+    t: float,
+    dead: list[StoreDeadLetter] | None = None,
 ) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
     """The claimed rows that decode; the others are dead-lettered (``invalid_payload``) in the
     same transaction, so a corrupt record neither wedges its queue nor sinks its batch."""
@@ -300,6 +307,10 @@ def _readable(
         }
         conn.execute(Q["fail_unreadable"], params)
         fx.finished.add(row[0])
+        if dead is not None:
+            task = row[1] if isinstance(row[1], str) else repr(row[1])
+            queue = row[2] if isinstance(row[2], str) else repr(row[2])
+            dead.append(StoreDeadLetter(str(row[0]), task, queue, attempt, error))
     return good
 
 

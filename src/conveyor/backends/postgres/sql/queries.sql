@@ -295,12 +295,12 @@ upd AS (
         j.payload_version, j.created_at, j.stalls, j.workflow_id, j.run_at, j.state
 )
 -- A job whose stored metadata is not a JSON object cannot be handed to a worker: it is
--- dead-lettered (invalid_payload) in this transition, and the rest of the batch runs.
+-- dead-lettered (invalid_payload) in this transition, and the rest of the batch runs. Its row
+-- comes back too (state 'failed'), so the worker can log and count it.
 SELECT ord, id, task, queue, payload, priority, attempts, max_attempts, fence, lease_until,
     timeout, trace_id, idempotency_key, metadata, payload_version, created_at, stalls,
-    workflow_id, run_at
+    workflow_id, run_at, state
 FROM upd
-WHERE state = 'running'
 
 -- name: complete
 -- With %(repeat)s, a repeat of a completion that took effect (the job completed under this
