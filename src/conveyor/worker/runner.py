@@ -187,16 +187,14 @@ class JobRunner:
         if "tx" in active.extra:
             return active.extra["tx"][0]
         backend = self.worker.backend
-        connection = getattr(backend, "connection", None)
-        if connection is None or not isinstance(backend, Transactions):
+        if not isinstance(backend, Transactions):
             raise ConfigurationError(
                 "current_job().transaction() needs a backend with transactional completion "
-                f"(PostgreSQL); {self.app.factory.describe()['url']} has none"
+                f"(PostgreSQL or SQLite); {self.app.factory.describe()['url']} has none"
             )
         stack = contextlib.AsyncExitStack()
         try:
-            conn = await stack.enter_async_context(connection())
-            await stack.enter_async_context(conn.transaction())
+            conn = await stack.enter_async_context(backend.transaction())
         except BaseException:
             await stack.aclose()
             raise
@@ -322,7 +320,9 @@ class JobRunner:
             finally:
                 # The outcome is written next; a heartbeat must not read that as a lost lease.
                 active.finishing = True
-                if self._flushes:
+                # (A handler transaction may hold the store's write lock: SQLite's. Its
+                # progress is best effort then, and the outcome does not wait for it.)
+                if self._flushes and "tx" not in active.extra:
                     await self._settle_progress(job.id)
         except _Interrupted as exc:
             await self._interrupted(active, exc.reason, time.monotonic() - started)
@@ -423,11 +423,11 @@ class JobRunner:
         except SerializationError as exc:
             await self._failed(active, self.app.tasks.get(job.task), exc, duration, permanent=True)
             return
-        await self._flush_logs(active)
         ok: bool | None
         if "tx" in active.extra:
             ok = await self._complete_in_transaction(active, data)
         else:
+            await self._flush_logs(active)
             ok = await self._store(lambda: self._complete(active, data))
         if ok is None:
             return  # the store stayed unreachable: lease recovery reruns the job
@@ -501,7 +501,11 @@ class JobRunner:
         conn, _ = active.extra["tx"]
         backend = self.worker.backend
         assert isinstance(backend, Transactions)  # open_transaction checked it
+        entries = active.ctx._take_logs() if active.ctx is not None else []
         try:
+            # The log lines commit with the completion (and never wait on a write lock the
+            # transaction itself holds).
+            await backend.append_logs_on(conn, job.id, entries)
             ok = await backend.complete_on(conn, job.id, job.fence, data, self.app.backend_now())
         except Exception as exc:  # noqa: BLE001
             log.error(

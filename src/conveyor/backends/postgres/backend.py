@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -193,6 +194,20 @@ class PostgresBackend(PostgresKV, Transactions, PostgresClient, Backend):
         """Enqueue inside the caller's transaction on ``conn`` (the outbox pattern)."""
         with translated(self.settings.url, self.schema):
             return await enqueue_on(conn, jobs, now, schema=self.schema)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Conn]:
+        """A pooled connection with a transaction open (``current_job().transaction()``)."""
+        async with self.connection() as conn, conn.transaction():
+            yield conn
+
+    async def append_logs_on(self, conn: Conn, job_id: str, entries: Sequence[LogEntry]) -> None:
+        """Log lines inside the caller's transaction on ``conn`` (they commit with it)."""
+        if not entries:
+            return
+        params = {"id": job_id, "entries": [Json(e.to_dict()) for e in entries]}
+        with translated(self.settings.url, self.schema):
+            await conn.execute(self._sql["append_logs"], params)
 
     async def complete_on(
         self, conn: Conn, job_id: str, fence: int, result: bytes | None, now: float | None = None

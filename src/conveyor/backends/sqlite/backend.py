@@ -21,7 +21,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from conveyor.backends.base import Backend, BackendFactory, CancelOutcome
@@ -228,6 +229,24 @@ class SQLiteFactory(SyncTransactions, BackendFactory):
         }
 
 
+def _begin(path: str, durability: Durability, busy_timeout: float) -> sqlite3.Connection:
+    conn = connect(path, durability=durability, busy_timeout=busy_timeout)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        conn.close()
+        raise storage_error(exc, path, busy_timeout) from exc
+    return conn
+
+
+def _finish(conn: sqlite3.Connection, commit: bool) -> None:
+    try:
+        if conn.in_transaction:
+            conn.execute("COMMIT" if commit else "ROLLBACK")
+    finally:
+        conn.close()
+
+
 async def _stop(engine: Engine) -> None:
     """Stop the engine and wait until its threads closed their connections (a start still in
     progress finishes first, then stops)."""
@@ -283,6 +302,30 @@ class SQLiteBackend(SQLiteKV, Transactions, Backend):
     ) -> bool:
         """Fenced completion inside the application's open transaction on ``conn``."""
         return self.factory.complete_on_sync(conn, job_id, fence, result, now)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[sqlite3.Connection]:
+        """A new connection to the queue's file with ``BEGIN IMMEDIATE`` done, for a handler's
+        own writes (``current_job().transaction()``); committed when the block exits normally,
+        rolled back when it raises. It holds the file's write lock until then: keep it short
+        (every other writer waits for it, this worker's heartbeats included)."""
+        factory = self.factory
+        conn = await asyncio.to_thread(
+            _begin, factory.path, factory.durability, factory.busy_timeout
+        )
+        try:
+            yield conn
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(_finish, conn, False))
+            raise
+        await asyncio.shield(asyncio.to_thread(_finish, conn, True))
+
+    async def append_logs_on(
+        self, conn: sqlite3.Connection, job_id: str, entries: Sequence[LogEntry]
+    ) -> None:
+        """Log lines inside the application's open transaction on ``conn``."""
+        if entries:
+            tx.append_logs_on_sync(conn, self.factory.path, job_id, log_lines(list(entries)))
 
     # -- worker -------------------------------------------------------------------------------
     async def claim(
