@@ -43,6 +43,7 @@ from conveyor.errors import (
     Retry,
     ScheduleNotFoundError,
     SerializationError,
+    SoftTimeLimitExceeded,
 )
 from conveyor.worker.worker import Worker, WorkerConfig
 
@@ -83,6 +84,7 @@ __all__ = [
     "ScheduleNotFoundError",
     "SerializationError",
     "Serializer",
+    "SoftTimeLimitExceeded",
     "Task",
     "Worker",
     "WorkerConfig",

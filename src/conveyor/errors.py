@@ -21,7 +21,9 @@ jobs, printed by the CLI and safe to match on in alerting rules. The tree::
     ├── ResultTimeoutError              result_timeout
     └── HandlerSignal                   (raised inside handlers)
         ├── Retry                       retry
-        └── Cancelled                   cancelled
+        ├── Cancelled                   cancelled
+        └── JobTimeout                  timeout
+            └── SoftTimeLimitExceeded   timeout
 
 Codes stored on failed jobs (see :class:`ErrorCode`): ``error`` (the handler raised),
 ``timeout``, ``poison_message`` (stalled too many times), ``unknown_task``,
@@ -210,3 +212,12 @@ class JobTimeout(HandlerSignal):
     """Stored as the error type when a job exceeds its timeout."""
 
     code = "timeout"
+
+
+class SoftTimeLimitExceeded(JobTimeout):
+    """Raised inside a handler when its task's ``soft_timeout`` passes, some time before the
+    hard ``timeout``: catch it to clean up, save partial work or return early. Uncaught, the
+    attempt fails with code ``timeout`` (retried only if ``retry_on`` lists ``JobTimeout``)."""
+
+    def __init__(self, message: str = "soft time limit exceeded") -> None:
+        super().__init__(message)

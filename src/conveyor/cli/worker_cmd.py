@@ -84,6 +84,27 @@ def setup_logging(level: str, fmt: str) -> None:
     root.propagate = False
 
 
+_UNITS = {"": 2**20, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30}
+
+
+def _size(text: str | None) -> int | None:
+    """``512MB``, ``2GB``, ``800`` (MB) as bytes."""
+    if text is None:
+        return None
+    raw = text.strip().lower().replace("ib", "b")
+    number = raw.rstrip("kmgb")
+    unit = raw[len(number) :]
+    try:
+        value = float(number) * _UNITS[unit]
+    except (KeyError, ValueError):
+        raise click.BadParameter(
+            f"{text!r} is not a size (512MB, 2GB)", param_hint="--max-memory-per-child"
+        ) from None
+    if value < 1:
+        raise click.BadParameter("must be positive", param_hint="--max-memory-per-child")
+    return int(value)
+
+
 def _split(values: tuple[str, ...]) -> tuple[str, ...] | None:
     items = [v.strip() for value in values for v in value.split(",") if v.strip()]
     return tuple(items) or None
@@ -138,6 +159,17 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...] | None:
 @click.option(
     "--log-format", default="text", show_default=True, type=click.Choice(["text", "json"])
 )
+@click.option(
+    "--max-jobs-per-child",
+    type=click.IntRange(min=1),
+    help="Recycle a process-mode child after this many jobs.",
+)
+@click.option(
+    "--max-memory-per-child",
+    metavar="SIZE",
+    help="Recycle a process-mode child whose resident memory after a job is above SIZE "
+    "(512MB, 2GB; a plain number is MB).",
+)
 @click.option("--worker-id", help="Stable id for this worker (default host:pid:random).")
 @click.option("--no-scheduler", is_flag=True, help="Do not run the schedule loop in this worker.")
 def worker(
@@ -153,6 +185,8 @@ def worker(
     url: str | None,
     log_level: str,
     log_format: str,
+    max_jobs_per_child: int | None,
+    max_memory_per_child: str | None,
     worker_id: str | None,
     no_scheduler: bool,
 ) -> None:
@@ -174,6 +208,8 @@ def worker(
         burst=burst,
         worker_id=worker_id,
         scheduler=not no_scheduler,
+        max_jobs_per_child=max_jobs_per_child,
+        max_memory_per_child=_size(max_memory_per_child),
     )
     asyncio.run(_run_worker(app, config, show_progress and burst))
 

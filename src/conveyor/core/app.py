@@ -143,6 +143,7 @@ class App:
         priority: int | str = 0,
         retry: RetryPolicy | int | None = None,
         timeout: Duration | None = None,
+        soft_timeout: Duration | None = None,
         concurrency: int | None = None,
         ttl: Duration | None = None,
         executor: Executor | None = None,
@@ -161,6 +162,7 @@ class App:
         priority: int | str = 0,
         retry: RetryPolicy | int | None = None,
         timeout: Duration | None = None,
+        soft_timeout: Duration | None = None,
         concurrency: int | None = None,
         ttl: Duration | None = None,
         executor: Executor | None = None,
@@ -172,7 +174,9 @@ class App:
 
         ``executor``: ``"async"`` (default for ``async def``), ``"thread"`` (default for plain
         functions) or ``"process"`` (CPU-bound; runs in a child process that is killed on
-        timeout). ``concurrency``: most jobs of this task one worker runs at once.
+        timeout). ``soft_timeout``: raise :class:`~conveyor.errors.SoftTimeLimitExceeded`
+        inside the handler after this long (shorter than the timeout), so it can clean up or
+        return early. ``concurrency``: most jobs of this task one worker runs at once.
         ``schedule``: an inline schedule named after the task, e.g.
         ``{"cron": "0 3 * * *", "timezone": "Europe/Paris"}`` (see :meth:`schedule`).
         """
@@ -200,6 +204,7 @@ class App:
                     priority=prio,
                     retry=coerce_retry(retry),
                     timeout=optional_duration(timeout, field="timeout"),
+                    soft_timeout=optional_duration(soft_timeout, field="soft_timeout"),
                     concurrency=concurrency,
                     ttl=optional_duration(ttl, field="ttl"),
                     executor=chosen,
@@ -208,6 +213,12 @@ class App:
                 )
             except (ValueError, InvalidArgumentsError) as exc:
                 raise ConfigurationError(f"task {func.__qualname__}: {exc}") from None
+            soft, hard = config.soft_timeout, config.timeout or self.timeout
+            if soft is not None and (soft <= 0 or (hard is not None and soft >= hard)):
+                raise ConfigurationError(
+                    f"task {config.name}: soft_timeout ({soft:g}s) must be greater than zero "
+                    + (f"and shorter than the timeout ({hard:g}s)" if hard is not None else "")
+                )
             if config.name in self.tasks:
                 raise ConfigurationError(f"a task named {config.name!r} is already declared")
             kind = AsyncTask if is_async else Task

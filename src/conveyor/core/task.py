@@ -62,6 +62,9 @@ class TaskConfig:
     executor: Executor
     metadata: dict[str, Any]
     middleware: tuple[Middleware, ...]
+    #: Seconds after which :class:`~conveyor.errors.SoftTimeLimitExceeded` is raised inside
+    #: the handler (before the hard ``timeout``); ``None``: no soft limit.
+    soft_timeout: float | None = None
 
     def __post_init__(self) -> None:
         check_name("task name", self.name)

@@ -29,6 +29,7 @@ from conveyor.errors import (
 )
 from conveyor.worker.deadlines import within_coarse
 from conveyor.worker.processes import ProcessPool
+from conveyor.worker.softlimit import SoftFlag, SoftLimited, ThreadTarget, raise_in_thread
 from conveyor.worker.threads import DaemonThreadPool
 
 if TYPE_CHECKING:
@@ -67,6 +68,11 @@ class _Interrupted(Exception):
         self.reason = reason
 
 
+def _soft_flag(ctx: JobContext) -> SoftFlag | None:
+    flag: SoftFlag | None = getattr(ctx, "_soft_flag", None)
+    return flag
+
+
 def _module_name(fn: Any) -> str:
     module: str = fn.__module__
     if module == "__main__":
@@ -96,7 +102,12 @@ class JobRunner:
     @property
     def processes(self) -> ProcessPool:
         if self._processes is None:
-            self._processes = ProcessPool(self.worker.config.process_pool_size)
+            config = self.worker.config
+            self._processes = ProcessPool(
+                config.process_pool_size,
+                max_jobs_per_child=config.max_jobs_per_child,
+                max_memory_per_child=config.max_memory_per_child,
+            )
         return self._processes
 
     def _fields(self, active: ActiveJob, **more: Any) -> dict[str, Any]:
@@ -248,6 +259,9 @@ class JobRunner:
             async def run_async(call: ExecuteCall) -> Any:
                 token = set_current(call.ctx)
                 try:
+                    flag = _soft_flag(call.ctx)
+                    if flag is not None:
+                        return await SoftLimited(fn(*call.args, **call.kwargs), flag)
                     return await fn(*call.args, **call.kwargs)
                 finally:
                     reset_current(token)
@@ -258,8 +272,15 @@ class JobRunner:
 
             def in_thread(ctx: JobContext, args: list[Any], kwargs: dict[str, Any]) -> Any:
                 token = set_current(ctx)
+                target: ThreadTarget | None = getattr(ctx, "_thread_target", None)
                 try:
-                    return fn(*args, **kwargs)
+                    if target is None:
+                        return fn(*args, **kwargs)
+                    target.enter()
+                    try:
+                        return fn(*args, **kwargs)
+                    finally:
+                        target.leave()
                 finally:
                     reset_current(token)
                     ctx._thread_done()  # type: ignore[attr-defined]
@@ -272,7 +293,15 @@ class JobRunner:
         module, qualname = _module_name(fn), fn.__qualname__
 
         async def run_process(call: ExecuteCall) -> Any:
-            return await self.processes.call(module, qualname, call.args, call.kwargs, call.ctx)
+            flag = _soft_flag(call.ctx)
+            return await self.processes.call(
+                module,
+                qualname,
+                call.args,
+                call.kwargs,
+                call.ctx,
+                soft_timeout=None if flag is None else flag.seconds,
+            )
 
         return run_process
 
@@ -384,6 +413,7 @@ class JobRunner:
             timer = asyncio.get_running_loop().call_later(
                 delay, self.interrupt, active, "timeout", f"timed out after {job.timeout}s"
             )
+        soft = self._arm_soft_limit(active, task, ctx, me)
         cancelled = False
         active.extra["in_handler"] = me
         try:
@@ -400,6 +430,8 @@ class JobRunner:
             del active.extra["in_handler"]
             if timer is not None:
                 timer.cancel()
+            if soft is not None:
+                soft.cancel()
             if active.extra.get("cancelled"):
                 me.uncancel()  # our own cancellation is consumed here, delivered or not
         if active.stop_reason is not None and (cancelled or active.stop_reason != "cancel"):
@@ -408,6 +440,32 @@ class JobRunner:
                 self.worker.zombie_threads += 1
             raise _Interrupted(active.stop_reason)
         return result
+
+    def _arm_soft_limit(
+        self, active: ActiveJob, task: Task[Any, Any], ctx: JobContext, me: asyncio.Task[Any]
+    ) -> asyncio.TimerHandle | None:
+        """The timer that raises ``SoftTimeLimitExceeded`` in the handler, when its task has
+        a soft limit shorter than this job's timeout (a per-job timeout may be shorter)."""
+        soft = task.config.soft_timeout
+        timeout = active.job.timeout
+        if soft is None or (timeout is not None and not soft < timeout):
+            return None
+        flag = SoftFlag(soft)
+        ctx._soft_flag = flag  # type: ignore[attr-defined]
+        executor = task.config.executor
+        if executor == "process":
+            return None  # the pool signals its child (see ProcessPool.call)
+        if executor == "thread":
+            target = ThreadTarget()
+            ctx._thread_target = target  # type: ignore[attr-defined]
+            return asyncio.get_running_loop().call_later(soft, raise_in_thread, target, flag)
+
+        def fire() -> None:
+            if active.stop_reason is None and flag.inside:
+                flag.pending = True
+                me.cancel()  # SoftLimited turns it into the exception, inside the handler
+
+        return asyncio.get_running_loop().call_later(soft, fire)
 
     # -- outcomes -----------------------------------------------------------------------------
     async def _flush_logs(self, active: ActiveJob) -> None:

@@ -47,7 +47,9 @@ class WorkerConfig:
     order of their declared priority. ``tasks``: task-name patterns with ``*`` wildcards to
     accept (``None``: all). ``concurrency``: jobs run at once. ``grace``: seconds running jobs
     get to finish on shutdown before they are handed back. ``burst``: exit once no job is
-    claimable and none is running.
+    claimable and none is running. ``max_jobs_per_child`` / ``max_memory_per_child`` (bytes):
+    recycle a process-mode child after that many jobs, or when its resident memory after a job
+    is above that (``None``: never).
     """
 
     queues: tuple[str, ...] | None = None
@@ -59,6 +61,8 @@ class WorkerConfig:
     retention_interval: float = 60.0
     process_pool_size: int | None = None
     burst: bool = False
+    max_jobs_per_child: int | None = None
+    max_memory_per_child: int | None = None
     burst_waits_for_scheduled: bool = True
     scheduler: bool = True
     worker_id: str | None = None
@@ -72,6 +76,10 @@ class Worker:
         self.config = config or WorkerConfig()
         if self.config.concurrency < 1:
             raise ValueError("worker concurrency must be >= 1")
+        for name in ("max_jobs_per_child", "max_memory_per_child"):
+            value = getattr(self.config, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (or None)")
         host = socket.gethostname()
         self.id = self.config.worker_id or f"{host}:{os.getpid()}:{new_job_id()[-8:]}"
         self.host = host
