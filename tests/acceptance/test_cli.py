@@ -28,7 +28,7 @@ JOB_KEYS = {
     "attempts", "max_attempts", "stalls", "run_at", "created_at", "started_at", "finished_at",
     "duration", "timeout", "expires_at", "idempotency_key", "trace_id", "metadata",
     "lease_owner", "lease_until", "error", "errors", "logs", "dead_letter_queue",
-    "cancel_requested", "timeline", "decode_error",
+    "cancel_requested", "timeline", "decode_error", "damage", "summary",
 }  # fmt: skip
 ERROR_KEYS = {"code", "type", "message", "traceback", "attempt", "at"}
 EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INVALID_STATE, EXIT_ABORTED = 2, 3, 4, 5
@@ -201,8 +201,10 @@ async def test_cli_dead_letters(make_store: MakeStore) -> None:
     assert "payments-dead" in table.stdout  # the table shows where it was routed
     item = store.cli_json("dlq", "list", "--task", "boom")[0]
     assert item["attempts"] == 3 and item["error"]["message"] == "kaput"
-    assert "RuntimeError: kaput" in item["error"]["traceback"]
-    assert [e["attempt"] for e in item["errors"]] == [1, 2, 3]
+    assert item["summary"] and item["error"]["traceback"] is None  # a listing: no heavy fields
+    full = store.cli_json("jobs", "show", item["id"])
+    assert "RuntimeError: kaput" in full["error"]["traceback"]
+    assert [e["attempt"] for e in full["errors"]] == [1, 2, 3]
 
     # Destructive operations refuse without --yes when nobody can answer: 5, nothing changes.
     before = await snapshot(store)
@@ -277,7 +279,8 @@ async def test_cli_stats_queues_and_live_workers(make_store: MakeStore) -> None:
         ("stats",), ("queues",), ("jobs", "show", again["id"])
     )
     assert shown["idempotency_key"] == "k1" and shown["args"] == [20, 22]
-    assert set(stats) == {"queues", "tasks", "total", "metrics"}
+    assert set(stats) == {"queues", "tasks", "total", "metrics", "damaged"}
+    assert stats["damaged"] == []
     assert stats["total"]["completed"] == 4 and stats["total"]["failed"] == 1
     assert stats["total"]["running"] == 1
     assert stats["queues"]["billing"]["failed"] == 1

@@ -18,8 +18,9 @@ psycopg = pytest.importorskip("psycopg")
 
 from conveyor import Conveyor, JobState  # noqa: E402
 from conveyor.testing import memory_app, run_until_idle  # noqa: E402
+from tests.support import POSTGRES_URL  # noqa: E402
 
-URL = "postgresql://postgres@127.0.0.1:5432/test"
+URL = POSTGRES_URL
 ROOT = Path(__file__).resolve().parents[2]
 
 

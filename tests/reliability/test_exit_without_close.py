@@ -10,6 +10,7 @@ a second; a hang is minutes.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -19,16 +20,17 @@ from pathlib import Path
 import pytest
 
 from tests.support import wait_until_sync
-
-from .servers import PgCluster, RedisServer
+from tests.support.servers import PgCluster, RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
 EXIT_DEADLINE = 60.0
 
 SCRIPT = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, faulthandler, signal, sys
     from conveyor import Conveyor
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test dumps a hung script
 
     app = Conveyor(sys.argv[1], backend_options={OPTIONS})
 
@@ -71,11 +73,16 @@ def _run_through_a_restart(
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_until_sync(
-            lambda: "enqueued before" in out.read_text() or proc.poll() is not None,
-            60,
-            message="the first enqueue",
-        )
+        try:
+            wait_until_sync(
+                lambda: "enqueued before" in out.read_text() or proc.poll() is not None,
+                60,
+                message="the first enqueue",
+            )
+        except AssertionError:
+            proc.send_signal(signal.SIGUSR1)
+            wait_until_sync(lambda: "Thread 0x" in out.read_text(), 10, message="a stack dump")
+            raise AssertionError(f"no first enqueue:\n{out.read_text()[-6000:]}") from None
         assert proc.poll() is None, out.read_text()
         restart()
         assert proc.stdin is not None
@@ -84,7 +91,9 @@ def _run_through_a_restart(
         try:
             code = proc.wait(timeout=EXIT_DEADLINE)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"the script hung at exit:\n{out.read_text()[-3000:]}")
+            proc.send_signal(signal.SIGUSR1)  # its threads' stacks, into its output
+            wait_until_sync(lambda: "Thread 0x" in out.read_text(), 10, message="a stack dump")
+            pytest.fail(f"the script hung at exit:\n{out.read_text()[-6000:]}")
         text = out.read_text()
         assert code == 0, text
         assert "enqueued after" in text and text.rstrip().endswith("exited"), text

@@ -32,7 +32,9 @@ __all__ = [
     "REDIS_URL",
     "in_ci",
     "reachable",
+    "require_server",
     "server_of",
+    "skip_or_fail",
     "wait_until",
     "wait_until_sync",
 ]
@@ -41,6 +43,23 @@ __all__ = [
 def in_ci() -> bool:
     """Whether this is a CI run (``CI`` set to anything but empty, 0, false, no)."""
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skip_or_fail(message: str) -> None:
+    """Skip the calling test (a missing server is no failure of the code) — but fail it in
+    CI, where every server must be there."""
+    import pytest
+
+    if in_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def require_server(url: str) -> None:
+    """Skip (locally) or fail (in CI) when the server ``url`` points at does not answer."""
+    host, port = server_of(url)
+    if not reachable(host, port):
+        skip_or_fail(f"the server at {host}:{port} is unreachable")
 
 
 def server_of(url: str) -> tuple[str, int]:
@@ -62,7 +81,7 @@ def reachable(host: str, port: int) -> bool:
 
 async def wait_until(
     predicate: Callable[[], Any],
-    timeout: float,
+    timeout: float = 10.0,
     *,
     interval: float = 0.05,
     message: str = "the condition",
