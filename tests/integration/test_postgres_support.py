@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -209,3 +210,45 @@ async def silent_proxy() -> AsyncIterator[SilentProxy]:
         yield proxy
     finally:
         await proxy.stop()
+
+
+# -- observing a waiter (instead of sleeping) -------------------------------------------------
+def count_probes(backend: PostgresBackend) -> list[float]:
+    """Record each completed ``wait_for_jobs`` probe of ``backend`` (its first check, and each
+    re-check): a waiter whose probe came back is blocked until woken or its next poll."""
+    probes: list[float] = []
+    fetch = backend._fetchall
+
+    async def counting(name: str, params: dict[str, Any], retry: str | None = None) -> Any:
+        rows = await fetch(name, params, retry)
+        if name == "wait_probe":
+            probes.append(time.monotonic())
+        return rows
+
+    backend._fetchall = counting  # type: ignore[method-assign]
+    return probes
+
+
+async def blocked_waiter(
+    backend: PostgresBackend, queues: list[str], timeout: float = 30.0
+) -> asyncio.Task[None]:
+    """``wait_for_jobs`` started in a task whose first check is done (it is blocked now, unless
+    something woke it meanwhile)."""
+    probes = count_probes(backend)
+    task = asyncio.create_task(backend.wait_for_jobs(queues, timeout))
+    await wait_until(lambda: probes or task.done(), 10, message="the waiter's first check")
+    return task
+
+
+async def lock_waiters(schema: str) -> int:
+    """Sessions of ``schema``'s clients blocked on a lock now (seen by the server)."""
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(URL, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE %s",
+            (f"%{schema}%",),
+        )
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
