@@ -115,6 +115,7 @@ def _sqlite_app_module(tmp_path: Path) -> str:
         "    return a + b\n"
         "app.schedule('tick', add, every='1h', args=(1, 2))\n"
     )
+    sys.modules.pop("edge_app", None)  # an earlier test's module points at its own file
     return "edge_app:app"
 
 

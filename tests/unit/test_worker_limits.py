@@ -65,6 +65,7 @@ async def test_a_soft_limit_is_raised_inside_a_thread_handler() -> None:
 async def test_a_soft_limit_is_raised_inside_a_process_handler() -> None:
     from tests.unit import proc_tasks
 
+    await proc_tasks.app.reset()  # a shared module-level app: no other test's jobs
     handle = await proc_tasks.soft_spin.enqueue()
     await run_until_idle(proc_tasks.app)
     assert await handle.result(1) == "cleaned up"
@@ -117,6 +118,7 @@ def _process_worker(**config: Any) -> Worker:
 async def test_process_children_are_recycled_after_n_jobs() -> None:
     from tests.unit import proc_tasks
 
+    await proc_tasks.app.reset()
     handles = [await proc_tasks.whoami.enqueue() for _ in range(5)]
     worker = _process_worker(max_jobs_per_child=2)
     await worker.run()
@@ -130,6 +132,7 @@ async def test_process_children_are_recycled_after_n_jobs() -> None:
 async def test_process_children_are_recycled_above_a_memory_limit() -> None:
     from tests.unit import proc_tasks
 
+    await proc_tasks.app.reset()
     light = await proc_tasks.whoami.enqueue()
     heavy = await proc_tasks.hog.enqueue(200)
     after = await proc_tasks.whoami.enqueue()
@@ -144,6 +147,7 @@ async def test_process_children_are_recycled_above_a_memory_limit() -> None:
 async def test_progress_reported_in_a_child_process_reaches_the_store() -> None:
     from tests.unit import proc_tasks
 
+    await proc_tasks.app.reset()
     seen: list[Any] = []
     off = proc_tasks.app.on("progress", lambda e: seen.append(e.progress))
     try:

@@ -18,6 +18,7 @@ from conveyor.core.handle import JobInfo, decode_record
 from conveyor.core.options import QueueConfig
 from conveyor.core.portal import blocking
 from conveyor.core.ports import AppPort
+from conveyor.core.versions import PayloadVersions, VersionStatus, version_status
 from conveyor.domain.job import JobFilter, JobRecord, WorkerInfo
 from conveyor.domain.priority import priority_name
 from conveyor.domain.states import SEED000_STATUS, JobState
@@ -167,10 +168,19 @@ class Inspector:
             entry["p99"] = percentile(durations, 99)
         return metrics
 
+    async def versions(self, task: str) -> VersionStatus:
+        """Unfinished jobs of ``task`` by state and payload version (issue 19): when no job
+        older than some version waits any more, ``since`` can be raised to it and the older
+        migrations deleted (``status.safe_since``)."""
+        known = self.app.tasks.get(task)
+        versions = known.config.versions if known is not None else PayloadVersions()
+        return await version_status(await self.app.backend(), task, versions)
+
     # -- blocking twins (same arguments and results) -----------------------------------------
     job_sync = blocking(job)
     jobs_sync = blocking(jobs)
     damaged_sync = blocking(damaged)
+    versions_sync = blocking(versions)
     counts_sync = blocking(counts)
     workers_sync = blocking(workers)
     task_metrics_sync = blocking(task_metrics)

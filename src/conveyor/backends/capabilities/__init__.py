@@ -13,18 +13,26 @@ fails with a clear message on a store without it.
   PostgreSQL.
 - :class:`PushesCancellations`: a running job is interrupted as soon as its cancellation is
   requested, not at the next heartbeat; Redis.
+- :class:`JobBrowser`: the dashboard's reads (keyset paging, capped counts, the oldest queued
+  job) and stored per-minute throughput counters; all four backends.
+- :class:`Defers`: hand a running job back for later without counting the attempt (a payload
+  version newer than the worker's); all four backends.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from conveyor.backends.capabilities.browse import JobBrowser
 from conveyor.backends.capabilities.cancellations import PushesCancellations
+from conveyor.backends.capabilities.defer import Defers
 from conveyor.backends.capabilities.kv import KeyValueStore
 from conveyor.backends.capabilities.transactions import SyncTransactions, Transactions
 from conveyor.errors import ConfigurationError
 
 __all__ = [
+    "Defers",
+    "JobBrowser",
     "KeyValueStore",
     "PushesCancellations",
     "SyncTransactions",
@@ -39,6 +47,8 @@ ALL: dict[str, type[Any]] = {
     "kv": KeyValueStore,
     "transactions": Transactions,
     "pushed_cancellations": PushesCancellations,
+    "browse": JobBrowser,
+    "defer": Defers,
 }
 
 

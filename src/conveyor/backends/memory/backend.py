@@ -25,6 +25,8 @@ from conveyor.backends.common import (
     repeated_fail,
     repeated_release,
 )
+from conveyor.backends.memory.browse import MemoryBrowser
+from conveyor.backends.memory.defer import MemoryDefer
 from conveyor.domain.job import (
     ClaimedJob,
     CountRow,
@@ -52,6 +54,8 @@ class MemoryStore:
         self.keys: dict[str, str] = {}
         self.workers: dict[str, WorkerInfo] = {}
         self.kv: dict[tuple[str, str], bytes] = {}
+        # Stored throughput counters (the browse capability): (bucket, queue, task, outcome).
+        self.throughput: dict[tuple[float, str, str, str], tuple[int, float]] = {}
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
     def wake(self) -> None:
@@ -76,8 +80,10 @@ class MemoryStore:
                 self._waiters.remove(item)
 
 
-class MemoryBackend(KeyValueStore, Backend):
+class MemoryBackend(MemoryDefer, MemoryBrowser, KeyValueStore, Backend):  # Defers: issue 19
     """A client of a :class:`MemoryStore`."""
+
+    store: MemoryStore
 
     def __init__(self, store: MemoryStore) -> None:
         self.store = store

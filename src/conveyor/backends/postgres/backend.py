@@ -22,6 +22,7 @@ from conveyor.backends.base import Backend, CancelOutcome
 from conveyor.backends.capabilities.transactions import Transactions
 from conveyor.backends.coalesce import Coalescer
 from conveyor.backends.common import fail_outcome
+from conveyor.backends.postgres.browse import PostgresBrowser
 from conveyor.backends.postgres.client import (
     READ,
     RETRY_DELAYS,
@@ -30,6 +31,7 @@ from conveyor.backends.postgres.client import (
     NoReply,
     PostgresClient,
 )
+from conveyor.backends.postgres.defer import PostgresDefer
 from conveyor.backends.postgres.errors import is_transient, translate, translated
 from conveyor.backends.postgres.kv import PostgresKV
 from conveyor.backends.postgres.statements import (
@@ -69,7 +71,9 @@ CompleteItem = tuple[str, int, bytes | None, float | None]
 EnqueueItem = tuple[list[NewJob], float | None]
 
 
-class PostgresBackend(PostgresKV, Transactions, PostgresClient, Backend):
+class PostgresBackend(
+    PostgresDefer, PostgresBrowser, PostgresKV, Transactions, PostgresClient, Backend
+):
     """A client of one PostgreSQL schema, made by
     :class:`~conveyor.backends.postgres.PostgresFactory`."""
 

@@ -20,6 +20,7 @@ from conveyor.backends.capabilities.cancellations import PushesCancellations
 from conveyor.backends.capabilities.kv import KeyValueStore
 from conveyor.backends.coalesce import Coalescer
 from conveyor.backends.common import RETRYABLE_STATES
+from conveyor.backends.redis.browse import RedisBrowser
 from conveyor.backends.redis.codec import (
     CLAIM_WIDTH,
     SUMMARY_FIELDS,
@@ -44,6 +45,7 @@ from conveyor.backends.redis.connect import (
     check_server,
     translate_errors,
 )
+from conveyor.backends.redis.defer import RedisDefer
 from conveyor.backends.redis.notify import Notifier
 from conveyor.backends.redis.pipe import ScriptPipe, pipe_for
 from conveyor.backends.redis.scripts import ScriptArg, run
@@ -88,7 +90,9 @@ def write_token() -> str:
     return uuid4().hex[:16]
 
 
-class RedisBackend(KeyValueStore, PushesCancellations, Backend):
+class RedisBackend(  # Defers: issue 19
+    RedisDefer, RedisBrowser, KeyValueStore, PushesCancellations, Backend
+):
     """One client of the jobs stored under one key prefix of one Redis server."""
 
     def __init__(

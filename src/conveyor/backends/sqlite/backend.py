@@ -29,6 +29,8 @@ from conveyor.backends.base import Backend, BackendFactory, CancelOutcome
 from conveyor.backends.capabilities.transactions import SyncTransactions, Transactions
 from conveyor.backends.common import redact_url
 from conveyor.backends.sqlite import ops, reads, tx
+from conveyor.backends.sqlite.browse import SQLiteBrowser
+from conveyor.backends.sqlite.defer import SQLiteDefer
 from conveyor.backends.sqlite.engine import Engine
 from conveyor.backends.sqlite.kv import SQLiteKV
 from conveyor.backends.sqlite.notify import Effects, Notifier, Waiter
@@ -254,7 +256,9 @@ async def _stop(engine: Engine) -> None:
     await asyncio.wrap_future(engine.stopped)
 
 
-class SQLiteBackend(SQLiteKV, Transactions, Backend):
+class SQLiteBackend(  # Defers: issue 19
+    SQLiteDefer, SQLiteBrowser, SQLiteKV, Transactions, Backend
+):
     """One client of a :class:`SQLiteFactory`; usable from any event loop."""
 
     factory: SQLiteFactory

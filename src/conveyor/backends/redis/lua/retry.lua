@@ -29,7 +29,7 @@ local function eligible(id)
   return true
 end
 
-local ids = select_ids(flt, false, 0, tonumber(ARGV[3]), tonumber(ARGV[4]), eligible)
+local ids = select_ids(flt, false, 0, tonumber(ARGV[3]), tonumber(ARGV[4]), nil, eligible)
 for _, id in ipairs(ids) do
   local k = jkey(id)
   local s, q, task, prio, expires, ikey, a, ma = unpack(redis.call('HMGET', k,

@@ -52,9 +52,10 @@ local function passes(id, flt, check_index)
   return true
 end
 
-local function select_ids(flt, desc, offset, limit, budget, pred)
-  -- Ids of matching jobs in id order (descending when desc), after skipping `offset`; with
-  -- `pred`, only those it accepts (it sees every matching id in order until the limit).
+local function select_ids(flt, desc, offset, limit, budget, start, pred)
+  -- Ids of matching jobs in id order (descending when desc), after skipping `offset`;
+  -- `start` (optional) is an exclusive keyset cursor (browse.lua); with `pred`, only the ids
+  -- it accepts (it sees every matching id in order until the limit: retry.lua).
   local out, skipped, seen = {}, 0, 0
   if limit <= 0 then return out end
   local function keep(id)
@@ -83,7 +84,7 @@ local function select_ids(flt, desc, offset, limit, budget, pred)
   local cursors = {}
   for _, q in ipairs(queues) do
     for _, s in ipairs(flt.states) do
-      cursors[#cursors + 1] = {key = qkey(q, 'x:' .. s), buf = {}, pos = 1, done = false}
+      cursors[#cursors + 1] = {key = qkey(q, 'x:' .. s), buf = {}, pos = 1, done = false, last = start}
     end
   end
   local chunk = 128
