@@ -11,7 +11,7 @@ from conveyor.domain.clock import to_timestamp
 from conveyor.domain.durations import Duration, optional_duration
 from conveyor.domain.priority import parse_priority
 from conveyor.domain.retry import RetryPolicy
-from conveyor.errors import InvalidArgumentsError
+from conveyor.errors import ConveyorError, InvalidArgumentsError
 
 Executor = Literal["async", "thread", "process"]
 
@@ -246,8 +246,8 @@ class EnqueueOptions:
             )
         try:
             return cls.build(**options)
-        except InvalidArgumentsError:
-            raise
+        except ConveyorError:
+            raise  # named already (InvalidArgumentsError, SerializationError)
         except (TypeError, ValueError) as exc:
             raise InvalidArgumentsError(f"invalid enqueue option value: {exc}") from None
 
