@@ -6,7 +6,7 @@ LOCK    = requirements/lock.txt
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install lock demo test check lint typecheck layers docs unit contract acceptance bench bench-smoke reliability test-latest test-oldest clean
+.PHONY: install lock demo test check lint typecheck layers docs unit contract acceptance bench bench-smoke reliability reliability-report test-latest test-oldest clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,8 +64,11 @@ contract: $(STAMP)
 acceptance: $(STAMP)
 	$(BIN)/pytest tests/acceptance $(PYTEST_ARGS)
 
-reliability: $(STAMP)  ## The fault suite in its long form (minutes; rewrites RELIABILITY.md)
-	CONVEYOR_RELIABILITY=long $(BIN)/pytest tests/reliability -n 2 --dist loadgroup $(PYTEST_ARGS)
+reliability: $(STAMP)  ## The fault suite in its long form (minutes), then rewrites RELIABILITY.md
+	CONVEYOR_RELIABILITY=long CONVEYOR_RELIABILITY_REPORT=1 $(BIN)/pytest tests/reliability -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+reliability-report: $(STAMP)  ## Rewrite RELIABILITY.md from the last results (tests/reliability/.results)
+	$(BIN)/python -m tests.reliability.report
 
 bench: $(STAMP)  ## Full benchmark against the peer libraries (writes bench/results/, BENCHMARKS.md)
 	bash bench/run.sh

@@ -96,8 +96,8 @@ async def redis_raw(url: str, prefix: str, concurrency: int) -> int:
     async def claim(limit: int) -> list[Job]:
         nonlocal checked
         args = [WORKER_ID, str(limit), num(LEASE), "", str(PROMOTE_BATCH), "1", QUEUE, "-1", "0"]
-        reply = await evalsha(claim_script.sha, *args)
-        rows = [reply[i : i + CLAIM_WIDTH] for i in range(0, len(reply), CLAIM_WIDTH)]
+        claimed, _dead = await evalsha(claim_script.sha, *args)  # {claimed, dead-lettered}
+        rows = [claimed[i : i + CLAIM_WIDTH] for i in range(0, len(claimed), CLAIM_WIDTH)]
         if rows and not checked:  # the reply layout is Conveyor's: check our reading of it once
             job = decode_claimed(rows[0])
             assert (job.id, job.fence) == (rows[0][0].decode(), int(rows[0][7])), "reply layout"
@@ -125,8 +125,7 @@ async def redis_raw(url: str, prefix: str, concurrency: int) -> int:
             record(0.0)
             args = [job_id, str(fence), "0", b"", TOKEN, WORKER_ID, "1", num(LEASE), ""]
             args += [str(PROMOTE_BATCH), "1", QUEUE, "-1", "0"]
-            reply = await evalsha(fused_script.sha, *args)
-            rows = reply[1:]
+            _done, rows, _dead = await evalsha(fused_script.sha, *args)
             jobs = [(rows[0], int(rows[7]))] if rows else []
             done += 1
         return done
@@ -173,10 +172,17 @@ async def postgres_raw(url: str, schema: str, concurrency: int) -> int:
                 await conn.execute(stage, {"now": None})
                 cur = await conn.execute(claim_sql, params)
             rows = await cur.fetchall()
-        return [(row[1], int(row[8])) for row in rows]
+        return [(row[1], int(row[8])) for row in rows if row[-1] == "running"]
 
     async def complete(job: Job) -> Any:
-        params = {"id": job[0], "fence": job[1], "result": None, "now": None, "channel": None}
+        params = {
+            "id": job[0],
+            "fence": job[1],
+            "result": None,
+            "now": None,
+            "channel": None,
+            "repeat": True,
+        }
         async with pool.connection() as conn:
             cur = await conn.execute(complete_sql, params)
             return await cur.fetchall()
@@ -202,7 +208,14 @@ async def postgres_raw(url: str, schema: str, concurrency: int) -> int:
         while jobs:
             record(0.0)
             job_id, fence = jobs[0]
-            one = {"id": job_id, "fence": fence, "result": None, "now": None, "channel": None}
+            one = {
+                "id": job_id,
+                "fence": fence,
+                "result": None,
+                "now": None,
+                "channel": None,
+                "repeat": True,
+            }
             params = {
                 "now": None,
                 "queues": [QUEUE],
@@ -218,7 +231,7 @@ async def postgres_raw(url: str, schema: str, concurrency: int) -> int:
                     await conn.execute(stage, {"now": None})
                     cur = await conn.execute(claim_sql, params)
                 rows = await cur.fetchall()
-            jobs = [(row[1], int(row[8])) for row in rows]
+            jobs = [(row[1], int(row[8])) for row in rows if row[-1] == "running"]
             done += 1
         return done
 

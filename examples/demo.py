@@ -44,9 +44,10 @@ app.enqueue_many_sync(
 )
 dup = send_email.options(idempotency_key="welcome-ada").enqueue_sync("ada@example.com", "Hi")
 again = send_email.options(idempotency_key="welcome-ada").enqueue_sync("ada@example.com", "Hi")
+stored = sum(app.inspect.counts_sync().total.values())
 console.print(
-    f"  218 jobs queued; one delayed 3 s ({report.id[:12]}…); idempotency key reused → same job: "
-    f"{dup.id == again.id}"
+    f"  {stored} jobs stored; one delayed 3 s ({report.id[:12]}…); idempotency key reused → "
+    f"same job: {dup.id == again.id}"
 )
 app.close_sync()
 

@@ -24,7 +24,7 @@ from conveyor.core.handle import JobHandle, JobInfo
 from conveyor.core.middleware import EnqueueCall, ExecuteCall, Middleware
 from conveyor.core.options import QueueConfig, Retention
 from conveyor.core.serialization import JSONSerializer, Serializer
-from conveyor.core.task import JobSpec, Task
+from conveyor.core.task import AsyncTask, JobSpec, Task
 from conveyor.domain.job import ErrorInfo, LogEntry
 from conveyor.domain.retry import RetryPolicy
 from conveyor.domain.states import JobState
@@ -39,9 +39,12 @@ from conveyor.errors import (
     JobFailedError,
     JobNotFoundError,
     JobTimeout,
+    KeyHeldError,
     ResultTimeoutError,
     Retry,
+    ScheduleNotFoundError,
     SerializationError,
+    SoftTimeLimitExceeded,
     ValidationError,
 )
 from conveyor.worker.worker import Worker, WorkerConfig
@@ -49,6 +52,7 @@ from conveyor.worker.worker import Worker, WorkerConfig
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncTask",
     "CancelOutcome",
     "Cancelled",
     "ConfigurationError",
@@ -71,6 +75,7 @@ __all__ = [
     "JobSpec",
     "JobState",
     "JobTimeout",
+    "KeyHeldError",
     "LogEntry",
     "Middleware",
     "QueueConfig",
@@ -78,8 +83,10 @@ __all__ = [
     "Retention",
     "Retry",
     "RetryPolicy",
+    "ScheduleNotFoundError",
     "SerializationError",
     "Serializer",
+    "SoftTimeLimitExceeded",
     "Task",
     "TaskContract",
     "ValidationError",

@@ -14,20 +14,25 @@ jobs, printed by the CLI and safe to match on in alerting rules. The tree::
     │   │   └── ValidationError         validation
     │   └── SerializationError          invalid_payload
     ├── JobNotFoundError                not_found
+    ├── ScheduleNotFoundError           not_found
     ├── InvalidStateError               invalid_state
+    │   └── KeyHeldError                key_held
     ├── JobFailedError                  (the job's own code)
     ├── JobCancelledError               cancelled
     ├── ResultTimeoutError              result_timeout
     └── HandlerSignal                   (raised inside handlers)
         ├── Retry                       retry
-        └── Cancelled                   cancelled
+        ├── Cancelled                   cancelled
+        └── JobTimeout                  timeout
+            └── SoftTimeLimitExceeded   timeout
 
 Codes stored on failed jobs (see :class:`ErrorCode`): ``error`` (the handler raised),
 ``timeout``, ``poison_message`` (stalled too many times), ``unknown_task``,
 ``invalid_payload``, ``cancelled``, ``expired``, ``lease_lost``, ``process_died`` (a process-mode
-child exited without answering), ``validation`` (the arguments or the result do not fit the
-task's annotations), ``version_unsupported`` (the payload is older than the task's oldest
-supported version), ``migration_failed`` (a payload migration raised).
+child exited without answering), ``retry`` (the handler asked for a retry: not a failure),
+``validation`` (the arguments or the result do not fit the task's annotations),
+``version_unsupported`` (the payload is older than the task's oldest supported version),
+``migration_failed`` (a payload migration raised).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class ErrorCode(StrEnum):
     EXPIRED = "expired"
     LEASE_LOST = "lease_lost"
     PROCESS_DIED = "process_died"
+    RETRY = "retry"
     VALIDATION = "validation"
     VERSION_UNSUPPORTED = "version_unsupported"
     MIGRATION_FAILED = "migration_failed"
@@ -154,10 +160,36 @@ class JobNotFoundError(ConveyorError, LookupError):
         self.job_id = job_id
 
 
+class ScheduleNotFoundError(ConveyorError, LookupError):
+    """No schedule has this name."""
+
+    code = "not_found"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no schedule named {name!r} (see `conveyor schedules list`)")
+        self.name = name
+
+
 class InvalidStateError(ConveyorError):
     """The action makes no sense for the job's current state."""
 
     code = "invalid_state"
+
+
+class KeyHeldError(InvalidStateError):
+    """A retry was refused: another job holds the job's idempotency key (at most one live job
+    per key). ``holder_id`` names it."""
+
+    code = "key_held"
+
+    def __init__(self, job_id: str, key: str, holder_id: str) -> None:
+        super().__init__(
+            f"job {job_id} was not retried: its idempotency key {key!r} is held by job "
+            f"{holder_id} (at most one live job per key; cancel or purge that job first)"
+        )
+        self.job_id = job_id
+        self.key = key
+        self.holder_id = holder_id
 
 
 class JobFailedError(ConveyorError):
@@ -218,3 +250,12 @@ class JobTimeout(HandlerSignal):
     """Stored as the error type when a job exceeds its timeout."""
 
     code = "timeout"
+
+
+class SoftTimeLimitExceeded(JobTimeout):
+    """Raised inside a handler when its task's ``soft_timeout`` passes, some time before the
+    hard ``timeout``: catch it to clean up, save partial work or return early. Uncaught, the
+    attempt fails with code ``timeout`` (retried only if ``retry_on`` lists ``JobTimeout``)."""
+
+    def __init__(self, message: str = "soft time limit exceeded") -> None:
+        super().__init__(message)

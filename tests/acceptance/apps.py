@@ -33,6 +33,16 @@ ENV_MAX_STALLS = "ACCEPT_MAX_STALLS"
 #: Attempts of the always-failing task (total runs, retries included).
 BOOM_ATTEMPTS = 3
 
+#: The exception lines of the tracebacks the tasks below raise on purpose: a worker log may
+#: hold tracebacks ending in these, and no others (see ``Store.check_logs_clean``).
+EXPECTED_TRACEBACKS = (
+    "RuntimeError: boom",
+    "RuntimeError: kaput",
+    "RuntimeError: always",
+    "ValueError: card declined",
+    "ValueError: payment gateway refused",
+)
+
 
 def record(event: str, **fields: Any) -> None:
     """Append one event about the running job to the ledger (no-op without a ledger)."""

@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import inspect
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,42 +33,21 @@ from conveyor.backends import factory_from_url
 from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import JobFilter, JobRecord, NewJob
 from conveyor.domain.states import JobState
+from tests.support import POSTGRES_URL, REDIS_URL, in_ci, reachable, server_of, wait_until
 
 from . import apps
+
+__all__ = ["Proc", "Store", "wait_until"]
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / ".results"
 APP_PATH = "tests.acceptance.apps:from_env"
 
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
-REDIS_URL = "redis://127.0.0.1:6379/0"
-_SERVERS = {"postgres": ("127.0.0.1", 5432), "redis": ("127.0.0.1", 6379)}
+_SERVERS = {"postgres": server_of(POSTGRES_URL), "redis": server_of(REDIS_URL)}
 KINDS = ("sqlite", "postgres", "redis")
 
 
-# -- waiting --------------------------------------------------------------------------------------
-async def wait_until(
-    predicate: Callable[[], Any],
-    timeout: float,
-    *,
-    interval: float = 0.05,
-    message: str = "the condition",
-) -> Any:
-    """Poll ``predicate`` (sync or async) until it returns something truthy; return that.
-
-    Raises ``AssertionError`` naming ``message`` when ``timeout`` seconds pass first.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        await asyncio.sleep(interval)
-
+# -- waiting: tests.support.wait_until (re-exported here for the suites that import it) ----------
 
 # -- the ledger -----------------------------------------------------------------------------------
 @dataclass
@@ -144,6 +121,37 @@ class Proc:
         self.popen.wait(10)
 
 
+def tracebacks(text: str) -> list[str]:
+    """Every Python traceback in a log, each up to and including its exception line."""
+    found: list[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].lstrip().startswith("Traceback (most recent call last)"):
+            block = [lines[i]]
+            i += 1
+            # The frames are indented; the exception line is the first unindented one after
+            # them (chained tracebacks repeat the pattern and are taken one by one).
+            while i < len(lines) and (lines[i].startswith(" ") or not lines[i].strip()):
+                block.append(lines[i])
+                i += 1
+            if i < len(lines):
+                block.append(lines[i])
+            found.append("\n".join(block))
+        i += 1
+    return found
+
+
+def unexpected_tracebacks(text: str, expected: tuple[str, ...]) -> list[str]:
+    """The tracebacks of ``text`` whose exception line is none of ``expected``."""
+    out = []
+    for block in tracebacks(text):
+        last = block.rstrip().splitlines()[-1].strip()
+        if not any(last.startswith(e) for e in expected):
+            out.append(block)
+    return out
+
+
 def worker_pid(lease_owner: str | None) -> int | None:
     """The pid inside a worker id (``host:pid:random``)."""
     if not lease_owner:
@@ -167,6 +175,8 @@ class Store:
     app: Conveyor
     ledger: Ledger
     procs: list[Proc] = field(default_factory=list)
+    #: Exception lines a traceback in a worker log may end with (checked after each test).
+    expected: tuple[str, ...] = apps.EXPECTED_TRACEBACKS
     _counter: int = 0
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -290,22 +300,17 @@ class Store:
         return job_id
 
     def check_logs_clean(self, *procs: Proc) -> None:
-        """No worker printed a traceback it did not mean to."""
+        """No process printed a traceback it did not mean to: each traceback in each log must
+        end with one of the :attr:`expected` exception lines (the failures the acceptance
+        tasks raise on purpose), one by one — one expected traceback does not excuse another.
+        Runs after every acceptance test that passed."""
         for proc in procs or tuple(self.procs):
-            text = proc.log()
-            assert "Traceback" not in text or "RuntimeError: boom" in text, text[-4000:]
+            for problem in unexpected_tracebacks(proc.log(), self.expected):
+                raise AssertionError(f"pid {proc.pid} logged an unexpected traceback:\n{problem}")
 
 
 # -- backend availability -------------------------------------------------------------------------
-_AVAILABLE: dict[str, str | None] = {}
-
-
-def _reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=2.0):
-            return True
-    except OSError:
-        return False
+_AVAILABLE: dict[str, tuple[str | None, str | None]] = {}  # kind -> (unreachable, broken)
 
 
 def _url_and_options(kind: str, tmp: Path) -> tuple[str, dict[str, Any]]:
@@ -341,27 +346,32 @@ async def _smoke(kind: str, tmp: Path) -> None:
 
 
 async def require_kind(kind: str, tmp: Path) -> None:
-    """Skip (with the reason) when the backend ``kind`` cannot run acceptance tests here."""
+    """Skip (with the reason) when the backend ``kind`` cannot run here because its server is
+    unreachable (fail instead under ``CI``). A reachable server whose backend fails the smoke
+    check (enqueue, claim, complete one job) is a failure of the code: the test fails."""
     if kind not in _AVAILABLE:
-        reason: str | None = None
+        unreachable: str | None = None
+        broken: str | None = None
         server = _SERVERS.get(kind)
         try:
             importlib.import_module(f"conveyor.backends.{kind}")
         except ImportError as exc:
-            reason = f"conveyor.backends.{kind} is not importable yet: {exc}"
-        if reason is None and server is not None and not _reachable(*server):
-            reason = f"{kind} server at {server[0]}:{server[1]} is unreachable"
-        if reason is None:
+            broken = f"conveyor.backends.{kind} cannot be imported: {exc}"
+        if broken is None and server is not None and not reachable(*server):
+            unreachable = f"{kind} server at {server[0]}:{server[1]} is unreachable"
+        if broken is None and unreachable is None:
             try:
                 await asyncio.wait_for(_smoke(kind, tmp), 20)
-            except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
-                reason = f"{kind} backend failed the smoke check: {type(exc).__name__}: {exc}"
-        _AVAILABLE[kind] = reason
-    reason = _AVAILABLE[kind]
-    if reason is not None:
-        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+            except Exception as exc:  # noqa: BLE001 - reported as the failure it is
+                broken = f"{kind} backend failed the smoke check: {type(exc).__name__}: {exc}"
+        _AVAILABLE[kind] = (unreachable, broken)
+    unreachable, broken = _AVAILABLE[kind]
+    if broken is not None:
+        pytest.fail(broken)
+    if unreachable is not None:
+        if in_ci():
+            pytest.fail(unreachable)
+        pytest.skip(unreachable)
 
 
 MakeStore = Callable[..., Awaitable[Store]]
@@ -373,9 +383,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()
     if report.when == "call":
         item.stash[_FAILED] = report.failed
+        item.stash[_RAN] = report.passed
 
 
 _FAILED = pytest.StashKey[bool]()
+_RAN = pytest.StashKey[bool]()
 
 
 @pytest.fixture
@@ -416,6 +428,9 @@ async def make_store(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIte
                     print(f"--- pid {proc.pid} ({' '.join(proc.argv[3:6])}) log tail ---")
                     print(proc.log()[-3000:])
                 proc.reap()
+        if not failed and request.node.stash.get(_RAN, False):
+            for store in made:
+                store.check_logs_clean()
         for store in made:
             with contextlib.suppress(Exception):
                 await store.app.close()

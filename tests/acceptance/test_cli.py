@@ -28,7 +28,7 @@ JOB_KEYS = {
     "attempts", "max_attempts", "stalls", "run_at", "created_at", "started_at", "finished_at",
     "duration", "timeout", "expires_at", "idempotency_key", "trace_id", "metadata",
     "lease_owner", "lease_until", "error", "errors", "logs", "dead_letter_queue",
-    "cancel_requested", "timeline", "decode_error",
+    "cancel_requested", "timeline", "decode_error", "damage", "summary",
 }  # fmt: skip
 ERROR_KEYS = {"code", "type", "message", "traceback", "attempt", "at"}
 EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INVALID_STATE, EXIT_ABORTED = 2, 3, 4, 5
@@ -201,8 +201,10 @@ async def test_cli_dead_letters(make_store: MakeStore) -> None:
     assert "payments-dead" in table.stdout  # the table shows where it was routed
     item = store.cli_json("dlq", "list", "--task", "boom")[0]
     assert item["attempts"] == 3 and item["error"]["message"] == "kaput"
-    assert "RuntimeError: kaput" in item["error"]["traceback"]
-    assert [e["attempt"] for e in item["errors"]] == [1, 2, 3]
+    assert item["summary"] and item["error"]["traceback"] is None  # a listing: no heavy fields
+    full = store.cli_json("jobs", "show", item["id"])
+    assert "RuntimeError: kaput" in full["error"]["traceback"]
+    assert [e["attempt"] for e in full["errors"]] == [1, 2, 3]
 
     # Destructive operations refuse without --yes when nobody can answer: 5, nothing changes.
     before = await snapshot(store)
@@ -264,6 +266,9 @@ async def test_cli_stats_queues_and_live_workers(make_store: MakeStore) -> None:
     assert entry["workerName"].split(":")[1] == str(worker.pid)
     assert entry["concurrency"] == 4 and "default" in entry["queueNames"]
     assert set(entry["queues"]) == {"default", "billing"}
+    for counters in entry["queues"].values():  # camelCase throughout, as the seed writes it
+        assert all("_" not in key for key in counters), counters
+        assert counters["processed"] >= 1 and "avgExecutionMs" in counters
 
     # With a worker running, --wait returns the result; a repeated key returns the same job.
     waited = store.cli_json("enqueue", "add", "--args", "[20, 22]", "--wait", "20", "--key", "k1")
@@ -274,8 +279,8 @@ async def test_cli_stats_queues_and_live_workers(make_store: MakeStore) -> None:
         ("stats",), ("queues",), ("jobs", "show", again["id"])
     )
     assert shown["idempotency_key"] == "k1" and shown["args"] == [20, 22]
-    assert set(stats) == {"queues", "tasks", "total", "metrics", "bridges"}
-    assert stats["bridges"] == []
+    assert set(stats) == {"queues", "tasks", "total", "metrics", "damaged", "bridges"}
+    assert stats["damaged"] == [] and stats["bridges"] == []
     assert stats["total"]["completed"] == 4 and stats["total"]["failed"] == 1
     assert stats["total"]["running"] == 1
     assert stats["queues"]["billing"]["failed"] == 1
@@ -287,10 +292,16 @@ async def test_cli_stats_queues_and_live_workers(make_store: MakeStore) -> None:
     assert stats["metrics"]["billing_boom"]["dead"] == 1
 
     assert [q["name"] for q in queues] == ["default", "billing", "payments"]
-    assert queues[2]["deadLetterQueue"] == "payments-dead"
+    assert queues[2]["deadLetterSet"] == "payments-dead"
+    assert queues[0]["concurrency"] is None  # the default queue has no limit of its own
     validator = schema("queue_config")
     for q in queues:
         validator.validate(q)
+
+    # A job that fails while --wait waits: the documented status 6, with its error.
+    died = store.cli("enqueue", "boom", "--wait", "20", "--json")
+    assert died.returncode == 6, died.stdout + died.stderr
+    assert json.loads(died.stdout)["state"] == "failed" and "boom" in died.stdout
 
     worker.signal(signal.SIGTERM)
     assert await worker.wait_exit(10) == 0, worker.log()

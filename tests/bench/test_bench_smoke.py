@@ -26,12 +26,10 @@ sys.path.insert(0, str(REPO))
 from bench.adapters import LIBRARIES, PEERS  # noqa: E402
 from bench.plan import FLOOR_LIBS, ROWS  # noqa: E402
 
+from tests.support import in_ci  # noqa: E402
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 BACKENDS = ("redis", "postgres", "sqlite")
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def require(port: int, name: str) -> None:

@@ -7,7 +7,9 @@ and that is checked per backend), and, taking turns, the per-queue/task/state co
 listing of one state. Every call's return value is compared too. Invariants: a job is in exactly
 one state (its listing by state agrees with its record); attempts never drop except through
 ``release`` or ``retry_jobs(reset_attempts=True)``; fences never drop; a call with a stale or
-never-issued fence changes nothing.
+never-issued fence changes nothing; a fenced write repeated at once (a lost reply) answers as
+the first did and changes nothing; at most one job holds each idempotency key (a retry that
+would make a second holder is refused, naming the holder, identically everywhere).
 
 Every example gets a fresh store (SQLite file, PostgreSQL schema, Redis prefix) on an event loop
 of its own, cleaned up in ``teardown``.
@@ -38,7 +40,7 @@ from conveyor.backends.capabilities import Defers
 from conveyor.backends.memory import MemoryFactory
 from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import ErrorInfo, JobFilter, JobRecord, LogEntry, NewJob
-from conveyor.domain.states import JobState
+from conveyor.domain.states import KEY_HOLDING_STATES, JobState
 
 from ._support import T, normalized, normalized_claim, open_factory
 
@@ -49,6 +51,7 @@ QUEUES = ("q1", "q2")
 WORKERS = ("w1", "w2")
 UNKNOWN = "f" * 32
 BIG = 100_000
+HOLDING = tuple(sorted(KEY_HOLDING_STATES))
 #: Error codes whose message is prose the backend writes itself (compared by code and type).
 PROSE_CODES = frozenset({"expired", "poison_message"})
 
@@ -132,7 +135,6 @@ class BackendAgreement(RuleBasedStateMachine):
         self.now = T
         self.ids: list[str] = []
         self.claims: dict[str, list[Claim]] = {}
-        self.key_owners: dict[str, list[str]] = {}  # key -> ids created with it, oldest first
         self.last: list[dict[str, tuple[int, int]]] = [{}, {}]  # per backend: (attempts, fence)
         self.may_lower_attempts: set[str] = set()
         self.step = 0
@@ -196,9 +198,11 @@ class BackendAgreement(RuleBasedStateMachine):
         claim: Claim,
         current: bool,
         call: Callable[[Backend, int], Coroutine[Any, Any, R]],
+        repeat: bool = False,
     ) -> R:
         """Run a fenced call on both backends; the results must agree, and a stale fence must
-        change nothing at all."""
+        change nothing at all. With ``repeat``, the same call again at once (a client that lost
+        the reply): it must answer as the first did and change nothing."""
         before = self.both(lambda b: b.get_job(job_id))
         ref = self.run(call(self.ref, claim.ref_fence))
         real = self.run(call(self.real, claim.real_fence))
@@ -207,6 +211,12 @@ class BackendAgreement(RuleBasedStateMachine):
             assert not ref, "a stale fence was accepted"
             after = self.both(lambda b: b.get_job(job_id))
             assert after == before, "a call with a stale fence changed the job"
+        if repeat:
+            first = self.both(lambda b: b.get_job(job_id))
+            again_ref = self.run(call(self.ref, claim.ref_fence))
+            again_real = self.run(call(self.real, claim.real_fence))
+            assert again_real == again_ref == ref, f"repeat: {again_real!r}/{again_ref!r}/{ref!r}"
+            assert self.both(lambda b: b.get_job(job_id)) == first, "a repeat changed the job"
         return ref
 
     def filters(self, data: st.DataObject) -> JobFilter:
@@ -260,11 +270,9 @@ class BackendAgreement(RuleBasedStateMachine):
             )
         ref, real = self.both(lambda b: b.enqueue(jobs, now=self.now))
         assert real == ref
-        for result, new in zip(ref, jobs, strict=True):
+        for result in ref:
             if result.created:
                 self.ids.append(result.id)
-                if new.idempotency_key is not None:
-                    self.key_owners.setdefault(new.idempotency_key, []).append(result.id)
 
     # -- worker ------------------------------------------------------------------------------
     @rule(
@@ -316,8 +324,9 @@ class BackendAgreement(RuleBasedStateMachine):
     @rule(
         worker=st.sampled_from(WORKERS),
         outcome=st.sampled_from(("complete", "dead", "dead-dlq", "retry", "retry-later")),
+        repeat=st.booleans(),
     )
-    def work_one(self, worker: str, outcome: str) -> None:
+    def work_one(self, worker: str, outcome: str, repeat: bool) -> None:
         """Claim the next job and finish it at once: the common path, taken often."""
         claimed = self.claim_both(worker, QUEUES, 1, 10.0)
         if not claimed:
@@ -326,7 +335,9 @@ class BackendAgreement(RuleBasedStateMachine):
         claim = self.claims[job_id][-1]
         err = ErrorInfo("error", "RuntimeError", "boom", None, attempt=1, at=self.now)
         if outcome == "complete":
-            self.fenced(job_id, claim, True, lambda b, f: b.complete(job_id, f, b"r", self.now))
+            self.fenced(
+                job_id, claim, True, lambda b, f: b.complete(job_id, f, b"r", self.now), repeat
+            )
             return
         delay = {"dead": None, "dead-dlq": None, "retry": 0.0, "retry-later": 2.0}[outcome]
         dlq = "dlq" if outcome == "dead-dlq" else None
@@ -337,6 +348,7 @@ class BackendAgreement(RuleBasedStateMachine):
             lambda b, f: b.fail(
                 job_id, f, err, retry_delay=delay, now=self.now, dead_letter_queue=dlq
             ),
+            repeat,
         )
 
     @precondition(lambda self: bool(self.claims))
@@ -374,12 +386,16 @@ class BackendAgreement(RuleBasedStateMachine):
         return beat
 
     @precondition(lambda self: bool(self.claims))
-    @rule(data=st.data(), result=st.sampled_from((None, b"", b"ok\x00")))
-    def complete(self, data: st.DataObject, result: bytes | None) -> None:
+    @rule(data=st.data(), result=st.sampled_from((None, b"", b"ok\x00")), repeat=st.booleans())
+    def complete(self, data: st.DataObject, result: bytes | None, repeat: bool) -> None:
         job_id = self.pick_claimed(data)
         claim, current = self.pick_fence(data, job_id)
         self.fenced(
-            job_id, claim, current, lambda b, f: b.complete(job_id, f, result, now=self.now)
+            job_id,
+            claim,
+            current,
+            lambda b, f: b.complete(job_id, f, result, now=self.now),
+            repeat,
         )
 
     @precondition(lambda self: bool(self.claims))
@@ -389,6 +405,7 @@ class BackendAgreement(RuleBasedStateMachine):
         terminal=st.sampled_from((JobState.FAILED, JobState.CANCELLED)),
         dlq=st.sampled_from((None, "dlq")),
         code=st.sampled_from(("error", "timeout")),
+        repeat=st.booleans(),
     )
     def fail(
         self,
@@ -397,6 +414,7 @@ class BackendAgreement(RuleBasedStateMachine):
         terminal: JobState,
         dlq: str | None,
         code: str,
+        repeat: bool,
     ) -> None:
         job_id = self.pick_claimed(data)
         claim, current = self.pick_fence(data, job_id)
@@ -414,14 +432,16 @@ class BackendAgreement(RuleBasedStateMachine):
                 terminal=terminal,
                 dead_letter_queue=dlq,
             ),
+            repeat,
         )
 
     @precondition(lambda self: bool(self.claims))
-    @rule(data=st.data())
-    def release(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), repeat=st.booleans())
+    def release(self, data: st.DataObject, repeat: bool) -> None:
         job_id = self.pick_claimed(data)
         claim, current = self.pick_fence(data, job_id)
-        if self.fenced(job_id, claim, current, lambda b, f: b.release(job_id, f, now=self.now)):
+        call = lambda b, f: b.release(job_id, f, now=self.now)  # noqa: E731
+        if self.fenced(job_id, claim, current, call, repeat):
             self.may_lower_attempts.add(job_id)
 
     @precondition(lambda self: bool(self.claims))
@@ -500,16 +520,13 @@ class BackendAgreement(RuleBasedStateMachine):
     @rule(data=st.data(), reset=st.booleans())
     def retry_jobs(self, data: st.DataObject, reset: bool) -> None:
         flt = self.filters(data)
-        # A job whose idempotency key a newer job has taken since is left out: the protocol does
-        # not settle who holds a key once its last taker died and an older holder is retried.
-        superseded = {i for owners in self.key_owners.values() for i in owners[:-1]}
-        if superseded:
-            allowed = [i for i in (flt.ids or self.ids) if i not in superseded]
-            flt = replace(flt, ids=tuple(allowed))
+        limit = data.draw(st.sampled_from((BIG, BIG, 1, 2)), label="limit")
         ref, real = self.both(
-            lambda b: b.retry_jobs(flt, reset_attempts=reset, now=self.now, limit=BIG)
+            lambda b: b.retry_jobs(flt, reset_attempts=reset, now=self.now, limit=limit)
         )
-        assert sorted(real) == sorted(ref)
+        assert list(real) == list(ref)
+        # One live holder per key: a job whose key another job holds is refused, naming it.
+        assert real.refused == ref.refused
         if reset:
             self.may_lower_attempts.update(ref)
 
@@ -554,6 +571,16 @@ class BackendAgreement(RuleBasedStateMachine):
             assert comparable(one_real) == comparable(one_ref)
 
     # -- after every step --------------------------------------------------------------------
+    @invariant()
+    def one_live_holder_per_key(self) -> None:
+        """At most one job in a key-holding state per idempotency key (the reference's)."""
+        holders: dict[str, str] = {}
+        for record in self.run(self.ref.list_jobs(JobFilter(states=HOLDING), limit=BIG)):
+            key = record.idempotency_key
+            if key is not None:
+                assert key not in holders, f"{key!r} held by {holders[key]} and {record.id}"
+                holders[key] = record.id
+
     @invariant()
     def backends_agree(self) -> None:
         """One pass over everything each backend stores, checked every way at once."""

@@ -7,10 +7,7 @@ yet is skipped; a kind whose server is unreachable is skipped locally and fails 
 
 from __future__ import annotations
 
-import functools
 import importlib
-import os
-import socket
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,28 +18,14 @@ import pytest
 from conveyor.backends import BackendFactory, factory_from_url
 from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import ClaimedJob, ErrorInfo, JobRecord, LogEntry, NewJob
+from tests.support import POSTGRES_URL, REDIS_URL, in_ci, reachable, server_of
 
 KINDS = ("memory", "sqlite", "postgres", "redis")
 REAL_KINDS = ("sqlite", "postgres", "redis")
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
-REDIS_URL = "redis://127.0.0.1:6379/0"
-_SERVERS = {"postgres": ("127.0.0.1", 5432), "redis": ("127.0.0.1", 6379)}
+_SERVERS = {"postgres": server_of(POSTGRES_URL), "redis": server_of(REDIS_URL)}
 
 #: The base time of the fake clock every contract test uses (exact in binary and in µs).
 T = 1_700_000_000.0
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-@functools.cache
-def _reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=2.0):
-            return True
-    except OSError:
-        return False
 
 
 def require_kind(kind: str) -> None:
@@ -54,7 +37,7 @@ def require_kind(kind: str) -> None:
         except ImportError as exc:  # ModuleNotFoundError included
             pytest.skip(f"conveyor.backends.{kind} is not importable yet: {exc}")
     server = _SERVERS.get(kind)
-    if server is not None and not _reachable(*server):
+    if server is not None and not reachable(*server):
         message = f"{kind} server at {server[0]}:{server[1]} is unreachable"
         if in_ci():
             pytest.fail(message)

@@ -250,35 +250,65 @@ async def test_key_of_a_deleted_job_is_free_again(backend: Backend) -> None:
     ]
 
 
-async def test_retried_job_does_not_take_back_a_key_another_job_took(backend: Backend) -> None:
-    old_id = await _bring_to(backend, "k", JobState.FAILED)
-    newer = job(idempotency_key="k")
-    assert (await backend.enqueue([newer], now=T + 5))[0].created
-    # Retrying from the dead-letter set is never refused because of the key...
-    assert await backend.retry_jobs(JobFilter(ids=(old_id,)), now=T + 6) == [old_id]
-    old = await backend.get_job(old_id)
-    assert old is not None and old.state is JobState.QUEUED and old.idempotency_key == "k"
-    # ...and the key stays with the job that took it last.
-    assert await backend.enqueue([job(idempotency_key="k")], now=T + 7) == [
-        EnqueueResult(newer.id, False, JobState.QUEUED)
-    ]
+# One live holder per key: a job retried from the dead-letter set does not take its key back
+# from a job holding it; the retry is refused for that job, naming the holder.
 
 
-async def test_key_after_its_last_taker_died_and_an_older_holder_came_back(
-    backend: Backend,
+@pytest.mark.parametrize(
+    "holder_state",
+    [JobState.QUEUED, JobState.RUNNING, JobState.COMPLETED, JobState.SCHEDULED],
+)
+async def test_retry_of_a_job_whose_key_another_job_holds_is_refused(
+    backend: Backend, holder_state: JobState
 ) -> None:
-    # An older job is live again after a retry, but the key was last taken by a newer job that
-    # has since died. The protocol does not settle whether the key is free now (memory, SQLite
-    # and Redis: yes, so two live jobs share it) or held by the older job (PostgreSQL); either
-    # way the enqueue must answer with a live job that has the key.
+    old_id = await _bring_to(backend, "k", JobState.FAILED)
+    newer = job(idempotency_key="k", queue="other", run_at=T + 100)
+    assert (await backend.enqueue([newer], now=T + 5))[0].created
+    if holder_state is not JobState.SCHEDULED:
+        [claimed] = await backend.claim("w", ["other"], 1, 30, now=T + 100)
+        if holder_state is JobState.COMPLETED:
+            assert await backend.complete(newer.id, claimed.fence, None, now=T + 101)
+        elif holder_state is JobState.QUEUED:
+            assert await backend.release(newer.id, claimed.fence, now=T + 101)
+    before = await backend.get_job(old_id)
+    retried = await backend.retry_jobs(JobFilter(ids=(old_id,)), now=T + 6)
+    assert retried == [] and retried.refused == {old_id: newer.id}
+    assert await backend.get_job(old_id) == before  # left as it was
+    # ...and the key stays with its holder.
+    [again] = await backend.enqueue([job(idempotency_key="k")], now=T + 7)
+    assert again.id == newer.id and not again.created
+
+
+async def test_retry_takes_a_key_nobody_holds(backend: Backend) -> None:
     old_id = await _bring_to(backend, "k", JobState.FAILED)
     newer = job(idempotency_key="k", queue="other")
     await backend.enqueue([newer], now=T + 5)
     assert await backend.cancel(newer.id, now=T + 6) is CancelOutcome.CANCELLED
-    assert await backend.retry_jobs(JobFilter(ids=(old_id,)), now=T + 7) == [old_id]
+    retried = await backend.retry_jobs(JobFilter(ids=(old_id,)), now=T + 7)
+    assert retried == [old_id] and retried.refused == {}
     third = job(idempotency_key="k")
-    [result] = await backend.enqueue([third], now=T + 8)
-    assert result.id in (old_id, third.id) and result.created == (result.id == third.id)
-    holder = await backend.get_job(result.id)
-    assert holder is not None and holder.state is JobState.QUEUED
-    assert holder.idempotency_key == "k"
+    assert await backend.enqueue([third], now=T + 8) == [
+        EnqueueResult(old_id, False, JobState.QUEUED)
+    ]
+    # The cancelled newer job cannot come back while the retried one holds the key.
+    again = await backend.retry_jobs(JobFilter(ids=(newer.id,)), now=T + 9)
+    assert again == [] and again.refused == {newer.id: old_id}
+    assert await backend.cancel("f" * 32, now=T) is CancelOutcome.NOT_FOUND
+
+
+async def test_retry_of_jobs_sharing_a_free_key_gives_it_to_the_oldest(backend: Backend) -> None:
+    first = await _bring_to(backend, "k", JobState.FAILED)
+    second = job(idempotency_key="k")
+    await backend.enqueue([second], now=T + 5)
+    [claimed] = await backend.claim("w", ["default"], 1, 30, now=T + 5)
+    assert claimed.id == second.id
+    assert await backend.fail(second.id, claimed.fence, error(), retry_delay=None, now=T + 6)
+    plain = await _bring_to(backend, "other-key", JobState.CANCELLED)
+    retried = await backend.retry_jobs(JobFilter(), now=T + 7)
+    assert sorted(retried) == sorted([first, plain]) and retried.refused == {second.id: first}
+    live = [
+        r
+        for r in await backend.list_jobs(JobFilter(states=(JobState.QUEUED,)))
+        if r.idempotency_key == "k"
+    ]
+    assert [r.id for r in live] == [first]

@@ -6,7 +6,7 @@ import pytest
 
 from conveyor.backends import Backend, CancelOutcome
 from conveyor.domain.job import JobFilter, JobRecord
-from conveyor.domain.states import JobState
+from conveyor.domain.states import STORED_STATES, JobState
 
 from ._support import T, approx_t, error, job
 
@@ -129,7 +129,7 @@ async def test_cancel_an_unknown_job(backend: Backend) -> None:
 
 
 async def test_retry_moves_only_retryable_states_back_to_queued(backend: Backend) -> None:
-    ids = {state: await _job_in(backend, state, queue=f"q-{state}") for state in JobState}
+    ids = {state: await _job_in(backend, state, queue=f"q-{state}") for state in STORED_STATES}
     retried = await backend.retry_jobs(JobFilter(), now=T + 50)
     expected = {ids[JobState.FAILED], ids[JobState.CANCELLED], ids[JobState.EXPIRED]}
     assert sorted(retried) == sorted(expected)
@@ -155,6 +155,7 @@ async def test_retry_resets_the_dead_letter_but_keeps_history(backend: Backend) 
     assert record.state is JobState.QUEUED
     assert record.run_at == approx_t(T + 50)
     assert record.attempts == 1
+    assert record.max_attempts == 3  # attempts were left: unchanged
     assert record.finished_at is None
     assert record.dead_letter_queue is None
     assert record.stalls == 0
@@ -167,8 +168,30 @@ async def test_retry_with_reset_attempts(backend: Backend) -> None:
     job_id = await _job_in(backend, JobState.FAILED)
     assert await backend.retry_jobs(JobFilter(), reset_attempts=True, now=T + 50) == [job_id]
     assert (await _get(backend, job_id)).attempts == 0
+    assert (await _get(backend, job_id)).max_attempts == 3
     [claimed] = await backend.claim("w", ["default"], 1, 30, now=T + 50)
     assert claimed.attempt == 1
+
+
+async def test_retry_of_a_job_out_of_attempts_grants_one_more_and_says_so(
+    backend: Backend,
+) -> None:
+    new = job(max_attempts=2)
+    await backend.enqueue([new], now=T)
+    for n in (1, 2):
+        [claimed] = await backend.claim("w", ["default"], 1, 30, now=T + n)
+        delay = 0.0 if n == 1 else None
+        await backend.fail(new.id, claimed.fence, error(attempt=n), retry_delay=delay, now=T + n)
+    assert (await _get(backend, new.id)).state is JobState.FAILED
+    assert await backend.retry_jobs(JobFilter(), now=T + 50) == [new.id]
+    record = await _get(backend, new.id)
+    assert (record.attempts, record.max_attempts) == (2, 3)  # "3/3" when it runs, not "3/2"
+    [claimed] = await backend.claim("w", ["default"], 1, 30, now=T + 50)
+    assert (claimed.attempt, claimed.max_attempts) == (3, 3)
+    assert await backend.fail(new.id, claimed.fence, error(), retry_delay=None, now=T + 51)
+    assert await backend.retry_jobs(JobFilter(), reset_attempts=True, now=T + 60) == [new.id]
+    record = await _get(backend, new.id)
+    assert (record.attempts, record.max_attempts) == (0, 3)
 
 
 async def test_retry_clears_a_cancellation(backend: Backend) -> None:
@@ -220,7 +243,7 @@ async def test_retried_jobs_are_ordered_by_their_new_run_at(backend: Backend) ->
 
 
 async def test_delete_removes_only_terminal_jobs(backend: Backend) -> None:
-    ids = {state: await _job_in(backend, state, queue=f"q-{state}") for state in JobState}
+    ids = {state: await _job_in(backend, state, queue=f"q-{state}") for state in STORED_STATES}
     assert await backend.delete_jobs(JobFilter()) == 4
     for state, job_id in ids.items():
         record = await backend.get_job(job_id)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from conveyor.backends import Backend
 from conveyor.domain.job import CountRow, JobFilter, LogEntry, WorkerInfo
 from conveyor.domain.states import JobState
 
-from ._support import T, error, job, log_entry
+from ._support import T, error, job, log_entry, normalized
 
 
 async def test_get_unknown_job(backend: Backend) -> None:
@@ -180,3 +182,37 @@ async def test_metadata_values_round_trip(backend: Backend) -> None:
     assert record is not None and record.metadata == metadata
     [claimed] = await backend.claim("w", ["default"], 1, 30, now=T)
     assert claimed.metadata == metadata
+
+
+async def test_summaries_are_full_records_without_the_heavy_fields(backend: Backend) -> None:
+    big = b"x" * 100_000
+    done, dead, waiting = job(payload=big), job(payload=big), job(payload=big, run_at=T + 60)
+    await backend.enqueue([done, dead, waiting], now=T)
+    claimed = {c.id: c for c in await backend.claim("w", ["default"], 2, 30, now=T)}
+    await backend.set_progress(done.id, claimed[done.id].fence, b"50%", now=T)
+    await backend.append_logs(done.id, [log_entry("hello")])
+    assert await backend.complete(done.id, claimed[done.id].fence, big, now=T + 1)
+    await backend.fail(dead.id, claimed[dead.id].fence, error(), retry_delay=None, now=T + 1)
+
+    flt = JobFilter(states=(JobState.COMPLETED, JobState.FAILED, JobState.SCHEDULED))
+    full = await backend.list_jobs(flt)
+    summaries = await backend.list_summaries(flt)
+    assert [s.id for s in summaries] == [r.id for r in full]
+    for record, summary in zip(full, summaries, strict=True):
+        assert summary.summary and not record.summary
+        assert summary.payload == b"" and summary.result is None and summary.progress is None
+        assert summary.logs == () and summary.errors == ()
+        light = replace(
+            record,
+            payload=b"",
+            result=None,
+            progress=None,
+            logs=(),
+            errors=(),
+            error=None if record.error is None else replace(record.error, traceback=None),
+            summary=True,
+        )
+        assert normalized(summary, keep_fence=True) == normalized(light, keep_fence=True)
+    [failed] = [s for s in summaries if s.id == dead.id]
+    assert failed.error is not None and failed.error.code == "error"
+    assert await backend.list_summaries(flt, limit=1, offset=1) == summaries[1:2]

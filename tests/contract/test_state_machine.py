@@ -60,7 +60,24 @@ class _RecoveryForgetsCancellation(MemoryBackend):
         return await super().cancel(job_id, reason, now)
 
 
+class _RepeatedCompletionSaysLeaseLost(MemoryBackend):
+    async def complete(
+        self, job_id: str, fence: int, result: bytes | None, now: float | None = None
+    ) -> bool:
+        job = self.store.jobs.get(job_id)
+        if job is None or job.state is not JobState.RUNNING:
+            return False
+        return await super().complete(job_id, fence, result, now)
+
+
+class _RetryIgnoresKeyHolders(MemoryBackend):
+    def _key_holder(self, key: str, other_than: str) -> str | None:
+        return None
+
+
 MUTANTS: dict[str, type[MemoryBackend]] = {
+    "repeated-complete-lease-lost": _RepeatedCompletionSaysLeaseLost,
+    "retry-ignores-key-holders": _RetryIgnoresKeyHolders,
     "release-counts-attempt": _ReleaseCountsTheAttempt,
     "complete-ignores-fence": _CompleteIgnoresTheFence,
     "cancel-request-lost": _RecoveryForgetsCancellation,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import statistics
 import subprocess
 import sys
 import textwrap
@@ -25,15 +24,28 @@ from conveyor.domain.states import JobState
 from conveyor.errors import BackendError
 
 try:
-    from .test_postgres_support import URL, T, client, job, migrated_factory, require_server
+    from .test_postgres_support import (
+        URL,
+        T,
+        blocked_waiter,
+        client,
+        count_probes,
+        job,
+        migrated_factory,
+        require_server,
+        wait_until,
+    )
 except ImportError:  # tests/integration is not a package
     from test_postgres_support import (  # type: ignore[no-redef]
         URL,
         T,
+        blocked_waiter,
         client,
+        count_probes,
         job,
         migrated_factory,
         require_server,
+        wait_until,
     )
 
 
@@ -285,63 +297,80 @@ async def test_task_patterns_treat_like_wildcards_literally(
 
 
 # -- wake-ups ---------------------------------------------------------------------------------
-async def _latency(waiter: PostgresBackend, producer: PostgresBackend, queue: str) -> float:
-    task = asyncio.create_task(waiter.wait_for_jobs([queue], 5.0))
-    deadline = time.monotonic() + 5
-    while not waiter.stats()["listening"]:
-        assert time.monotonic() < deadline, "the LISTEN connection never came up"
-        await asyncio.sleep(0.005)
-    await asyncio.sleep(0.05)  # let the waiter finish its first check and block
-    await producer.enqueue([job(queue=queue)])
-    sent = time.perf_counter()
-    await asyncio.wait_for(task, 5.0)
-    return time.perf_counter() - sent
+# A waiter's fallback poll is set far beyond the tests' deadlines, so a waiter that returns in
+# time can only have been woken by the notification (no latency threshold: speed is measured
+# by `make bench`).
+SLOW_POLL = 120.0
 
 
-async def test_an_idle_waiter_wakes_within_100ms_of_an_enqueue_elsewhere(
-    factory: PostgresFactory,
-) -> None:
-    async with client(factory) as waiter, client(factory) as producer:
-        samples = [await _latency(waiter, producer, f"q{i}") for i in range(7)]
-    print("LISTEN wake-up latency ms:", [round(s * 1000, 1) for s in samples])
-    assert statistics.median(samples) < 0.1
-    assert max(samples) < 0.5
+async def test_an_idle_waiter_wakes_on_a_notification_of_an_enqueue_elsewhere() -> None:
+    require_server()
+    async with (
+        migrated_factory(poll_interval=SLOW_POLL) as factory,
+        client(factory) as waiter,
+        client(factory) as producer,
+    ):
+        for i in range(3):
+            await waiter.wait_for_jobs([f"q{i}"], 0.01)  # starts the listener
+            await wait_until(lambda: waiter.stats()["listening"], 10, message="LISTEN")
+            before = waiter.stats()["notify_received"]
+            task = await blocked_waiter(waiter, [f"q{i}"], timeout=SLOW_POLL)
+            assert not task.done()  # nothing else touches this queue
+            await producer.enqueue([job(queue=f"q{i}")])
+            await asyncio.wait_for(task, 10.0)
+            assert waiter.stats()["notify_received"] > before
 
 
-async def test_polling_only_wakes_within_the_poll_interval() -> None:
+async def test_polling_only_wakes_at_the_poll_interval() -> None:
     require_server()
     async with (
         migrated_factory(listen=False, poll_interval=0.2) as factory,
         client(factory) as waiter,
         client(factory) as producer,
     ):
-        task = asyncio.create_task(waiter.wait_for_jobs(["default"], 5.0))
-        await asyncio.sleep(0.05)
+        probes = count_probes(waiter)
+        task = asyncio.create_task(waiter.wait_for_jobs(["default"], SLOW_POLL))
+        await wait_until(lambda: probes, 10, message="the first check")
         await producer.enqueue([job()])
-        sent = time.perf_counter()
-        await asyncio.wait_for(task, 5.0)
-        assert time.perf_counter() - sent < 0.5
+        await asyncio.wait_for(task, 10.0)  # woken by a later poll: nothing notifies
+        assert len(probes) >= 2
         assert waiter.stats()["listening"] is False
+        assert waiter.stats()["notify_received"] == 0
 
 
-async def test_wait_for_finish_wakes_on_completion_elsewhere(factory: PostgresFactory) -> None:
-    async with client(factory) as a, client(factory) as b:
+async def test_wait_for_finish_wakes_on_completion_elsewhere() -> None:
+    require_server()
+    async with (
+        migrated_factory(poll_interval=SLOW_POLL) as factory,
+        client(factory) as a,
+        client(factory) as b,
+    ):
         new = job()
         await a.enqueue([new])
         [claimed] = await b.claim("w", ["default"], 1, 30)
-        waiting = asyncio.create_task(a.wait_for_finish(new.id, 5.0))
-        await asyncio.sleep(0.2)  # the waiter has backed off past its first polls
+        reads: list[int] = []
+        get_job = a.get_job
+
+        async def counting(job_id: str) -> Any:
+            reads.append(1)
+            return await get_job(job_id)
+
+        a.get_job = counting  # type: ignore[method-assign]
+        waiting = asyncio.create_task(a.wait_for_finish(new.id, SLOW_POLL))
+        # Past its first quick re-reads, the waiter backs off towards the (slow) poll cap.
+        await wait_until(lambda: len(reads) >= 4 and a.stats()["listening"], 10)
         assert await b.complete(claimed.id, claimed.fence, b"done")
-        done = time.perf_counter()
-        record = await asyncio.wait_for(waiting, 5.0)
+        record = await asyncio.wait_for(waiting, 10.0)
         assert record is not None and record.state is JobState.COMPLETED
-        assert time.perf_counter() - done < 0.15
 
 
-async def test_notifications_are_rate_limited_per_queue_with_a_trailing_one(
-    factory: PostgresFactory,
-) -> None:
-    async with client(factory) as waiter, client(factory) as producer:
+async def test_notifications_are_rate_limited_per_queue_with_a_trailing_one() -> None:
+    require_server()
+    async with (
+        migrated_factory(poll_interval=SLOW_POLL) as factory,
+        client(factory) as waiter,
+        client(factory) as producer,
+    ):
         for _ in range(30):
             await producer.enqueue([job()])
         stats = producer.stats()
@@ -350,11 +379,12 @@ async def test_notifications_are_rate_limited_per_queue_with_a_trailing_one(
         # The last enqueue of the burst was suppressed; its trailing notification still
         # reaches an idle waiter on a queue that has work only from that burst.
         assert (await waiter.claim("w", ["default"], 100, 30)) != []
-        task = asyncio.create_task(waiter.wait_for_jobs(["default"], 5.0))
-        await asyncio.sleep(0.05)
+        await waiter.wait_for_jobs(["default"], 0.01)  # starts the listener
+        await wait_until(lambda: waiter.stats()["listening"], 10, message="LISTEN")
+        task = await blocked_waiter(waiter, ["default"], timeout=SLOW_POLL)
         await producer.enqueue([job()])
         await producer.enqueue([job()])  # inside the window: suppressed, trailing later
-        await asyncio.wait_for(task, 2.0)
+        await asyncio.wait_for(task, 10.0)
 
 
 # -- retention and storage --------------------------------------------------------------------
@@ -448,9 +478,9 @@ async def test_concurrent_completions_share_statements(backend: PostgresBackend)
     results = await asyncio.gather(
         *(backend.complete(c.id, c.fence, c.id.encode(), T + 1) for c in claimed),
         backend.complete(stale.id, stale.fence + 7, None, T + 1),  # a fence never issued
-        backend.complete(stale.id, stale.fence, b"again", T + 1),  # the same job twice
+        backend.complete(stale.id, stale.fence, b"again", T + 1),  # a repeat: answered alike
     )
-    assert results == [True] * 200 + [False, False]
+    assert results == [True] * 200 + [False, True]
     stats = backend.stats()
     assert stats["complete_items"] == 202
     assert stats["complete_batches"] < 20

@@ -19,15 +19,28 @@ from conveyor.backends.postgres.tx import complete_on, enqueue_on, enqueue_on_sy
 from conveyor.domain.states import JobState
 
 try:
-    from .test_postgres_support import URL, T, client, job, migrated_factory, require_server
+    from .test_postgres_support import (
+        URL,
+        T,
+        blocked_waiter,
+        client,
+        job,
+        lock_waiters,
+        migrated_factory,
+        require_server,
+        wait_until,
+    )
 except ImportError:  # tests/integration is not a package
     from test_postgres_support import (  # type: ignore[no-redef]
         URL,
         T,
+        blocked_waiter,
         client,
         job,
+        lock_waiters,
         migrated_factory,
         require_server,
+        wait_until,
     )
 
 
@@ -130,28 +143,34 @@ def test_sync_outbox_on_an_autocommit_connection_is_one_transaction(
 async def test_outbox_commit_wakes_a_waiting_worker_and_rollback_does_not(
     factory: PostgresFactory,
 ) -> None:
-    async with client(factory) as waiter:
+    async with client(factory) as waiter, client(factory) as other:
+        await waiter.wait_for_jobs(["outbox"], 0.01)  # starts the listener
+        await wait_until(lambda: waiter.stats()["listening"], 10, message="LISTEN")
+
+        async def flushed() -> int:
+            """Notifications are delivered in commit order: once one sent now has arrived,
+            any committed before it has too. The count received by then."""
+            before = waiter.stats()["notify_received"]
+            await other._send_notify(other.jobs_channel, "marker")
+            await wait_until(lambda: waiter.stats()["notify_received"] > before, 10)
+            return int(waiter.stats()["notify_received"])
+
         # Rolled back: the notification is dropped with the transaction.
-        waiting = asyncio.create_task(waiter.wait_for_jobs(["outbox"], 0.6))
-        await asyncio.sleep(0.1)
+        start = await flushed()
         async with await psycopg.AsyncConnection.connect(URL) as conn:
             await enqueue_on(conn, [job(queue="outbox")], schema=factory.schema)
             await conn.rollback()
-        started = asyncio.get_running_loop().time()
-        await waiting
-        assert asyncio.get_running_loop().time() - started > 0.3
+        assert await flushed() == start + 1  # only the marker came
 
         # Committed: delivered at commit, not before.
-        waiting = asyncio.create_task(waiter.wait_for_jobs(["outbox"], 5.0))
-        await asyncio.sleep(0.1)
+        waiting = await blocked_waiter(waiter, ["outbox"], timeout=60.0)
         async with await psycopg.AsyncConnection.connect(URL) as conn:
             await enqueue_on(conn, [job(queue="outbox")], schema=factory.schema)
-            await asyncio.sleep(0.2)
+            before = await flushed()
             assert not waiting.done()
             await conn.commit()
-            committed = asyncio.get_running_loop().time()
-        await asyncio.wait_for(waiting, 5.0)
-        assert asyncio.get_running_loop().time() - committed < 0.2
+        await asyncio.wait_for(waiting, 10.0)
+        assert await flushed() == before + 2  # the commit's, then the marker
 
 
 async def test_an_open_outbox_transaction_holds_its_idempotency_key(
@@ -162,7 +181,7 @@ async def test_an_open_outbox_transaction_holds_its_idempotency_key(
         await enqueue_on(conn, [first], schema=factory.schema)
         # A concurrent enqueue of the same key waits for the transaction's outcome...
         second = asyncio.create_task(backend.enqueue([job(idempotency_key="order:1")]))
-        await asyncio.sleep(0.2)
+        await wait_until(lambda: lock_waiters(factory.schema), 10, message="a blocked enqueue")
         assert not second.done()
         await conn.commit()
     [result] = await asyncio.wait_for(second, 5.0)
@@ -176,7 +195,7 @@ async def test_after_a_rolled_back_outbox_the_key_is_free(
     async with await psycopg.AsyncConnection.connect(URL) as conn:
         await enqueue_on(conn, [job(idempotency_key="order:2")], schema=factory.schema)
         second = asyncio.create_task(backend.enqueue([job(idempotency_key="order:2")]))
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: lock_waiters(factory.schema), 10, message="a blocked enqueue")
         await conn.rollback()
     [result] = await asyncio.wait_for(second, 5.0)
     assert result.created
@@ -283,10 +302,7 @@ async def test_kill_9_between_writes_and_commit_gives_exactly_one_effect(
     async def recovered() -> list[Any]:
         return await backend.recover_expired(3)
 
-    deadline = asyncio.get_running_loop().time() + 10
-    while not await recovered():
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.1)
+    await wait_until(recovered, 10, message="the dead session's job to be recovered")
     assert await orders(factory) == []
 
     [again] = await backend.claim("healthy", ["default"], 1, 30)

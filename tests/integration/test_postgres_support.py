@@ -1,6 +1,6 @@
 """Helpers for the PostgreSQL integration tests (no tests here).
 
-* the shared server at 127.0.0.1:5432 (database ``test``), isolated per test by a fresh schema
+* the shared server (``tests.support.POSTGRES_URL``), isolated per test by a fresh schema
   that is dropped afterwards;
 * a private PostgreSQL cluster on a free loopback port (initdb'd into a temporary directory,
   run as the ``postgres`` OS user) for tests that restart or stop the server, always shut
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import os
 import pwd
 import shutil
@@ -19,40 +18,28 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
-
-import pytest
 
 from conveyor.backends import factory_from_url
 from conveyor.backends.postgres import PostgresFactory
 from conveyor.backends.postgres.backend import PostgresBackend
 from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import NewJob
+from tests.support import POSTGRES_URL, in_ci, skip_or_fail, wait_until
+from tests.support import require_server as require_url
 
-URL = "postgresql://postgres@127.0.0.1:5432/test"
+URL = POSTGRES_URL
 T = 1_700_000_000.0
 
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def skip_or_fail(message: str) -> None:
-    if in_ci():
-        pytest.fail(message)
-    pytest.skip(message)
+__all__ = ["URL", "in_ci", "skip_or_fail", "wait_until"]
 
 
 def require_server() -> None:
-    try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=2.0):
-            return
-    except OSError:
-        skip_or_fail("PostgreSQL at 127.0.0.1:5432 is unreachable")
+    require_url(URL)
 
 
 def fresh_schema() -> str:
@@ -86,22 +73,6 @@ async def client(factory: PostgresFactory) -> AsyncIterator[PostgresBackend]:
         yield backend
     finally:
         await backend.close()
-
-
-async def wait_until(
-    check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0, interval: float = 0.01
-) -> None:
-    """Poll ``check`` (sync or async) until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-
-    async def holds() -> bool:
-        value = check()
-        return bool(await value) if inspect.isawaitable(value) else bool(value)
-
-    while not await holds():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
 
 
 # -- a private cluster ------------------------------------------------------------------------
@@ -239,3 +210,45 @@ async def silent_proxy() -> AsyncIterator[SilentProxy]:
         yield proxy
     finally:
         await proxy.stop()
+
+
+# -- observing a waiter (instead of sleeping) -------------------------------------------------
+def count_probes(backend: PostgresBackend) -> list[float]:
+    """Record each completed ``wait_for_jobs`` probe of ``backend`` (its first check, and each
+    re-check): a waiter whose probe came back is blocked until woken or its next poll."""
+    probes: list[float] = []
+    fetch = backend._fetchall
+
+    async def counting(name: str, params: dict[str, Any], retry: str | None = None) -> Any:
+        rows = await fetch(name, params, retry)
+        if name == "wait_probe":
+            probes.append(time.monotonic())
+        return rows
+
+    backend._fetchall = counting  # type: ignore[method-assign]
+    return probes
+
+
+async def blocked_waiter(
+    backend: PostgresBackend, queues: list[str], timeout: float = 30.0
+) -> asyncio.Task[None]:
+    """``wait_for_jobs`` started in a task whose first check is done (it is blocked now, unless
+    something woke it meanwhile)."""
+    probes = count_probes(backend)
+    task = asyncio.create_task(backend.wait_for_jobs(queues, timeout))
+    await wait_until(lambda: probes or task.done(), 10, message="the waiter's first check")
+    return task
+
+
+async def lock_waiters(schema: str) -> int:
+    """Sessions of ``schema``'s clients blocked on a lock now (seen by the server)."""
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(URL, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE %s",
+            (f"%{schema}%",),
+        )
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0

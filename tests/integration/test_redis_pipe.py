@@ -10,6 +10,7 @@ import gc
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -22,6 +23,7 @@ from conveyor.backends.redis.connect import make_client, make_retry
 from conveyor.backends.redis.pipe import SILENCE, PipeClosedError, ScriptPipe, pack, pipe_for
 from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import NewJob
+from tests.support import wait_until
 
 try:
     from .test_redis_support import SHARED_URL, factory, private_server, require_shared_server
@@ -223,10 +225,12 @@ async def test_a_caller_giving_up_on_a_busy_server_leaves_the_others_calls_alone
     try:
         assert await pipe.execute("PING") == b"PONG"
         busy = asyncio.create_task(other.eval(BUSY, 0))
-        await asyncio.sleep(0.02)  # the server is inside the script now
+        # A head start for the script (not observable from outside: the server answers no
+        # one while it runs); if the INCR still got in first, the test only gets weaker.
+        await asyncio.sleep(0.02)
         counted = asyncio.create_task(pipe.execute("INCR", key))
         gives_up = asyncio.create_task(pipe.execute("PING"))
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: _pending(pipe) >= 2, 10)  # both commands are on the wire
         gives_up.cancel()
         await busy
         assert await counted == 1
@@ -247,7 +251,7 @@ async def test_a_silent_connection_is_dropped_after_a_caller_gives_up(tmp_path: 
             await admin.execute_command("CLIENT", "PAUSE", "4000", "ALL")  # nothing comes back
             waiting = asyncio.create_task(pipe.execute("ECHO", "patient"))
             gives_up = asyncio.create_task(pipe.execute("PING"))
-            await asyncio.sleep(0.1)
+            await wait_until(lambda: _pending(pipe) >= 2, 10)  # both commands are on the wire
             gives_up.cancel()
             first = pipe._protocol
             started = time.monotonic()
@@ -288,8 +292,11 @@ async def test_closing_while_a_call_connects_refuses_the_call() -> None:
         await pipe.close()
         with pytest.raises(PipeClosedError):
             await call
-        await asyncio.sleep(0.05)  # let the server see the close; then nothing of ours is left
-        assert name not in [c.get("name") for c in await admin.client_list()]
+        # The server sees the close: then nothing of ours is left.
+        async def gone() -> bool:
+            return name not in [c.get("name") for c in await admin.client_list()]
+
+        await wait_until(gone, 10)
     finally:
         await admin.aclose()
 
@@ -304,3 +311,9 @@ async def test_a_password_in_the_url_is_accepted_by_a_server_without_one() -> No
         assert await pipe.execute("PING") == b"PONG"
     finally:
         await pipe.close()
+
+
+def _pending(pipe: Any) -> int:
+    """Commands written on the pipe's connection and not answered yet."""
+    protocol = pipe._protocol
+    return 0 if protocol is None else len(protocol.pending)

@@ -1,55 +1,40 @@
 """Helpers for the Redis integration tests (no tests here).
 
-* the shared server at 127.0.0.1:6379, isolated per test by a fresh key prefix;
+* the shared server (``tests.support.REDIS_URL``), isolated per test by a fresh key prefix;
 * private ``redis-server`` processes on free loopback ports (for restarts, passwords, eviction
   policies, command counting and memory measurements), always shut down afterwards.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-import pytest
 import redis.asyncio as aioredis
 
 from conveyor.backends.redis import RedisFactory
+from tests.support import REDIS_URL, in_ci, require_server, skip_or_fail, wait_until
 
-SHARED_URL = "redis://127.0.0.1:6379/0"
+SHARED_URL = REDIS_URL
 
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def _skip_or_fail(message: str) -> None:
-    if in_ci():
-        pytest.fail(message)
-    pytest.skip(message)
+__all__ = ["SHARED_URL", "in_ci", "wait_until"]
 
 
 def require_shared_server() -> None:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=2.0):
-            return
-    except OSError:
-        _skip_or_fail("Redis at 127.0.0.1:6379 is unreachable")
+    require_server(SHARED_URL)
 
 
 def require_redis_server_binary() -> str:
     path = shutil.which("redis-server")
     if path is None:
-        _skip_or_fail("redis-server is not installed")
+        skip_or_fail("redis-server is not installed")
     assert path is not None
     return path
 
@@ -63,17 +48,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-async def wait_until(condition: Any, timeout: float = 10.0, interval: float = 0.02) -> None:
-    """Poll an async ``condition()`` until it is true, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if await condition():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)  # the poll interval; the deadline bounds the wait
 
 
 class RedisServer:

@@ -19,6 +19,7 @@ import pytest
 
 from conveyor import Conveyor
 from tests.contract._support import require_kind
+from tests.support import POSTGRES_URL, REDIS_URL
 
 ROOT = Path(__file__).resolve().parents[2]
 PROCESSES = 4
@@ -29,11 +30,11 @@ def store(kind: str, tmp_path: Path) -> tuple[str, dict[str, Any]]:
     if kind == "sqlite":
         return f"sqlite:///{tmp_path}/sched.db", {}
     if kind == "postgres":
-        return "postgresql://postgres@127.0.0.1:5432/test", {
+        return POSTGRES_URL, {
             "schema": f"sched_{uuid.uuid4().hex[:10]}",
             "auto_migrate": True,
         }
-    return "redis://127.0.0.1:6379/0", {"prefix": f"sched{uuid.uuid4().hex[:10]}"}
+    return REDIS_URL, {"prefix": f"sched{uuid.uuid4().hex[:10]}"}
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres", "redis"])

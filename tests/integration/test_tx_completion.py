@@ -18,22 +18,18 @@ psycopg = pytest.importorskip("psycopg")
 
 from conveyor import Conveyor, JobState  # noqa: E402
 from conveyor.testing import memory_app, run_until_idle  # noqa: E402
+from tests.support import POSTGRES_URL, require_server  # noqa: E402
 
-URL = "postgresql://postgres@127.0.0.1:5432/test"
+URL = POSTGRES_URL
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _server_up() -> bool:
-    try:
-        psycopg.connect(URL, connect_timeout=2).close()
-    except psycopg.Error:
-        return False
-    return True
+pytestmark = pytest.mark.usefixtures("_postgres")
 
 
-pytestmark = pytest.mark.skipif(
-    not _server_up() and not os.environ.get("CI"), reason="PostgreSQL is not reachable"
-)
+@pytest.fixture
+def _postgres() -> None:
+    require_server(URL)  # skipped only when unreachable (failed under CI)
 
 
 @pytest.fixture

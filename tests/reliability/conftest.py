@@ -3,8 +3,9 @@
 Two sizes. The bounded CI form (default) keeps the whole directory to a few minutes on a
 2-core machine with ``-n 2``; the long form (``CONVEYOR_RELIABILITY=long`` or ``--long``) runs
 thousands of jobs and minutes of soak. Every test writes its figures to
-``tests/reliability/.results/<scenario>--<backend>.json``; at the end of the session
-``report.py`` turns them into ``RELIABILITY.md``.
+``tests/reliability/.results/<scenario>--<backend>.json``; ``report.py`` turns them into
+``RELIABILITY.md`` — at the end of the session only when ``CONVEYOR_RELIABILITY_REPORT=1``
+(``make reliability``), or on its own (``make reliability-report``).
 """
 
 from __future__ import annotations
@@ -23,15 +24,20 @@ from uuid import uuid4
 import pytest
 
 from tests.acceptance.conftest import require_kind
+from tests.support import POSTGRES_URL, REDIS_URL
+from tests.support.servers import (
+    PgCluster,
+    RedisServer,
+    TcpProxy,
+    drop_template,
+    pg_unavailable_reason,
+)
 
 from . import apps
 from .harness import Ledger, Rig
-from .servers import PgCluster, RedisServer, TcpProxy, drop_template, pg_unavailable_reason
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / ".results"
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
-REDIS_URL = "redis://127.0.0.1:6379/0"
 KINDS = ("sqlite", "postgres", "redis")
 FAILED = pytest.StashKey[bool]()
 
@@ -177,7 +183,9 @@ def _note_bug(nodeid: str, reason: str | None) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if not RESULTS.is_dir() or os.environ.get("CONVEYOR_RELIABILITY_REPORT", "1") == "0":
+    # RELIABILITY.md is tracked: only an explicit request rewrites it (`make reliability`,
+    # `make reliability-report`), never an ordinary test run.
+    if not RESULTS.is_dir() or os.environ.get("CONVEYOR_RELIABILITY_REPORT", "0") != "1":
         return
     ran_here = any(HERE in Path(str(i.path)).parents for i in getattr(session, "items", []))
     if not ran_here:

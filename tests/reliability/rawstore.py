@@ -162,3 +162,18 @@ def delete(rig: Rig, job_id: str) -> None:
                     client.srem(key, job_id)
         finally:
             client.close()
+
+
+def drop(rig: Rig, job_id: str, field: str) -> None:
+    """Delete one stored field of a job outright (Redis: a hash field, or ``payload``, the
+    payload key). SQL columns cannot be absent: this is a Redis-only corruption."""
+    assert rig.kind == "redis", "only Redis stores a job in parts that can go missing"
+    client = _redis(rig)
+    try:
+        base = _base(rig)
+        if field == "payload":
+            assert client.delete(f"{base}d:{job_id}") == 1
+        else:
+            assert client.hdel(f"{base}j:{job_id}", field) == 1
+    finally:
+        client.close()

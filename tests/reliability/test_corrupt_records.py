@@ -21,7 +21,7 @@ import pytest
 
 from . import rawstore
 from .conftest import MakeRig, Results
-from .harness import Rig
+from .harness import Rig, wait_until
 
 GARBAGE = b"\xff\xfe\x00{not json"
 TERMINAL = {"completed", "failed", "cancelled", "expired"}
@@ -132,9 +132,19 @@ async def test_corrupt_stored_records(make_rig: MakeRig, kind: str, results: Res
             "healthy_stalls": healthy_stalls,
             "claim_errors": worker.log().count("claim failed") - log_before,
             "worker_alive": worker.alive,
+            # A dead-lettered record is reported by the worker, by its id, whoever failed it:
+            # the handler's runner (a `failed` event, which this app listens to, else a log
+            # line) or the store, when the claim could not decode it (always a log line).
+            "logged": states[bad] != "failed"
+            or bad in worker.log()
+            or bad in {e.get("job") for e in rig.ledger.events("fail_acked")},
         }
         outcome["ok"] = (
-            worker.alive and set(healthy) == {"completed"} and healthy_stalls == 0 and not wedged
+            worker.alive
+            and set(healthy) == {"completed"}
+            and healthy_stalls == 0
+            and not wedged
+            and outcome["logged"]
         )
         outcomes.append(outcome)
         if not worker.alive:
@@ -158,6 +168,14 @@ async def test_corrupt_stored_records(make_rig: MakeRig, kind: str, results: Res
         },
     )
     assert worker.alive, worker.log()[-3000:]
+    # ...and counted: the worker's dead-letter counter covers every corrupt job it failed.
+    dead = sum(1 for o in outcomes if o["corrupt_job"] == "failed")
+
+    async def counted() -> bool:
+        found = [w for w in await rig.app.inspect.workers() if w.pid == worker.pid]
+        return bool(found) and int(found[0].stats.get("dead", 0)) >= dead
+
+    await wait_until(counted, 15, message=f"the worker to count {dead} dead letters")
     unexpected = [o for o in broken if o["key"] not in KNOWN_BAD]
     assert not unexpected, unexpected
     fixed = [k for k in KNOWN_BAD if k[0] == kind and k not in {o["key"] for o in broken}]

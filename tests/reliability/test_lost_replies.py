@@ -27,9 +27,9 @@ from conveyor.domain.job import ErrorInfo, NewJob
 from conveyor.domain.states import JobState
 from conveyor.errors import StorageUnavailableError
 from tests.acceptance.conftest import require_kind
+from tests.support.servers import TcpProxy
 
 from .conftest import Results
-from .servers import TcpProxy
 
 PORTS = {"postgres": 5432, "redis": 6379}
 

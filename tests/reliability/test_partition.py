@@ -17,9 +17,10 @@ import asyncio
 
 import pytest
 
+from tests.support.servers import TcpProxy
+
 from .conftest import MakeRig, Results, Size
 from .harness import Rig, now, wait_until
-from .servers import TcpProxy
 
 PORTS = {"postgres": 5432, "redis": 6379}
 #: How long the link stays cut after B has re-run everything A held.

@@ -21,11 +21,11 @@ from collections.abc import Callable
 from typing import Any
 
 from conveyor.domain.ids import new_job_id
+from tests.support.servers import PgCluster, RedisServer
 
 from .checker import COMPLETED
 from .conftest import MakeRig, Results, Size
 from .harness import Rig, now, wait_until
-from .servers import PgCluster, RedisServer
 
 #: How long the store stays down: longer than the 2 s lease, so leases run out meanwhile.
 DOWN_FOR = 3.0

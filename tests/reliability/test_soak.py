@@ -23,10 +23,11 @@ from typing import Any
 
 import psycopg
 
+from tests.support.servers import RedisServer
+
 from .checker import Expect
 from .conftest import MakeRig, Results, Size
 from .harness import Rig, children, fd_counts, rss_kib, wait_until
-from .servers import RedisServer
 
 FLAKY = Expect.of("completed")
 DEAD = Expect.of("failed", codes=["error"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from datetime import timedelta
 
 import pytest
@@ -99,3 +100,38 @@ def test_terminal_states_only_leave_by_retry() -> None:
             assert TRANSITIONS[state] <= {JobState.QUEUED}
     assert can_transition(JobState.RUNNING, JobState.SCHEDULED)
     assert not can_transition(JobState.COMPLETED, JobState.QUEUED)
+
+
+def test_ids_are_rfc9562_uuid7() -> None:
+    import uuid
+
+    before = time.time()
+    ids = [new_job_id() for _ in range(3000)]
+    for job_id in ids[:50] + ids[-50:]:
+        parsed = uuid.UUID(job_id)
+        assert parsed.version == 7
+        assert parsed.variant == uuid.RFC_4122
+        assert parsed.hex == job_id
+    assert abs(id_time(ids[0]) - before) < 5
+    # the 48-bit prefix is the Unix time in milliseconds, as RFC 9562 lays it out
+    assert int(uuid.UUID(ids[0]).int >> 80) == int(id_time(ids[0]) * 1000)
+
+
+def test_ids_of_the_earlier_layout_still_read_and_sort() -> None:
+    # 48-bit ms, then a 12-bit counter, a '7' and random bits (what stores hold from before)
+    old = "018c7a4b1c00" + "001" + "7" + "0123456789abcdef"
+    assert id_time(old) == int("018c7a4b1c00", 16) / 1000
+    assert sorted([new_job_id(), old])[0] == old  # older time sorts first
+
+
+def test_schedule_job_ids_are_uuid7_and_deterministic() -> None:
+    import uuid
+
+    from conveyor.scheduler.spec import build_spec
+
+    spec = build_spec("nightly", "tasks.x", cron="0 3 * * *")
+    first, again = spec.job_id(1_700_000_000.0), spec.job_id(1_700_000_000.0)
+    assert first == again and first != spec.job_id(1_700_000_060.0)
+    parsed = uuid.UUID(first)
+    assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert id_time(first) == 1_700_000_000.0

@@ -50,7 +50,13 @@ async def test_seed000_shapes_validate() -> None:
     assert app.inspect.as_seed000_task(await h2.info())["status"] == "dead"
     assert app.inspect.as_seed000_result(await h2.info())["willRetry"] is False
     validate(queue.to_seed000(), "queue_config.json")
-    assert queue.to_seed000()["deadLetterQueue"] == "mail-dead"
+    # Rendered honestly: a dead-letter *set* (a label on failed jobs), not a consumable queue.
+    assert queue.to_seed000()["deadLetterSet"] == "mail-dead"
+    assert "deadLetterQueue" not in queue.to_seed000()
+    assert queue.to_seed000()["concurrency"] == 3
+    unlimited = app.queue_config("other").to_seed000()
+    validate(unlimited, "queue_config.json")
+    assert unlimited["concurrency"] is None  # no limit of its own, not "0"
     backend = await app.backend()
     await backend.register_worker(worker.info())
     (info,) = await app.inspect.workers()

@@ -30,14 +30,7 @@ from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import NewJob
 from conveyor.testing import memory_app, run_until_idle
 from conveyor.worker import Worker, WorkerConfig
-
-
-async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.01)
+from tests.support import wait_until
 
 
 async def test_retries_wait_in_scheduled_until_their_time() -> None:

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
-from conveyor.backends.common import redact_url
+from conveyor.backends.common import redact_url, strip_to_summary
 from conveyor.domain.job import (
     ClaimedJob,
     CountRow,
@@ -46,6 +46,8 @@ from conveyor.domain.job import (
     LogEntry,
     NewJob,
     RecoveredJob,
+    RetriedJobs,
+    StoreDeadLetter,
     WorkerInfo,
 )
 from conveyor.domain.states import JobState
@@ -115,11 +117,27 @@ class Backend(ABC):
         once it stopped.
         """
 
+    def note_store_dead_letters(self, items: Sequence[StoreDeadLetter]) -> None:
+        """For implementations: remember jobs a claim of this client dead-lettered."""
+        if items:
+            self.__dict__.setdefault("_store_dead_letters", []).extend(items)
+
+    def take_store_dead_letters(self) -> list[StoreDeadLetter]:
+        """The jobs this client's claims dead-lettered since the last call, instead of handing
+        them out (their stored record could not be decoded); the worker logs and counts them.
+        Empty for stores that never do (memory)."""
+        taken: list[StoreDeadLetter] = self.__dict__.pop("_store_dead_letters", [])
+        return taken
+
     @abstractmethod
     async def complete(
         self, job_id: str, fence: int, result: bytes | None, now: float | None = None
     ) -> bool:
-        """Running → completed, storing ``result``; ``False`` if the lease is not held."""
+        """Running → completed, storing ``result``; ``False`` if the lease is not held.
+
+        A repeat of a completion that took effect (the job is completed under ``fence``)
+        answers ``True`` again and changes nothing: a client that lost the reply may ask twice.
+        """
 
     async def complete_and_claim(
         self,
@@ -169,12 +187,19 @@ class Backend(ABC):
         set, optionally labelled with ``dead_letter_queue`` — or ``cancelled``). Otherwise it
         moves to ``queued`` (delay ≤ 0) or ``scheduled`` with ``run_at = now + retry_delay``.
         ``error`` becomes the job's last error and is appended to its error history.
+
+        A repeat of a failure that took effect (same fence, ``error`` stored as the last
+        error, the job in the state that write leads to and not held) answers the state it
+        wrote again and changes nothing (see :func:`~conveyor.backends.common.repeated_fail`).
         """
 
     @abstractmethod
     async def release(self, job_id: str, fence: int, now: float | None = None) -> bool:
         """Hand a running job back (graceful shutdown): queued again at once, lease cleared, the
-        attempt not counted (``attempts - 1``), run-at unchanged so it keeps its place."""
+        attempt not counted (``attempts - 1``), run-at unchanged so it keeps its place.
+
+        A repeat answers ``True`` again while the job is queued under ``fence`` and not held
+        (see :func:`~conveyor.backends.common.repeated_release`)."""
 
     @abstractmethod
     async def heartbeat(
@@ -233,10 +258,18 @@ class Backend(ABC):
         reset_attempts: bool = False,
         now: float | None = None,
         limit: int = 1000,
-    ) -> list[str]:
-        """Move matching ``failed``/``cancelled``/``expired`` jobs back to ``queued`` (run-at
-        now, error history kept, ``attempts`` zeroed when ``reset_attempts``); returns their ids.
-        Jobs in other states are never touched, whatever the filter says."""
+    ) -> RetriedJobs:
+        """Move up to ``limit`` matching ``failed``/``cancelled``/``expired`` jobs, in id
+        order, back to ``queued`` (run-at now, error history kept; ``attempts`` zeroed when
+        ``reset_attempts``, else ``max_attempts`` raised to ``attempts + 1`` when lower: the
+        job gets one more run); returns their ids. Jobs in other states are never touched,
+        whatever the filter says.
+
+        One live holder per idempotency key: a matching job whose key another job holds (a
+        state in :data:`~conveyor.domain.states.KEY_HOLDING_STATES`) is left alone, and so is
+        any but the first (lowest id) of matching jobs sharing a free key. The answer's
+        ``refused`` maps up to ``limit`` such jobs, in id order, to the holder's id (as it
+        stands after this call's retries)."""
 
     @abstractmethod
     async def delete_jobs(self, flt: JobFilter, *, limit: int = 1000) -> int:
@@ -245,13 +278,27 @@ class Backend(ABC):
     # -- reading --------------------------------------------------------------------------
     @abstractmethod
     async def get_job(self, job_id: str) -> JobRecord | None:
-        """The full record, or ``None``."""
+        """The full record, or ``None``. Never raises because the stored record is damaged:
+        unreadable fields hold defaults and are named in ``JobRecord.damage`` (a stored state
+        that is not a state reads as ``unknown``); the same holds for every read below."""
 
     @abstractmethod
     async def list_jobs(
         self, flt: JobFilter, *, limit: int = 50, offset: int = 0
     ) -> list[JobRecord]:
         """Matching jobs, newest first (id descending)."""
+
+    async def list_summaries(
+        self, flt: JobFilter, *, limit: int = 50, offset: int = 0
+    ) -> list[JobRecord]:
+        """:meth:`list_jobs` for listings: the same records with ``summary`` set and the
+        payload, result, progress, logs, error history and the last error's traceback left
+        out. Stores override it to leave them in the store (a listing must not load a 10 MB
+        argument per row); this default strips full records."""
+        return [
+            strip_to_summary(record)
+            for record in await self.list_jobs(flt, limit=limit, offset=offset)
+        ]
 
     @abstractmethod
     async def count_jobs(self) -> list[CountRow]:
@@ -313,6 +360,14 @@ class BackendFactory(ABC):
 
     async def destroy(self) -> None:  # noqa: B027 - optional hook
         """Drop everything this factory stores (its file, schema or key prefix). For tests."""
+
+    async def reset(self) -> list[str]:
+        """Delete every job, key, worker entry and piece of shared state, and leave the store
+        ready for use (``conveyor db reset``). The default destroys, then migrates; stores that
+        other processes may hold open override it to empty their tables in place. Returns the
+        migration steps applied."""
+        await self.destroy()
+        return await self.migrate()
 
     def describe(self) -> dict[str, Any]:
         """Facts about the store for ``conveyor info`` (never secrets)."""

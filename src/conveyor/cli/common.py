@@ -19,11 +19,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from conveyor.app import Conveyor
+from conveyor.domain.durations import format_duration
 from conveyor.errors import (
     ConveyorError,
     InvalidArgumentsError,
     InvalidStateError,
     JobNotFoundError,
+    ScheduleNotFoundError,
 )
 
 T = TypeVar("T")
@@ -34,6 +36,8 @@ EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_INVALID_STATE = 4
 EXIT_ABORTED = 5
+EXIT_JOB_FAILED = 6  # `enqueue --wait`: the job failed, was cancelled or expired
+EXIT_STILL_WAITING = 7  # `enqueue --wait`: the wait ran out before the job finished
 
 # Piped output (CI logs, `| less`) gets room for the id and name columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -99,7 +103,7 @@ def run(app: Conveyor, coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
     try:
         return asyncio.run(main())
-    except JobNotFoundError as exc:
+    except (JobNotFoundError, ScheduleNotFoundError) as exc:
         fail(str(exc), EXIT_NOT_FOUND)
     except InvalidStateError as exc:
         fail(str(exc), EXIT_INVALID_STATE)
@@ -111,7 +115,7 @@ def run(app: Conveyor, coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise SystemExit(code)
 
 
@@ -143,9 +147,21 @@ def fmt_age(ts: float | None) -> str:
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    if seconds < 1:
-        return f"{seconds * 1000:.1f}ms"
-    return f"{seconds:.2f}s"
+    return format_duration(seconds)
+
+
+#: Characters of one value that human output shows before cutting it short.
+SHOW_LIMIT = 2000
+
+
+def truncated(
+    text: str, *, full: bool, limit: int = SHOW_LIMIT, hint: str = "--full shows all of it"
+) -> str:
+    """``text``, cut to ``limit`` characters (with what was left out and how to see it) unless
+    ``full``. Human output only: a 10 MB argument must not take minutes to print."""
+    if full or len(text) <= limit:
+        return text
+    return f"{text[:limit]}… [{len(text) - limit:,} more characters; {hint}]"
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Table:
@@ -153,7 +169,7 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Table
     for i, col in enumerate(columns):
         t.add_column(col, overflow="fold", no_wrap=i == 0)
     for row in rows:
-        t.add_row(*[str(c) for c in row])
+        t.add_row(*[escape(str(c)) for c in row])  # data, never markup
     return t
 
 

@@ -18,6 +18,7 @@ from conveyor.cli.common import (
     run,
     table,
 )
+from conveyor.cli.jobs import print_damage
 
 
 def filter_options(fn: Any) -> Any:
@@ -65,6 +66,7 @@ def list_dead(
             older_than=age,
             limit=limit,
             offset=offset,
+            summary=True,
         ),
     )
     if as_json:
@@ -94,6 +96,7 @@ def list_dead(
             "Dead letters", ["id", "task", "queue", "code", "message", "attempts", "failed"], rows
         )
     )
+    print_damage(found)
 
 
 @dlq.command("retry")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.panel import Panel
 
 from conveyor.backends.base import CancelOutcome
@@ -21,10 +22,11 @@ from conveyor.cli.common import (
     load_app,
     run,
     table,
+    truncated,
 )
 from conveyor.core.handle import JobInfo
 from conveyor.domain.states import JobState
-from conveyor.errors import InvalidStateError, JobNotFoundError
+from conveyor.errors import InvalidStateError, JobNotFoundError, KeyHeldError
 
 STATE_CHOICE = click.Choice([s.value for s in JobState])
 
@@ -35,7 +37,11 @@ def jobs() -> None:
 
 
 @jobs.command("list")
-@click.option("--state", type=STATE_CHOICE, help="Only jobs in this state.")
+@click.option(
+    "--state",
+    type=STATE_CHOICE,
+    help="Only jobs in this state ('unknown': records whose stored state is unreadable).",
+)
 @click.option("--queue", help="Only jobs of this queue.")
 @click.option("--task", help="Only jobs of this task.")
 @click.option("--limit", default=50, show_default=True, help="Page size.")
@@ -53,11 +59,13 @@ def list_jobs(
     url: str | None,
     as_json: bool,
 ) -> None:
-    """Jobs, newest first."""
+    """Jobs, newest first (arguments and results stay in the store: see `jobs show`)."""
     app = load_app(app_path, url)
     found = run(
         app,
-        lambda: app.inspect.jobs(state=state, queue=queue, task=task, limit=limit, offset=offset),
+        lambda: app.inspect.jobs(
+            state=state, queue=queue, task=task, limit=limit, offset=offset, summary=True
+        ),
     )
     if as_json:
         emit_json([app.inspect.as_seed000_task(j) if seed000 else j.to_dict() for j in found])
@@ -86,57 +94,93 @@ def list_jobs(
             rows,
         )
     )
+    print_damage(found)
     if len(found) == limit:
         console.print(f"[dim]more may exist: --offset {offset + limit}[/]")
 
 
-def _describe(info: JobInfo) -> str:
+def print_damage(found: list[JobInfo]) -> None:
+    """Below a listing: each damaged record, by id, with what is wrong with it."""
+    for info in found:
+        if info.damage:
+            console.print(
+                f"[red]damaged record {info.id}: {escape('; '.join(info.damage))}[/]",
+                highlight=False,
+            )
+
+
+def _describe(info: JobInfo, full: bool) -> str:
+    """``jobs show`` for people: markup-escaped, long values cut short unless ``full``."""
     r = info.record
+
+    def val(value: object) -> str:
+        return escape(truncated(repr(value), full=full))
+
+    def txt(value: str) -> str:
+        return escape(truncated(value, full=full))
+
     lines = [
-        f"[bold]{r.task}[/]  {r.id}",
-        f"state      {r.state.value}   queue {r.queue}   priority {r.priority}",
+        f"[bold]{escape(r.task)}[/]  {r.id}",
+        f"state      {r.state.value}   queue {escape(r.queue)}   priority {r.priority}",
         f"attempts   {r.attempts}/{r.max_attempts}   stalls {r.stalls}",
-        f"args       {info.args!r}   kwargs {info.kwargs!r}",
+        f"args       {val(info.args)}   kwargs {val(info.kwargs)}",
         f"created    {fmt_time(r.created_at)}   run at {fmt_time(r.run_at)}",
         f"started    {fmt_time(r.started_at)}   finished {fmt_time(r.finished_at)}"
         f"   duration {fmt_duration(info.duration)}",
     ]
     if r.trace_id or r.idempotency_key:
-        lines.append(f"trace id   {r.trace_id or '-'}   idempotency key {r.idempotency_key or '-'}")
+        lines.append(
+            f"trace id   {txt(r.trace_id or '-')}   idempotency key {txt(r.idempotency_key or '-')}"
+        )
     if r.metadata:
-        lines.append(f"metadata   {r.metadata}")
+        lines.append(f"metadata   {val(r.metadata)}")
     if r.state is JobState.COMPLETED:
-        lines.append(f"result     {info.result!r}")
+        lines.append(f"result     {val(info.result)}")
     if info.progress is not None:
-        lines.append(f"progress   {info.progress!r}")
-    if r.error is not None:
-        lines.append(f"[red]error      [{r.error.code}] {r.error.type}: {r.error.message}[/]")
-    if info.decode_error:
-        lines.append(f"[red]decode     {info.decode_error}[/]")
+        lines.append(f"progress   {val(info.progress)}")
+    if info.error is not None:
+        e = info.error
+        code = escape(f"[{e.code}]")
+        lines.append(f"[red]error      {code} {escape(e.type)}: {txt(e.message)}[/]")
+    elif r.state is JobState.COMPLETED and r.errors:
+        lines.append(f"[dim]earlier    {len(r.errors)} failed attempt(s) before it completed[/]")
+    for problem in info.damage:
+        lines.append(f"[red]damaged    {escape(problem)}[/]")
     lines.append("timeline")
     lines += [
-        f"  {fmt_time(e.at)}  {e.event}" + (f"  {e.detail}" if e.detail else "")
+        f"  {fmt_time(e.at)}  {e.event}" + (f"  {txt(e.detail)}" if e.detail else "")
         for e in info.timeline()
     ]
     if r.logs:
-        lines.append("logs")
+        shown = r.logs if full else r.logs[-50:]
+        lines.append("logs" if len(shown) == len(r.logs) else f"logs (last 50 of {len(r.logs)})")
         lines += [
-            f"  {fmt_time(e.at)}  {e.level:<7} #{e.attempt} {e.message}"
-            + (f" {e.extra}" if e.extra else "")
-            for e in r.logs
+            f"  {fmt_time(e.at)}  {e.level:<7} #{e.attempt} {txt(e.message)}"
+            + (f" {val(e.extra)}" if e.extra else "")
+            for e in shown
         ]
-    if r.error is not None and r.error.traceback:
+    if info.error is not None and info.error.traceback:
         lines.append("traceback")
-        lines.append(r.error.traceback.rstrip())
+        lines.append(txt(info.error.traceback.rstrip()))
     return "\n".join(lines)
 
 
 @jobs.command("show")
 @click.argument("job_id")
 @click.option("--seed000", is_flag=True, help="With --json: seed-000 Task and TaskExecutionResult.")
+@click.option(
+    "--full", is_flag=True, help="Show long values whole (cut at 2,000 characters otherwise)."
+)
 @app_options
-def show(job_id: str, seed000: bool, app_path: str | None, url: str | None, as_json: bool) -> None:
-    """One job: arguments, result, error, logs, progress and timeline."""
+def show(
+    job_id: str,
+    seed000: bool,
+    full: bool,
+    app_path: str | None,
+    url: str | None,
+    as_json: bool,
+) -> None:
+    """One job: arguments, result, error, logs, progress and timeline (JSON: all of it)."""
     app = load_app(app_path, url)
     info = run(app, lambda: app.inspect.job(job_id))
     if info is None:
@@ -153,7 +197,7 @@ def show(job_id: str, seed000: bool, app_path: str | None, url: str | None, as_j
         else:
             emit_json(info.to_dict())
         return
-    console.print(Panel(_describe(info), expand=False, highlight=False))
+    console.print(Panel(_describe(info, full), expand=False, highlight=False))
 
 
 @jobs.command("cancel")
@@ -192,7 +236,7 @@ def _exit_for(outcomes: list[Any]) -> None:
     values = [o.value if isinstance(o, CancelOutcome) else o for o in outcomes]
     if "not_found" in values:
         raise SystemExit(EXIT_NOT_FOUND)
-    if "not_cancellable" in values or "invalid_state" in values:
+    if "not_cancellable" in values or any(str(v).startswith("invalid_state") for v in values):
         raise SystemExit(EXIT_INVALID_STATE)
 
 
@@ -218,6 +262,8 @@ def retry(
                 out.append((job_id, "retried"))
             except JobNotFoundError:
                 out.append((job_id, "not_found"))
+            except KeyHeldError as exc:
+                out.append((job_id, f"invalid_state: key held by job {exc.holder_id}"))
             except InvalidStateError:
                 out.append((job_id, "invalid_state"))
         return out

@@ -6,33 +6,48 @@ job's state, 5 aborted at a confirmation prompt.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from conveyor.backends.common import redact_url
 from conveyor.cli.common import (
+    EXIT_ABORTED,
+    EXIT_ERROR,
+    EXIT_JOB_FAILED,
+    EXIT_STILL_WAITING,
     app_options,
     console,
     emit_json,
+    err_console,
+    fail,
     fmt_age,
     fmt_duration,
     load_app,
     parse_json_option,
     run,
     table,
+    truncated,
 )
 from conveyor.cli.dashboard_cmd import dashboard
 from conveyor.cli.dlq import dlq
-from conveyor.cli.jobs import jobs
+from conveyor.cli.jobs import jobs, print_damage
 from conveyor.cli.schedules_cmd import scheduler, schedules
 from conveyor.cli.seed000_cmd import enqueue_seed000_documents
 from conveyor.cli.versions_cmd import versions
 from conveyor.cli.webhooks_cmd import webhooks
 from conveyor.cli.worker_cmd import worker
 from conveyor.domain.states import JobState
-from conveyor.errors import ConveyorError, InvalidArgumentsError
+from conveyor.errors import (
+    ConveyorError,
+    InvalidArgumentsError,
+    JobCancelledError,
+    JobFailedError,
+    ResultTimeoutError,
+)
 
 
 @click.group(
@@ -89,7 +104,14 @@ cli.add_command(webhooks)
 @click.option("--timeout", metavar="DURATION", help="Per-job timeout.")
 @click.option("--ttl", metavar="DURATION", help="Expire if not started within this long.")
 @click.option("--trace-id", metavar="ID")
-@click.option("--wait", "wait_for", type=float, metavar="SECONDS", help="Wait for the result.")
+@click.option(
+    "--wait",
+    "wait_for",
+    type=float,
+    metavar="SECONDS",
+    help="Wait for the result; exit 6 if the job failed (or was cancelled, or expired), 7 if "
+    "it is still waiting or running when the time is up.",
+)
 @app_options
 def enqueue(
     task_name: str | None,
@@ -154,9 +176,12 @@ def enqueue(
             try:
                 out["result"] = await handle.result(timeout=wait_for)
                 out["state"] = "completed"
-            except ConveyorError as exc:
+            except (JobFailedError, JobCancelledError, ResultTimeoutError) as exc:
                 out["state"] = (await handle.state()).value
                 out["error"] = str(exc)
+                out["exit"] = (
+                    EXIT_STILL_WAITING if isinstance(exc, ResultTimeoutError) else EXIT_JOB_FAILED
+                )
         else:
             out["state"] = (await handle.state()).value
         return out
@@ -165,17 +190,21 @@ def enqueue(
         out = run(app, go)
     except InvalidArgumentsError as exc:
         raise click.UsageError(str(exc)) from None
+    status = out.pop("exit", 0)
     if as_json:
         emit_json(out)
-        return
-    note = "" if out["created"] else " (idempotency key matched an existing job)"
-    console.print(
-        f"enqueued [bold]{task_name}[/] as job [cyan]{out['id']}[/] — {out['state']}{note}"
-    )
-    if "result" in out:
-        console.print(f"result: {out['result']!r}")
-    elif "error" in out:
-        console.print(f"[red]{out['error']}[/]")
+    else:
+        note = "" if out["created"] else " (idempotency key matched an existing job)"
+        console.print(
+            f"enqueued [bold]{task_name}[/] as job [cyan]{out['id']}[/] — {out['state']}{note}"
+        )
+        if "result" in out:
+            shown = truncated(repr(out["result"]), full=False, hint="see `conveyor jobs show`")
+            console.print(f"result: {escape(shown)}", highlight=False)
+        elif "error" in out:
+            console.print(f"[red]{escape(out['error'])}[/]")
+    if status:
+        raise SystemExit(status)
 
 
 @cli.command()
@@ -184,15 +213,24 @@ def stats(app_path: str | None, url: str | None, as_json: bool) -> None:
     """Job counts per queue and per task, with per-task outcome counters and durations."""
     app = load_app(app_path, url)
 
-    async def go() -> tuple[Any, Any, Any]:
+    async def go() -> tuple[Any, Any, Any, Any]:
         from conveyor.integrations.bridges.board import read_statuses
 
+        counts = await app.inspect.counts()
+        damaged = await app.inspect.damaged() if counts.total.get("unknown") else []
         bridges = await read_statuses(await app.backend())
-        return await app.inspect.counts(), await app.inspect.task_metrics(), bridges
+        return counts, await app.inspect.task_metrics(), damaged, bridges
 
-    counts, metrics, bridges = run(app, go)
+    counts, metrics, damaged, bridges = run(app, go)
     if as_json:
-        emit_json({**counts.to_dict(), "metrics": metrics, "bridges": bridges})
+        emit_json(
+            {
+                **counts.to_dict(),
+                "metrics": metrics,
+                "damaged": [{"id": j.id, "damage": list(j.damage)} for j in damaged],
+                "bridges": bridges,
+            }
+        )
         return
     states = [s.value for s in JobState]
     shown = [s for s in states if counts.total.get(s) or s in ("queued", "running", "failed")]
@@ -217,6 +255,12 @@ def stats(app_path: str | None, url: str | None, as_json: bool) -> None:
         )
     console.print(table("Tasks", ["task", *shown, "p50", "p95", "p99"], rows))
     console.print("total: " + ", ".join(f"{s} {counts.total.get(s, 0)}" for s in shown))
+    if counts.total.get("unknown"):
+        console.print(
+            f"[red]{counts.total['unknown']} job(s) with an unreadable stored state (counted as "
+            "unknown; `conveyor jobs list --state unknown` lists them)[/]"
+        )
+        print_damage(damaged)
     if bridges:
         console.print(bridge_table(bridges))
 
@@ -284,6 +328,12 @@ def workers(include_stale: bool, app_path: str | None, url: str | None, as_json:
         return
     rows = []
     for w in found:
+        if w.stats.get("damage"):
+            err_console.print(
+                f"[red]damaged worker entry {escape(w.id)}: "
+                f"{escape('; '.join(map(str, w.stats['damage'])))}[/]",
+                highlight=False,
+            )
         s = w.stats
         rows.append(
             [
@@ -333,14 +383,18 @@ def queues(app_path: str | None, url: str | None, as_json: bool) -> None:
         [
             q.name,
             q.priority,
-            q.concurrency or "-",
+            q.concurrency or "(worker's)",
             q.retry.attempts if q.retry else "-",
             q.dead_letter or "-",
         ]
         for q in configs
     ]
     console.print(
-        table("Queues", ["queue", "priority", "concurrency", "attempts", "dead letter"], rows)
+        table(
+            "Queues",
+            ["queue", "priority", "concurrency", "attempts", "dead-letter set"],
+            rows,
+        )
     )
     task_rows = [
         [
@@ -382,9 +436,39 @@ def db_migrate(app_path: str | None, url: str | None, as_json: bool) -> None:
         console.print(f"{redact_url(app.url)} is up to date")
 
 
+@db.command("reset")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed off a TTY).")
+@app_options
+def db_reset(yes: bool, app_path: str | None, url: str | None, as_json: bool) -> None:
+    """Wipe the store: delete every job, schedule state and worker entry (tests, benchmarks).
+
+    Stop the workers first. Without --yes it asks on a terminal and refuses otherwise.
+    """
+    app = load_app(app_path, url)
+    where = redact_url(app.url)
+    if not yes:
+        if not sys.stdin.isatty():
+            fail(f"refusing to wipe {where} without --yes", EXIT_ABORTED)
+        if not click.confirm(
+            f"Delete every job, schedule and worker entry in {where}?", default=False
+        ):
+            console.print("aborted; nothing changed")
+            raise SystemExit(EXIT_ABORTED)
+    applied = run(app, app.reset)
+    if as_json:
+        emit_json({"url": where, "reset": True, "applied": applied})
+    else:
+        console.print(f"{where} is empty")
+
+
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="conveyor")
+    """Console-script entry point. A Conveyor error that escapes a command (a missing extra, an
+    unknown URL scheme, a store that cannot be opened, raised while loading the app or running
+    a worker) is one ``error:`` line and status 1, never a traceback."""
+    try:
+        cli(prog_name="conveyor")
+    except ConveyorError as exc:
+        fail(f"[{exc.code}] {exc}", EXIT_ERROR)
 
 
 if __name__ == "__main__":

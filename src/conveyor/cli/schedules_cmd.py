@@ -10,7 +10,6 @@ import click
 
 from conveyor.app import Conveyor
 from conveyor.cli.common import (
-    EXIT_NOT_FOUND,
     app_options,
     console,
     emit_json,
@@ -21,16 +20,13 @@ from conveyor.cli.common import (
     table,
 )
 from conveyor.cli.worker_cmd import setup_logging
-from conveyor.errors import JobNotFoundError
+from conveyor.domain.durations import parse_duration
+from conveyor.errors import ConveyorError
 
 
 def _run_or_missing(app: Conveyor, name: str, fn: Any) -> Any:
-    try:
-        return run(app, fn)
-    except SystemExit as exc:
-        if exc.code == EXIT_NOT_FOUND:
-            fail(f"no schedule named {name!r} (see `conveyor schedules list`)", EXIT_NOT_FOUND)
-        raise
+    """``run``: an unknown schedule is one ``error:`` line and status 3 (see ``run``)."""
+    return run(app, fn)
 
 
 @click.group()
@@ -117,14 +113,14 @@ _simple("remove", "Delete a schedule (schedules declared in code come back at ne
 @schedules.command("update")
 @click.argument("name")
 @click.option("--cron", help="New cron expression.")
-@click.option("--every", type=float, help="New interval in seconds.")
+@click.option("--every", metavar="DURATION", help="New interval (30s, 5m, 1h30m, or seconds).")
 @click.option("--timezone", help="New IANA time zone.")
 @click.option("--overlap/--no-overlap", default=None, help="Allow runs to overlap.")
 @app_options
 def update(
     name: str,
     cron: str | None,
-    every: float | None,
+    every: str | None,
     timezone: str | None,
     overlap: bool | None,
     app_path: str | None,
@@ -137,7 +133,11 @@ def update(
     if cron is not None:
         changes.update(cron=cron, every=None)
     if every is not None:
-        changes.update(every=every, cron=None)
+        try:
+            seconds = parse_duration(every, field="--every")
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--every") from None
+        changes.update(every=seconds, cron=None)
     if timezone is not None:
         changes["timezone"] = timezone
     if overlap is not None:
@@ -220,5 +220,5 @@ def scheduler(app_path: str, poll_interval: float, log_level: str) -> None:
 
     try:
         asyncio.run(main())
-    except JobNotFoundError as exc:
-        fail(str(exc))
+    except ConveyorError as exc:
+        fail(f"[{exc.code}] {exc}")

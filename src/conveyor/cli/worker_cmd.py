@@ -16,6 +16,7 @@ import click
 
 from conveyor.app import Conveyor
 from conveyor.cli.common import console, load_app
+from conveyor.domain.durations import format_duration
 from conveyor.domain.states import JobState
 from conveyor.worker.worker import Worker, WorkerConfig
 
@@ -37,12 +38,21 @@ class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
         extras = [
-            f"{k}={getattr(record, k)}" for k in JOB_FIELDS if getattr(record, k, None) is not None
+            f"{k}={_shown(k, getattr(record, k))}"
+            for k in JOB_FIELDS
+            if getattr(record, k, None) is not None
         ]
         if extras:
             first, _, rest = base.partition("\n")
             base = f"{first} [{' '.join(extras)}]" + (f"\n{rest}" if rest else "")
         return base
+
+
+def _shown(key: str, value: Any) -> Any:
+    """A log field as text lines show it: durations as ``5.1ms``, never ``5.08e-05``."""
+    if key == "duration" and isinstance(value, int | float):
+        return format_duration(float(value))
+    return value
 
 
 class _JSONFormatter(logging.Formatter):
@@ -72,6 +82,27 @@ def setup_logging(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+_UNITS = {"": 2**20, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30}
+
+
+def _size(text: str | None) -> int | None:
+    """``512MB``, ``2GB``, ``800`` (MB) as bytes."""
+    if text is None:
+        return None
+    raw = text.strip().lower().replace("ib", "b")
+    number = raw.rstrip("kmgb")
+    unit = raw[len(number) :]
+    try:
+        value = float(number) * _UNITS[unit]
+    except (KeyError, ValueError):
+        raise click.BadParameter(
+            f"{text!r} is not a size (512MB, 2GB)", param_hint="--max-memory-per-child"
+        ) from None
+    if value < 1:
+        raise click.BadParameter("must be positive", param_hint="--max-memory-per-child")
+    return int(value)
 
 
 def _split(values: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -128,6 +159,17 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...] | None:
 @click.option(
     "--log-format", default="text", show_default=True, type=click.Choice(["text", "json"])
 )
+@click.option(
+    "--max-jobs-per-child",
+    type=click.IntRange(min=1),
+    help="Recycle a process-mode child after this many jobs.",
+)
+@click.option(
+    "--max-memory-per-child",
+    metavar="SIZE",
+    help="Recycle a process-mode child whose resident memory after a job is above SIZE "
+    "(512MB, 2GB; a plain number is MB).",
+)
 @click.option("--worker-id", help="Stable id for this worker (default host:pid:random).")
 @click.option("--no-scheduler", is_flag=True, help="Do not run the schedule loop in this worker.")
 @click.option(
@@ -150,6 +192,8 @@ def worker(
     url: str | None,
     log_level: str,
     log_format: str,
+    max_jobs_per_child: int | None,
+    max_memory_per_child: str | None,
     worker_id: str | None,
     no_scheduler: bool,
     metrics_port: int | None,
@@ -177,6 +221,8 @@ def worker(
         burst=burst,
         worker_id=worker_id,
         scheduler=not no_scheduler,
+        max_jobs_per_child=max_jobs_per_child,
+        max_memory_per_child=_size(max_memory_per_child),
     )
     asyncio.run(_run_worker(app, config, show_progress and burst, metrics_port, metrics_host))
 
@@ -224,13 +270,16 @@ async def _progress(app: Conveyor, w: Worker) -> None:
         transient=False,
     ) as bar:
         handle = bar.add_task("jobs", total=None, detail="")
+        # Jobs, not attempts: a job retried three times is one job. Done = jobs that reached a
+        # final state since the bar started; the rest still wait, run or back off.
+        final = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED)
+        waiting_states = (JobState.QUEUED, JobState.RUNNING, JobState.SCHEDULED)
+        start = await app.inspect.counts()
+        before = sum(start.total.get(s.value, 0) for s in final)
         while True:
             counts = await app.inspect.counts()
-            waiting = sum(
-                counts.total.get(s.value, 0)
-                for s in (JobState.QUEUED, JobState.RUNNING, JobState.SCHEDULED)
-            )
-            done = w.stats.processed
+            waiting = sum(counts.total.get(s.value, 0) for s in waiting_states)
+            done = max(sum(counts.total.get(s.value, 0) for s in final) - before, 0)
             bar.update(
                 handle,
                 total=done + waiting,

@@ -13,7 +13,8 @@ import asyncio
 import sys
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar, overload
 
 from conveyor.backends import DEFAULT_URL, factory_from_url
@@ -34,10 +35,10 @@ from conveyor.core.options import (
     Retention,
     coerce_retry,
 )
-from conveyor.core.portal import Portal
+from conveyor.core.portal import Portal, blocking
 from conveyor.core.serialization import Serializer, encode_call
 from conveyor.core.serializers import recorded
-from conveyor.core.task import JobSpec, Task, TaskConfig, spec_list
+from conveyor.core.task import AsyncTask, JobSpec, Task, TaskConfig, TaskDecorator, spec_list
 from conveyor.core.versions import Migration, PayloadVersions
 from conveyor.domain.clock import Clock
 from conveyor.domain.durations import Duration, optional_duration, parse_duration
@@ -138,6 +139,9 @@ class App:
 
     # -- declaring ----------------------------------------------------------------------------
     @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
+
+    @overload
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
     @overload
@@ -149,6 +153,7 @@ class App:
         priority: int | str = 0,
         retry: RetryPolicy | int | None = None,
         timeout: Duration | None = None,
+        soft_timeout: Duration | None = None,
         concurrency: int | None = None,
         ttl: Duration | None = None,
         executor: Executor | None = None,
@@ -161,11 +166,11 @@ class App:
         migrate: Mapping[int, Migration] | None = None,
         on_cancel: Callable[..., Any] | None = None,
         max_stalls: int | None = None,
-    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+    ) -> TaskDecorator: ...
 
     def task(  # type: ignore[misc]
         self,
-        fn: Callable[P, R] | None = None,
+        fn: Callable[..., Any] | None = None,
         /,
         *,
         name: str | None = None,
@@ -173,6 +178,7 @@ class App:
         priority: int | str = 0,
         retry: RetryPolicy | int | None = None,
         timeout: Duration | None = None,
+        soft_timeout: Duration | None = None,
         concurrency: int | None = None,
         ttl: Duration | None = None,
         executor: Executor | None = None,
@@ -185,12 +191,14 @@ class App:
         migrate: Mapping[int, Migration] | None = None,
         on_cancel: Callable[..., Any] | None = None,
         max_stalls: int | None = None,
-    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+    ) -> Any:
         """Declare a task (decorator, with or without options).
 
         ``executor``: ``"async"`` (default for ``async def``), ``"thread"`` (default for plain
         functions) or ``"process"`` (CPU-bound; runs in a child process that is killed on
-        timeout). ``concurrency``: most jobs of this task one worker runs at once.
+        timeout). ``soft_timeout``: raise :class:`~conveyor.errors.SoftTimeLimitExceeded`
+        inside the handler after this long (shorter than the timeout), so it can clean up or
+        return early. ``concurrency``: most jobs of this task one worker runs at once.
         ``schedule``: an inline schedule named after the task, e.g.
         ``{"cron": "0 3 * * *", "timezone": "Europe/Paris"}`` (see :meth:`schedule`).
         ``validate``: check arguments and result against the annotations (``None``: when one
@@ -203,7 +211,7 @@ class App:
         whose worker died more often is dead-lettered with code ``poison_message``.
         """
 
-        def decorate(func: Callable[P, R]) -> Task[P, R]:
+        def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
             import inspect as _inspect
 
             is_async = _inspect.iscoroutinefunction(func)
@@ -228,6 +236,7 @@ class App:
                     priority=prio,
                     retry=coerce_retry(retry),
                     timeout=optional_duration(timeout, field="timeout"),
+                    soft_timeout=optional_duration(soft_timeout, field="soft_timeout"),
                     concurrency=concurrency,
                     ttl=optional_duration(ttl, field="ttl"),
                     executor=chosen,
@@ -242,9 +251,16 @@ class App:
                 )
             except (ValueError, InvalidArgumentsError) as exc:
                 raise ConfigurationError(f"task {func.__qualname__}: {exc}") from None
+            soft, hard = config.soft_timeout, config.timeout or self.timeout
+            if soft is not None and (soft <= 0 or (hard is not None and soft >= hard)):
+                raise ConfigurationError(
+                    f"task {config.name}: soft_timeout ({soft:g}s) must be greater than zero "
+                    + (f"and shorter than the timeout ({hard:g}s)" if hard is not None else "")
+                )
             if config.name in self.tasks:
                 raise ConfigurationError(f"a task named {config.name!r} is already declared")
-            task: Task[P, R] = Task(self, func, config)
+            kind = AsyncTask if is_async else Task
+            task: Task[Any, Any] = kind(self, func, config)
             self.tasks[config.name] = task
             if schedule is not None:
                 self._declare_task_schedule(config.name, task, schedule)
@@ -385,8 +401,44 @@ class App:
         del self._opening[loop]
         return client
 
+    async def open(self) -> Self:
+        """Connect to the store now (instead of at the first call that needs it); returns the
+        app, so ``app = await Conveyor(url).open()`` works. ``async with app:`` opens and
+        closes around a block. Opening twice is harmless."""
+        await self.backend()
+        return self
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def open_sync(self) -> Self:
+        """Blocking :meth:`open` for synchronous code."""
+        self.portal.run(self.backend())
+        return self
+
+    def __enter__(self) -> Self:
+        """``with app:`` in synchronous code: :meth:`open_sync`, then :meth:`close_sync`."""
+        return self.open_sync()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close_sync()
+
     async def close(self) -> None:
-        """Close the backend client of this loop (and of the sync portal)."""
+        """Close the backend client of this loop (and of the sync portal). The app stays
+        usable: the next call that needs the store connects again."""
         loop = asyncio.get_running_loop()
         backend = self._backends.pop(loop, None)
         if backend is not None:
@@ -435,7 +487,7 @@ class App:
             id=options.job_id or new_job_id(),
             task=task.name,
             queue=queue,
-            payload=encode_call(self.serializer, tuple(args), kwargs),
+            payload=encode_call(self.serializer, tuple(args), kwargs, task.positional_names),
             payload_version=cfg.versions.version,
             priority=options.priority if options.priority is not None else cfg.priority,
             run_at=run_at,
@@ -529,3 +581,22 @@ class App:
     async def migrate(self) -> list[str]:
         """Create or upgrade the store's schema (``conveyor db migrate``)."""
         return await self.factory.migrate()
+
+    async def reset(self) -> list[str]:
+        """Wipe the store: every job, idempotency key, worker entry and schedule state is
+        deleted, and the schema is left ready for use (``conveyor db reset --yes``).
+
+        For tests and benchmarks. Stop the workers first: a job they hold is gone. Returns the
+        migration steps applied afterwards (none when the schema was kept).
+        """
+        loop = asyncio.get_running_loop()
+        backend = self._backends.pop(loop, None)
+        if backend is not None:
+            await backend.close()
+        return await self.factory.reset()
+
+    # -- blocking twins (same arguments and results) -------------------------------------------
+    # ``backend()`` has none: a backend client belongs to the event loop that opened it.
+    cancel_sync = blocking(cancel)
+    migrate_sync = blocking(migrate)
+    reset_sync = blocking(reset)

@@ -116,13 +116,20 @@ class JobContext:
 
     async def transaction(self) -> Any:
         """A database connection in an open transaction that commits **together with this
-        job's completion** (PostgreSQL, async handlers).
+        job's completion** (PostgreSQL, or SQLite for tables in the queue's own file; async
+        handlers).
 
-        Do the handler's own writes through it; when the handler returns, the worker marks the
-        job completed in the same transaction (fenced by the lease) and commits. If the handler
-        raises, the lease was lost, or the worker dies first, everything rolls back and the job
-        runs again — so effects that live in the database happen exactly once. Calling it again
-        returns the same connection.
+        Do the handler's own writes through it; when the handler returns, the worker writes the
+        job's log lines and marks it completed in the same transaction (fenced by the lease) and
+        commits. If the handler raises, the lease was lost, or the worker dies first, everything
+        rolls back and the job runs again — so effects that live in the database happen
+        exactly once. Calling it again returns the same connection.
+
+        PostgreSQL: a ``psycopg`` async connection from the backend's pool. SQLite: a
+        ``sqlite3.Connection`` to the queue's file after ``BEGIN IMMEDIATE`` — it holds the
+        file's write lock until the job completes, so keep it short: every other writer waits
+        for it, this worker's heartbeats included (one longer than half a lease has the job
+        abandoned and run again).
         """
         if self._host is None:
             raise ConveyorError("transaction() needs a running worker")

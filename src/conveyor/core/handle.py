@@ -47,11 +47,23 @@ class JobInfo:
         return self.record.id
 
     @property
+    def damage(self) -> tuple[str, ...]:
+        """What could not be read: the stored record's damaged fields (``record.damage``) and
+        the values that did not decode (payload, result, progress). Empty normally."""
+        extra = tuple(self.decode_error.split("; ")) if self.decode_error else ()
+        return (*self.record.damage, *extra)
+
+    @property
     def state(self) -> JobState:
         return self.record.state
 
     @property
     def error(self) -> ErrorInfo | None:
+        """Why the job failed, was cancelled or expired, or why its last attempt failed while
+        it waits for a retry; ``None`` for a completed job (the errors of its earlier attempts
+        stay in ``record.errors`` and the timeline)."""
+        if self.record.state is JobState.COMPLETED:
+            return None
         return self.record.error
 
     @property
@@ -119,7 +131,7 @@ class JobInfo:
             "metadata": r.metadata,
             "lease_owner": r.lease_owner,
             "lease_until": r.lease_until,
-            "error": r.error.to_dict() if r.error else None,
+            "error": self.error.to_dict() if self.error else None,
             "errors": [e.to_dict() for e in r.errors],
             "logs": [entry.to_dict() for entry in r.logs],
             "dead_letter_queue": r.dead_letter_queue,
@@ -128,6 +140,8 @@ class JobInfo:
                 {"at": e.at, "event": e.event, "detail": e.detail} for e in self.timeline()
             ],
             "decode_error": self.decode_error,
+            "damage": list(self.damage),
+            "summary": r.summary,
         }
 
 
@@ -138,10 +152,11 @@ def decode_record(serializer: Serializer, record: JobRecord) -> JobInfo:
     result: Any = None
     progress: Any = None
     problems: list[str] = []
-    try:
-        args, kwargs = decode_call(serializer, record.payload)
-    except SerializationError as exc:
-        problems.append(f"payload: {exc}")
+    if not record.summary and "payload" not in {d.split(":", 1)[0] for d in record.damage}:
+        try:
+            args, kwargs = decode_call(serializer, record.payload)
+        except SerializationError as exc:
+            problems.append(f"payload: {exc}")
     if record.result is not None:
         try:
             result = serializer.loads(record.result)

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from conveyor.backends.common import RETRYABLE_STATES
 from conveyor.core.handle import JobInfo, decode_record
 from conveyor.core.options import QueueConfig
+from conveyor.core.portal import blocking
 from conveyor.core.ports import AppPort
 from conveyor.core.versions import PayloadVersions, VersionStatus, version_status
 from conveyor.domain.job import JobFilter, JobRecord, WorkerInfo
 from conveyor.domain.priority import priority_name
 from conveyor.domain.states import SEED000_STATUS, JobState
-from conveyor.errors import InvalidStateError, JobNotFoundError
+from conveyor.errors import InvalidStateError, JobNotFoundError, KeyHeldError
 
 if TYPE_CHECKING:
     from conveyor.core.task import Task
@@ -71,7 +72,7 @@ class Counts:
 
 
 class Inspector:
-    """Read-side API (``app.inspect``)."""
+    """Read-side API (``app.inspect``). Every coroutine method has a blocking ``*_sync`` twin."""
 
     def __init__(self, app: InspectHost) -> None:
         self.app = app
@@ -91,13 +92,24 @@ class Inspector:
         error_code: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        summary: bool = False,
     ) -> list[JobInfo]:
-        """Jobs matching the filters, newest first, ``limit`` per page from ``offset``."""
+        """Jobs matching the filters, newest first, ``limit`` per page from ``offset``.
+
+        ``summary``: leave arguments, results, progress, logs, the error history and the
+        traceback in the store (listings; :meth:`job` reads one job in full).
+        """
         states = None if state is None else (JobState(state),)
         flt = JobFilter(states=states, queue=queue, task=task, error_code=error_code)
         backend = await self.app.backend()
-        records = await backend.list_jobs(flt, limit=limit, offset=offset)
+        read = backend.list_summaries if summary else backend.list_jobs
+        records = await read(flt, limit=limit, offset=offset)
         return [decode_record(self.app.serializer, r) for r in records]
+
+    async def damaged(self, *, limit: int = 20) -> list[JobInfo]:
+        """Jobs whose stored state is unreadable (shown as ``unknown``), newest first, as
+        summaries: what ``conveyor stats`` points at when a count lands in ``unknown``."""
+        return await self.jobs(state=JobState.UNKNOWN, limit=limit, summary=True)
 
     async def counts(self) -> Counts:
         """Counts by state per queue and per task (every state present, zeros included)."""
@@ -129,16 +141,19 @@ class Inspector:
         duration percentiles (p50/p95/p99, seconds) over its last ``sample`` completed jobs."""
         metrics: dict[str, dict[str, Any]] = {}
         for worker in await self.workers(include_stale=True):
-            for name, counters in (worker.stats.get("tasks") or {}).items():
+            tasks = worker.stats.get("tasks")
+            for name, counters in (tasks if isinstance(tasks, dict) else {}).items():
+                if not isinstance(counters, dict):
+                    continue
                 entry = metrics.setdefault(
                     name, {"succeeded": 0, "failed": 0, "retried": 0, "dead": 0}
                 )
                 for key in ("succeeded", "failed", "retried", "dead"):
-                    entry[key] += int(counters.get(key, 0))
+                    entry[key] += _count(counters.get(key))
         backend = await self.app.backend()
         names = set(metrics) | {row.task for row in await backend.count_jobs()}
         for name in sorted(names):
-            records = await backend.list_jobs(
+            records = await backend.list_summaries(
                 JobFilter(states=(JobState.COMPLETED,), task=name), limit=sample
             )
             durations = sorted(
@@ -160,6 +175,15 @@ class Inspector:
         known = self.app.tasks.get(task)
         versions = known.config.versions if known is not None else PayloadVersions()
         return await version_status(await self.app.backend(), task, versions)
+
+    # -- blocking twins (same arguments and results) -----------------------------------------
+    job_sync = blocking(job)
+    jobs_sync = blocking(jobs)
+    damaged_sync = blocking(damaged)
+    versions_sync = blocking(versions)
+    counts_sync = blocking(counts)
+    workers_sync = blocking(workers)
+    task_metrics_sync = blocking(task_metrics)
 
     # -- seed 000 protocol shapes ------------------------------------------------------------
     def as_seed000_task(self, info: JobInfo) -> dict[str, Any]:
@@ -213,20 +237,48 @@ class Inspector:
         stats = worker.stats
         out: dict[str, Any] = {
             "workerName": worker.id,
-            "totalProcessed": int(stats.get("processed", 0)),
-            "succeeded": int(stats.get("succeeded", 0)),
-            "failed": int(stats.get("failed", 0)),
-            "active": int(stats.get("active", 0)),
+            "totalProcessed": _count(stats.get("processed")),
+            "succeeded": _count(stats.get("succeeded")),
+            "failed": _count(stats.get("failed")),
+            "active": _count(stats.get("active")),
             "uptimeMs": int(max(worker.heartbeat_at - worker.started_at, 0) * 1000),
-            "queues": stats.get("queues", {}),
+            "queues": {
+                name: _camel_counters(counters)
+                for name, counters in (stats.get("queues") or {}).items()
+                if isinstance(counters, dict)
+            },
         }
-        if stats.get("avg_duration") is not None:
+        if isinstance(stats.get("avg_duration"), int | float):
             out["avgExecutionMs"] = float(stats["avg_duration"]) * 1000
+        if stats.get("damage"):
+            out["damage"] = list(stats["damage"])
         return out
 
 
+def _count(value: Any) -> int:
+    """A counter from a worker's stats, 0 when missing or unreadable (a damaged entry)."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _camel_counters(counters: dict[str, Any]) -> dict[str, Any]:
+    """One queue's counters in the seed's camelCase (``avgExecutionMs``, not ``avg_duration``)."""
+    out: dict[str, Any] = {
+        key: _count(counters.get(key))
+        for key in ("processed", "succeeded", "failed", "retried", "dead")
+    }
+    avg = counters.get("avg_duration")
+    if isinstance(avg, int | float):
+        out["avgExecutionMs"] = float(avg) * 1000
+    return out
+
+
 class DeadLetters:
-    """The dead-letter set (``app.dead_letters``): jobs in ``failed``, kept until acted on."""
+    """The dead-letter set (``app.dead_letters``): jobs in ``failed``, kept until acted on.
+
+    Every coroutine method has a blocking ``*_sync`` twin."""
 
     def __init__(self, app: InspectHost) -> None:
         self.app = app
@@ -257,23 +309,26 @@ class DeadLetters:
         older_than: float | None = None,
         limit: int = 50,
         offset: int = 0,
+        summary: bool = False,
     ) -> list[JobInfo]:
         """Failed jobs, newest first, with filters (``older_than`` in seconds).
 
-        ``queue`` matches a job's own queue or the dead-letter queue it was routed to
-        (``app.queue(..., dead_letter=...)``).
+        ``queue`` matches a job's own queue or the dead-letter set it joined
+        (``app.queue(..., dead_letter=...)``). ``summary``: leave arguments, results, logs,
+        the error history and the traceback in the store (listings).
         """
         backend = await self.app.backend()
+        read = backend.list_summaries if summary else backend.list_jobs
         now = self.app.now()
         origins = self._origins(queue)
         if not origins:
             flt = self._filter(task, queue, error_code, older_than, now)
-            records = await backend.list_jobs(flt, limit=limit, offset=offset)
+            records = await read(flt, limit=limit, offset=offset)
         else:
             found: dict[str, JobRecord] = {}
             for name in (queue, *origins):
                 flt = self._filter(task, name, error_code, older_than, now)
-                for r in await backend.list_jobs(flt, limit=offset + limit):
+                for r in await read(flt, limit=offset + limit):
                     routed = r.dead_letter_queue == queue
                     own = r.queue == queue and r.dead_letter_queue in (None, queue)
                     if routed or own:
@@ -302,6 +357,7 @@ class DeadLetters:
                 older_than=older_than,
                 limit=1000,
                 offset=len(ids),
+                summary=True,
             )
             ids += [j.id for j in page]
             if len(page) < 1000:
@@ -310,7 +366,9 @@ class DeadLetters:
     async def retry(self, job_id: str, *, reset_attempts: bool = False) -> None:
         """Re-queue one failed, cancelled or expired job.
 
-        Raises :class:`JobNotFoundError` or :class:`InvalidStateError` (nothing changes).
+        Raises :class:`JobNotFoundError` or :class:`InvalidStateError` (nothing changes);
+        :class:`KeyHeldError` (an :class:`InvalidStateError` naming the holder) when another
+        job holds the job's idempotency key: at most one live job per key.
         """
         backend = await self.app.backend()
         record = await backend.get_job(job_id)
@@ -321,10 +379,13 @@ class DeadLetters:
                 f"job {job_id} is {record.state.value}; only failed, cancelled or expired jobs "
                 "can be retried"
             )
-        ids = await backend.retry_jobs(
+        done = await backend.retry_jobs(
             JobFilter(ids=(job_id,)), reset_attempts=reset_attempts, now=self.app.backend_now()
         )
-        if not ids:
+        holder = done.refused.get(job_id)
+        if holder is not None:
+            raise KeyHeldError(job_id, record.idempotency_key or "", holder)
+        if not done:
             raise InvalidStateError(f"job {job_id} changed state before it could be retried")
 
     async def retry_all(
@@ -337,7 +398,8 @@ class DeadLetters:
         reset_attempts: bool = False,
         batch: int = 500,
     ) -> int:
-        """Re-queue every matching failed job; returns how many."""
+        """Re-queue every matching failed job; returns how many. A job whose idempotency key
+        another job holds stays where it is (see :meth:`retry`)."""
         backend = await self.app.backend()
         if self._origins(queue):
             chosen = await self._matching_ids(task, queue, error_code, older_than)
@@ -392,3 +454,9 @@ class DeadLetters:
             total += n
             if n < batch:
                 return total
+
+    # -- blocking twins (same arguments and results) -----------------------------------------
+    list_sync = blocking(list)
+    retry_sync = blocking(retry)
+    retry_all_sync = blocking(retry_all)
+    purge_sync = blocking(purge)

@@ -11,7 +11,7 @@ from conveyor.domain.clock import to_timestamp
 from conveyor.domain.durations import Duration, optional_duration
 from conveyor.domain.priority import parse_priority
 from conveyor.domain.retry import RetryPolicy
-from conveyor.errors import InvalidArgumentsError
+from conveyor.errors import ConveyorError, InvalidArgumentsError
 
 Executor = Literal["async", "thread", "process"]
 
@@ -60,8 +60,10 @@ class QueueConfig:
     ``concurrency``: most jobs of this queue one worker runs at once (``None``: the worker's
     limit). ``priority``: precedence among the queues one worker consumes — higher is drained
     first. ``retry``: default policy for tasks of this queue that set none. ``dead_letter``:
-    label stored on jobs of this queue when they fail permanently, so operators can list them
-    as one dead-letter queue.
+    the name of the *dead-letter set* this queue's dead jobs join: a label stored on them when
+    they fail permanently, so operators list, retry and purge them together (``conveyor dlq list
+    --queue NAME``). Dead jobs stay in state ``failed`` (durable, with their history and error);
+    no worker consumes them on its own — see docs/operating.md, "Dead-letter sets".
     """
 
     name: str
@@ -71,16 +73,23 @@ class QueueConfig:
     dead_letter: str | None = None
 
     def to_seed000(self) -> dict[str, Any]:
-        """Render as seed 000's ``QueueConfig`` (whose priority is "lower = higher")."""
+        """Render as seed 000's ``QueueConfig`` (whose priority is "lower = higher").
+
+        Two fields say what Conveyor does rather than what the seed assumes: ``concurrency`` is
+        ``null`` when the queue has no limit of its own (each worker's ``--concurrency`` bounds
+        it; ``0`` would read as "runs nothing"), and the dead-letter name is rendered as
+        ``deadLetterSet``, never as ``deadLetterQueue``: it names a set of failed jobs, not a
+        queue a worker consumes.
+        """
         out: dict[str, Any] = {
             "name": self.name,
-            "concurrency": self.concurrency if self.concurrency is not None else 0,
+            "concurrency": self.concurrency,
             "priority": -self.priority,
         }
         if self.retry is not None:
             out["defaultRetryPolicy"] = self.retry.to_seed000()
         if self.dead_letter is not None:
-            out["deadLetterQueue"] = self.dead_letter
+            out["deadLetterSet"] = self.dead_letter
         return out
 
 
@@ -225,6 +234,23 @@ class EnqueueOptions:
             validate=validate,
         )
 
+    @classmethod
+    def from_user(cls, options: dict[str, Any]) -> EnqueueOptions:
+        """:meth:`build` from ``task.options(**options)``: an unknown name is reported as such
+        (with the known ones), a bad value by the option it was given for."""
+        unknown = sorted(set(options) - OPTION_NAMES)
+        if unknown:
+            raise InvalidArgumentsError(
+                f"unknown enqueue option{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}"
+                f" (known: {', '.join(sorted(OPTION_NAMES))})"
+            )
+        try:
+            return cls.build(**options)
+        except ConveyorError:
+            raise  # named already (InvalidArgumentsError, SerializationError)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentsError(f"invalid enqueue option value: {exc}") from None
+
     def merged(self, other: EnqueueOptions) -> EnqueueOptions:
         """These options overridden by every field ``other`` sets."""
         values: dict[str, Any] = {}
@@ -239,3 +265,7 @@ class EnqueueOptions:
         if other.run_at is not None:
             values["delay"] = None
         return EnqueueOptions(**values)
+
+
+#: The names ``task.options(...)`` accepts.
+OPTION_NAMES = frozenset(EnqueueOptions.__dataclass_fields__)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
 
 from conveyor.errors import ConfigurationError
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class Portal:
@@ -79,3 +81,41 @@ class Portal:
         thread.join(timeout=5)
         if not loop.is_running():
             loop.close()
+
+
+class blocking(Generic[P, T]):
+    """The blocking twin of an async method, declared next to it::
+
+        async def jobs(self, ...) -> list[JobInfo]: ...
+        jobs_sync = blocking(jobs)
+
+    ``obj.jobs_sync(...)`` takes the same arguments, runs ``obj.jobs(...)`` on the portal of
+    ``obj`` (its ``portal`` attribute, else its ``app.portal``) and returns the result; the
+    type checker sees the same parameters and the awaited return type.
+    """
+
+    def __init__(self, method: Callable[Concatenate[Any, P], Coroutine[Any, Any, T]]) -> None:
+        self.method = method
+        self.__doc__ = f"Blocking :meth:`{method.__name__}` for synchronous code.\n\n" + (
+            method.__doc__ or ""
+        )
+
+    @overload
+    def __get__(self, obj: None, owner: type[Any] | None = None) -> Self: ...
+
+    @overload
+    def __get__(self, obj: object, owner: type[Any] | None = None) -> Callable[P, T]: ...
+
+    def __get__(self, obj: object, owner: type[Any] | None = None) -> Any:
+        if obj is None:
+            return self
+        method = self.method
+        portal: Portal = getattr(obj, "portal", None) or obj.app.portal  # type: ignore[attr-defined]
+
+        @functools.wraps(method)
+        def call(*args: P.args, **kwargs: P.kwargs) -> T:
+            return portal.run(method(obj, *args, **kwargs))
+
+        call.__name__ = f"{method.__name__}_sync"
+        call.__doc__ = self.__doc__
+        return call

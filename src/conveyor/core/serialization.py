@@ -9,6 +9,7 @@ naming where the bad value sits, so nothing half-valid is ever stored.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from conveyor.errors import SerializationError
@@ -72,7 +73,7 @@ def _non_str_key(value: Any) -> bool:
 
 def _refuse(where: str) -> SerializationError:
     return SerializationError(
-        f"cannot serialize {where}: JSON supports None, bool, int, float, str, "
+        f"cannot serialize: {where}; JSON supports None, bool, int, float, str, "
         "list and dict with str keys; convert other values (e.g. datetime.isoformat(), "
         "a model's .model_dump()) before enqueueing"
     )
@@ -138,9 +139,39 @@ def check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     return dict(metadata)
 
 
-def encode_call(serializer: Serializer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """The payload for one call: ``{"a": args, "k": kwargs}``."""
-    return serializer.dumps({"a": list(args), "k": kwargs})
+def encode_call(
+    serializer: Serializer,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    names: Sequence[str] = (),
+) -> bytes:
+    """The payload for one call: ``{"a": args, "k": kwargs}``.
+
+    A value that cannot be serialized is reported by the argument it was passed as
+    (``argument 'to'['cc'][0] is a set``), ``names`` naming the positional parameters.
+    """
+    try:
+        return serializer.dumps({"a": list(args), "k": kwargs})
+    except SerializationError:
+        where = _bad_argument(args, kwargs, names)
+        if where is None:
+            raise
+        raise _refuse(where) from None
+
+
+def _bad_argument(
+    args: tuple[Any, ...], kwargs: dict[str, Any], names: Sequence[str]
+) -> str | None:
+    for i, value in enumerate(args):
+        label = f"argument {names[i]!r}" if i < len(names) else f"positional argument {i + 1}"
+        bad = _find_bad(value, label)
+        if bad:
+            return bad
+    for key, value in kwargs.items():
+        bad = _find_bad(value, f"argument {key!r}")
+        if bad:
+            return bad
+    return None
 
 
 def decode_call(serializer: Serializer, payload: bytes) -> tuple[list[Any], dict[str, Any]]:

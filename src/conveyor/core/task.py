@@ -1,13 +1,18 @@
-"""Typed task handles: ``Task[P, R]`` checks enqueue arguments against the function's signature."""
+"""Typed task handles: ``Task[P, R]`` checks enqueue arguments against the function's signature.
+
+``R`` is what the job's result is: the return type of a plain function, the *awaited* return
+type of an ``async def`` (whose task is an :class:`AsyncTask`), so ``await handle.result()`` is
+typed the same either way.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from conveyor.core.events import EventHub, Listener
 from conveyor.core.middleware import Middleware
@@ -64,6 +69,9 @@ class TaskConfig:
     versions: PayloadVersions = field(default_factory=PayloadVersions)
     on_cancel: Callable[..., Any] | None = None  # cleanup after a cancellation
     max_stalls: int | None = None  # this task's stall limit (None: the app's)
+    #: Seconds after which :class:`~conveyor.errors.SoftTimeLimitExceeded` is raised inside
+    #: the handler (before the hard ``timeout``); ``None``: no soft limit.
+    soft_timeout: float | None = None
 
     def __post_init__(self) -> None:
         check_name("task name", self.name)
@@ -105,13 +113,19 @@ def _positional_range(sig: inspect.Signature) -> tuple[int, int] | None:
 class Task(Generic[P, R]):
     """A declared task. Call ``await task.enqueue(...)`` (or ``task.enqueue_sync(...)``)."""
 
-    def __init__(self, app: TaskHost, fn: Callable[P, R], config: TaskConfig) -> None:
+    def __init__(self, app: TaskHost, fn: Callable[P, Any], config: TaskConfig) -> None:
         self.app = app
-        self.fn = fn
+        self.fn: Callable[P, Any] = fn
         self.config = config
         self.name = config.name
         self._signature = _signature(fn)
         self._positional = _positional_range(self._signature)
+        #: The names of the parameters that take positional arguments, in order.
+        self.positional_names = tuple(
+            p.name
+            for p in self._signature.parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        )
         self.is_async = inspect.iscoroutinefunction(fn)
         #: Validation of arguments and result against the annotations (``None``: untyped).
         self.schema = CallSchema.build(config.name, fn, config.validate)
@@ -137,7 +151,8 @@ class Task(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function directly, in this process (no job is created)."""
-        return self.fn(*args, **kwargs)
+        result: R = self.fn(*args, **kwargs)
+        return result
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise :class:`InvalidArgumentsError` if the call does not fit the signature."""
@@ -186,11 +201,7 @@ class Task(Generic[P, R]):
         ``metadata``, ``job_id``, ``connection`` (enqueue inside that DB transaction),
         ``validate`` (``False`` skips the producer-side check of a typed task; the worker
         always validates)."""
-        try:
-            opts = EnqueueOptions.build(**options)
-        except TypeError as exc:
-            raise InvalidArgumentsError(f"unknown enqueue option: {exc}") from None
-        return TaskCall(self, opts)
+        return TaskCall(self, EnqueueOptions.from_user(options))
 
     # -- enqueueing ---------------------------------------------------------------------------
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
@@ -207,6 +218,28 @@ class Task(Generic[P, R]):
         return self.app.events.on(kind, listener, task=self.name)
 
 
+class AsyncTask(Task[P, R]):
+    """The task of an ``async def`` returning ``R``: its jobs' results are ``R``, and calling it
+    directly returns the coroutine, as calling the function would."""
+
+    def __call__(  # type: ignore[override]
+        self, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, R]:
+        """Call the function directly, in this process (no job is created)."""
+        coro: Coroutine[Any, Any, R] = self.fn(*args, **kwargs)
+        return coro
+
+
+class TaskDecorator(Protocol):
+    """What ``@app.task(...)`` with options returns: a decorator typed like ``@app.task``."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
 class TaskCall(Generic[P, R]):
     """A task with per-call options bound (``task.options(priority="high")``)."""
 
@@ -216,7 +249,7 @@ class TaskCall(Generic[P, R]):
 
     def options(self, **options: Any) -> TaskCall[P, R]:
         """Add or override options."""
-        return TaskCall(self.task, self._options.merged(EnqueueOptions.build(**options)))
+        return TaskCall(self.task, self._options.merged(EnqueueOptions.from_user(options)))
 
     def call(self, *args: P.args, **kwargs: P.kwargs) -> JobSpec[R]:
         self.task.check_arguments(args, kwargs)

@@ -53,3 +53,25 @@ def parse_duration(value: Duration, *, field: str = "duration") -> float:
 def optional_duration(value: Duration | None, *, field: str) -> float | None:
     """Like :func:`parse_duration` but passes ``None`` through."""
     return None if value is None else parse_duration(value, field=field)
+
+
+def format_duration(seconds: float) -> str:
+    """A duration for people: ``51µs``, ``5.1ms``, ``2.35s``, ``1m30s``, ``2h5m`` (the way
+    durations are written everywhere else, never ``5.08e-05``)."""
+    if seconds != seconds:  # NaN
+        return "?"
+    sign, seconds = ("-", -seconds) if seconds < 0 else ("", seconds)
+    if seconds < 0.001:
+        return f"{sign}{seconds * 1_000_000:.0f}µs"
+    if seconds < 1:
+        return f"{sign}{seconds * 1000:.1f}ms"
+    if seconds < 60:
+        return f"{sign}{seconds:.2f}s"
+    if seconds == float("inf"):
+        return f"{sign}inf"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    text = "".join(f"{n}{unit}" for n, unit in parts if n)
+    return sign + (text or "0s")

@@ -41,7 +41,10 @@ class FailureDecision:
     #: Retry after ``retry_delay`` seconds; otherwise the job is dead-lettered.
     will_retry: bool
     retry_delay: float | None
-    outcome: Literal["retried", "dead"]
+    #: ``requested``: the handler raised :class:`~conveyor.errors.Retry` and attempts remain
+    #: (counted as a retry, not as a failure); ``retried``: it failed and will be retried;
+    #: ``dead``: it is dead-lettered.
+    outcome: Literal["retried", "requested", "dead"]
     #: Whether a log line about this failure should carry the traceback (a job that dies
     #: of an ordinary exception), when nobody listens for failure events.
     log_traceback: bool
@@ -52,10 +55,14 @@ def classify(exc: BaseException) -> Classified:
     type_name = getattr(exc, "failure_type", None) or type(exc).__name__
     code = getattr(exc, "failure_code", None)
     if code is None:
-        code = ErrorCode.TIMEOUT if isinstance(exc, JobTimeout) else ErrorCode.ERROR
+        if isinstance(exc, Retry):
+            code = ErrorCode.RETRY
+        else:
+            code = ErrorCode.TIMEOUT if isinstance(exc, JobTimeout) else ErrorCode.ERROR
     tb = getattr(exc, "failure_traceback", None)
     if tb is None:
-        tb = "".join(traceback.format_exception(exc))
+        # A requested retry is the handler steering its job, not a crash: no traceback.
+        tb = "" if isinstance(exc, Retry) else "".join(traceback.format_exception(exc))
     return Classified(
         code=str(code),
         type_name=type_name,
@@ -100,7 +107,7 @@ def decide_failure(
         error=error,
         will_retry=will_retry,
         retry_delay=delay,
-        outcome="retried" if will_retry else "dead",
+        outcome=("requested" if isinstance(exc, Retry) else "retried") if will_retry else "dead",
         log_traceback=not will_retry
         and not facts.permanent
         and not isinstance(exc, Retry)

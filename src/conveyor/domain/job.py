@@ -191,6 +191,12 @@ class JobRecord:
     cancel_requested: bool = False
     cancel_reason: str | None = None
     dead_letter_queue: str | None = None
+    #: What could not be read from the store (a corrupt or hand-edited record), one line per
+    #: field (``"errors: line 1 is not JSON"``); those fields hold defaults. Empty normally.
+    damage: tuple[str, ...] = ()
+    #: A summary read for listings: payload, result, progress, logs and the error history were
+    #: not loaded (they are empty here); ``get_job`` loads them.
+    summary: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +209,19 @@ class RecoveredJob:
     state: JobState
     stalls: int
     attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreDeadLetter:
+    """A job a claim dead-lettered in the store instead of handing it out: its stored record
+    could not be decoded (a corrupt field). Workers log and count these (see
+    :meth:`~conveyor.backends.base.Backend.take_store_dead_letters`)."""
+
+    id: str
+    task: str
+    queue: str
+    attempt: int
+    error: ErrorInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +248,23 @@ class JobFilter:
     finished_before: float | None = None
     workflow_id: str | None = None
     ids: tuple[str, ...] | None = None
+
+
+class RetriedJobs(list[str]):
+    """What :meth:`~conveyor.backends.base.Backend.retry_jobs` did: the list holds the ids it
+    moved back to ``queued`` (in id order); ``refused`` maps each matching job it left alone,
+    because another job holds its idempotency key, to that holder's id."""
+
+    __slots__ = ("refused",)
+
+    def __init__(
+        self, ids: list[str] | tuple[str, ...] = (), refused: dict[str, str] | None = None
+    ):
+        super().__init__(ids)
+        self.refused: dict[str, str] = dict(refused or {})
+
+    def __repr__(self) -> str:
+        return f"RetriedJobs({list(self)!r}, refused={self.refused!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,11 @@ completed  the handler returned                          completed / COMPLETED /
 failed     permanently failed: the dead-letter set       dead, timeout / FAILED / failed
 cancelled  cancelled before or while running             cancelled / CANCELLED / cancelled
 expired    its TTL passed before it started              (none) / (none) / expired
-blocked    a workflow step waiting on its parents        pending / PENDING / (none)
 ========== ============================================= =============================
+
+``blocked`` is reserved for workflow steps waiting on their parents; nothing produces it yet
+(the stores and the contract suite already treat it as a waiting state). ``unknown`` is never
+stored: reads show it for a record whose stored state is unreadable (see ``JobRecord.damage``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ class JobState(StrEnum):
     CANCELLED = "cancelled"
     EXPIRED = "expired"
     BLOCKED = "blocked"
+    #: Never produced by a transition: what a read shows for a record whose stored state is
+    #: not one of the above (a corrupt or hand-edited record; its ``damage`` says what it held).
+    UNKNOWN = "unknown"
 
     @property
     def is_terminal(self) -> bool:
@@ -71,7 +77,11 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.FAILED: frozenset({JobState.QUEUED}),  # retried from the dead-letter set
     JobState.CANCELLED: frozenset({JobState.QUEUED}),  # retried by an operator
     JobState.EXPIRED: frozenset({JobState.QUEUED}),
+    JobState.UNKNOWN: frozenset(),
 }
+
+#: The states a transition can produce (every state but ``unknown``).
+STORED_STATES = tuple(s for s in JobState if s is not JobState.UNKNOWN)
 
 
 def can_transition(src: JobState, dst: JobState) -> bool:
@@ -89,4 +99,5 @@ SEED000_STATUS: dict[JobState, str] = {
     JobState.FAILED: "dead",
     JobState.CANCELLED: "cancelled",
     JobState.EXPIRED: "cancelled",
+    JobState.UNKNOWN: "failed",
 }

@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from conveyor.backends.base import Backend
 from conveyor.backends.capabilities import KeyValueStore, require
 from conveyor.core.options import EnqueueOptions
+from conveyor.core.portal import blocking
 from conveyor.core.ports import AppPort
 from conveyor.core.serialization import encode_call
 from conveyor.core.task import JobSpec
 from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import NewJob
 from conveyor.domain.states import JobState
-from conveyor.errors import ConfigurationError, JobNotFoundError
+from conveyor.errors import ConfigurationError, ScheduleNotFoundError
 from conveyor.scheduler.spec import ScheduleSpec, ScheduleState
 from conveyor.scheduler.timing import load_zone, next_tick, ticks_between
 
@@ -100,7 +101,10 @@ class ScheduleInfo:
 
 
 class Schedules:
-    """Runtime management (``app.schedules``) and the tick engine the scheduler loop drives."""
+    """Runtime management (``app.schedules``) and the tick engine the scheduler loop drives.
+
+    Every coroutine method but :meth:`run` (a loop stopped through an :class:`asyncio.Event`;
+    ``conveyor scheduler`` and workers run it) has a blocking ``*_sync`` twin."""
 
     def __init__(self, app: SchedulerHost) -> None:
         self.app = app
@@ -123,7 +127,7 @@ class Schedules:
         backend = await self._backend()
         raw = await backend.kv_get(NAMESPACE, name)
         if raw is None:
-            raise JobNotFoundError(f"schedule {name}")
+            raise ScheduleNotFoundError(name)
         return raw, _decode(raw)
 
     async def _mutate(self, name: str, change: Any) -> ScheduleState:
@@ -161,6 +165,7 @@ class Schedules:
             raise ConfigurationError(f"a schedule named {spec.name!r} already exists")
 
     async def list(self) -> list[ScheduleInfo]:
+        """Every stored schedule, by name, with its next run and its last job's state."""
         backend = await self._backend()
         rows = await backend.kv_list(NAMESPACE)
         out = []
@@ -170,6 +175,7 @@ class Schedules:
         return out
 
     async def get(self, name: str) -> ScheduleInfo:
+        """One schedule; raises :class:`ScheduleNotFoundError` for an unknown name."""
         _, state = await self._load(name)
         return await self._info(await self._backend(), state)
 
@@ -208,6 +214,7 @@ class Schedules:
         )
 
     async def pause(self, name: str) -> None:
+        """Stop the schedule from firing (its cursor and history stay)."""
         await self._mutate(name, lambda s: setattr(s, "paused", True))
 
     async def resume(self, name: str) -> None:
@@ -221,12 +228,13 @@ class Schedules:
         await self._mutate(name, change)
 
     async def remove(self, name: str) -> None:
+        """Delete a schedule (one declared in code comes back at the next start-up sync)."""
         backend = await self._backend()
         raw, _ = await self._load(name)
         if not await backend.kv_swap(NAMESPACE, name, raw, None):
             await self.remove(name)
 
-    async def update(self, name: str, **changes: Any) -> ScheduleSpec:
+    async def update(self, /, name: str, **changes: Any) -> ScheduleSpec:
         """Change a schedule's fields (validated). Schedules declared in code get their code
         definition back at the next start-up sync."""
         _, state = await self._load(name)
@@ -417,6 +425,20 @@ class Schedules:
                     await stop.wait()
             except TimeoutError:
                 pass
+
+    # -- blocking twins (same arguments and results) -----------------------------------------
+    sync_sync = blocking(sync)
+    add_sync = blocking(add)
+    list_sync = blocking(list)
+    get_sync = blocking(get)
+    pause_sync = blocking(pause)
+    resume_sync = blocking(resume)
+    remove_sync = blocking(remove)
+    update_sync = blocking(update)
+    trigger_sync = blocking(trigger)
+    history_sync = blocking(history)
+    tick_sync = blocking(tick)
+    next_due_sync = blocking(next_due)
 
 
 def _with_run_at(job: NewJob, run_at: float | None, name: str, tick: float) -> NewJob:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from conveyor.domain.clock import to_timestamp
 from conveyor.domain.durations import Duration, optional_duration
+from conveyor.domain.ids import format_uuid7
 from conveyor.domain.priority import parse_priority
 from conveyor.scheduler.timing import check_cron, load_zone
 
@@ -64,9 +65,11 @@ class ScheduleSpec:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def job_id(self, tick: float) -> str:
-        """The id of the job for one tick: time-sortable and the same in every process."""
-        digest = hashlib.sha256(f"{self.name}\x00{tick!r}".encode()).hexdigest()
-        return f"{int(tick * 1000):012x}5{digest[:19]}"
+        """The id of the job for one tick: a UUIDv7 of the tick's time whose other bits come
+        from a hash of the name and the tick, so it is the same in every process."""
+        digest = hashlib.sha256(f"{self.name}\x00{tick!r}".encode()).digest()
+        bits = int.from_bytes(digest[:10], "big")
+        return format_uuid7(int(tick * 1000), bits >> 64, bits)
 
     def jitter_for(self, tick: float) -> float:
         if self.jitter <= 0:
@@ -75,6 +78,16 @@ class ScheduleSpec:
         return self.jitter * int.from_bytes(digest[:8], "big") / 2**64
 
     def updated(self, **changes: Any) -> ScheduleSpec:
+        """A copy with ``changes`` applied, accepting the values :func:`build_spec` does
+        (durations as ``"10s"``, numbers or timedeltas; aware datetimes; priority names)."""
+        for name in ("every", "jitter", "misfire_grace"):
+            if changes.get(name) is not None:
+                changes[name] = optional_duration(changes[name], field=name)
+        for name in ("start", "end"):
+            if isinstance(changes.get(name), datetime):
+                changes[name] = to_timestamp(changes[name])
+        if changes.get("priority") is not None:
+            changes["priority"] = parse_priority(changes["priority"])
         return replace(self, **changes)
 
 

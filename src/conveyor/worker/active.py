@@ -41,6 +41,12 @@ class WorkerSettings(Protocol):
     @property
     def process_pool_size(self) -> int | None: ...
 
+    @property
+    def max_jobs_per_child(self) -> int | None: ...
+
+    @property
+    def max_memory_per_child(self) -> int | None: ...
+
 
 class WorkerPort(Protocol):
     """The parts of a worker its runner and cancellation listener use."""

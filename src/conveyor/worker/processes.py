@@ -1,17 +1,25 @@
 """Process-mode tasks: CPU-bound handlers run in child processes that can be killed.
 
 Each child imports the task's module by name, runs one call at a time and sends back the result
-(or the error, or a retry request). On timeout or cancellation the child is killed with SIGKILL
-and replaced on next use; a child that dies on its own (out of memory, a segfault) fails the
-attempt with :class:`ChildProcessDied` and the pool carries on.
+(or the error, or a retry request); progress the handler reports on the way
+(``current_job().progress(...)``) is sent as it happens. On timeout or cancellation the child is
+killed with SIGKILL and replaced on next use; a child that dies on its own (out of memory, a
+segfault) fails the attempt with :class:`ChildProcessDied` and the pool carries on.
+
+Recycling: a child is retired (and a fresh one started on next use) after ``max_jobs_per_child``
+calls, or when its resident memory after a call is above ``max_memory_per_child`` bytes — a
+leaking library cannot grow a long-lived worker without bound. A soft time limit reaches the
+child as ``SIGUSR1``, raised there as :class:`~conveyor.errors.SoftTimeLimitExceeded`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import multiprocessing
 import os
+import resource
 import signal
 import sys
 import threading
@@ -21,7 +29,9 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from conveyor.core.context import JobContext, reset_current, set_current
-from conveyor.errors import ErrorCode, Retry
+from conveyor.errors import ConveyorError, ErrorCode, Retry, SoftTimeLimitExceeded
+
+log = logging.getLogger("conveyor.worker")
 
 
 def _snapshot(ctx: JobContext | None) -> dict[str, Any]:
@@ -107,39 +117,88 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="conveyor-parent-watch", daemon=True).start()
 
 
+def _resident_bytes() -> int:
+    """This process's resident memory now (Linux ``/proc``), else its peak (``getrusage``)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak) * (1 if sys.platform == "darwin" else 1024)
+
+
+class _ChildHost:
+    """The job context's host inside a child: progress goes to the parent over the pipe."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+
+    def report_progress(self, ctx: JobContext, value: Any) -> None:
+        with self.lock:
+            self.conn.send(("progress", value))
+
+    async def heartbeat_now(self, ctx: JobContext) -> bool:
+        return True  # the worker's heartbeats hold the lease
+
+    def is_shutting_down(self) -> bool:
+        return False
+
+    async def open_transaction(self, ctx: JobContext) -> Any:
+        raise ConveyorError("current_job().transaction() is not available in process mode")
+
+
+_RUNNING = False  # in a child: whether a handler runs now (the soft limit may interrupt it)
+
+
+def _soft_limit(signum: int, frame: Any) -> None:
+    if _RUNNING:
+        raise SoftTimeLimitExceeded("soft time limit exceeded")
+
+
 def _child_main(conn: Connection, paths: list[str], parent_pid: int) -> None:
+    global _RUNNING
     _die_with_parent(parent_pid)
     sys.path[:0] = [p for p in paths if p not in sys.path]
+    host = _ChildHost(conn)
+    signal.signal(signal.SIGUSR1, _soft_limit)
+    conn.send(("ready",))  # the parent sends work (and signals) only after this
     while True:
         try:
             message = conn.recv()
         except (EOFError, KeyboardInterrupt):
             return
         module, qualname, args, kwargs, snapshot = message
-        ctx = JobContext(**snapshot)
+        ctx = JobContext(**snapshot, _host=host)
         token = set_current(ctx)
+        reply: tuple[Any, ...]
         try:
             fn = _resolve(module, qualname)
-            result = fn(*args, **kwargs)
-        except Retry as exc:
-            conn.send(("retry", exc.reason, exc.delay, ctx._take_logs()))
-        except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
-            conn.send(
-                ("error", type(exc).__name__, str(exc), traceback.format_exc(), ctx._take_logs())
-            )
-        else:
-            logs = ctx._take_logs()
+            _RUNNING = True
             try:
-                conn.send(("ok", result, logs))
-            except Exception as exc:  # noqa: BLE001 - an unpicklable result
-                conn.send(
-                    ("error", type(exc).__name__, f"result cannot be sent back: {exc}", "", logs)
-                )
+                result = fn(*args, **kwargs)
+            finally:
+                _RUNNING = False
+        except Retry as exc:
+            reply = ("retry", exc.reason, exc.delay)
+        except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+            reply = ("error", type(exc).__name__, str(exc), traceback.format_exc())
+        else:
+            reply = ("ok", result)
         finally:
             reset_current(token)
+        logs = ctx._take_logs()
+        with host.lock:
+            try:
+                conn.send((*reply, logs, _resident_bytes()))
+            except Exception as exc:  # noqa: BLE001 - an unpicklable result
+                text = f"result cannot be sent back: {exc}"
+                conn.send(("error", type(exc).__name__, text, "", logs, _resident_bytes()))
 
 
 class _Child:
+    jobs = 0  # calls answered so far
+
     def __init__(self, ctx: multiprocessing.context.BaseContext) -> None:
         parent, child = ctx.Pipe()
         self.conn = parent
@@ -151,6 +210,17 @@ class _Child:
         )
         self.process.start()
         child.close()
+        # Wait for the child to be ready (its signal handlers installed): a soft-limit signal
+        # that arrived while it was still starting would kill it.
+        try:
+            ready = self.conn.poll(60) and self.conn.recv() == ("ready",)
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            self.kill()
+            raise ChildProcessDied(
+                f"child process did not start (exit code {self.process.exitcode})"
+            )
 
     def kill(self) -> None:
         if self.process.is_alive():
@@ -158,16 +228,45 @@ class _Child:
         self.process.join(timeout=5)
         self.conn.close()
 
+    def retire(self) -> None:
+        """Let the child exit on its own (end of its input), killing it if it lingers."""
+        self.conn.close()
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5)
+
+
+def _signal(child: _Child, signum: int) -> None:
+    pid = child.process.pid
+    if pid is not None and child.process.is_alive():
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
 
 class ProcessPool:
-    """Up to ``size`` child processes, started on demand, one call each at a time."""
+    """Up to ``size`` child processes, started on demand, one call each at a time; a child is
+    recycled after ``max_jobs_per_child`` calls or above ``max_memory_per_child`` bytes."""
 
-    def __init__(self, size: int | None = None, start_method: str = "spawn") -> None:
+    def __init__(
+        self,
+        size: int | None = None,
+        start_method: str = "spawn",
+        *,
+        max_jobs_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
+    ) -> None:
         self._size = max(1, size or os.cpu_count() or 1)
         self._ctx = multiprocessing.get_context(start_method)
         self._idle: list[_Child] = []
         self._count = 0
         self._available: asyncio.Condition | None = None
+        self.max_jobs_per_child = max_jobs_per_child
+        self.max_memory_per_child = max_memory_per_child
+        #: Children retired by the recycling limits (for stats and tests).
+        self.recycled = 0
 
     async def _acquire(self) -> _Child:
         if self._available is None:
@@ -207,11 +306,15 @@ class ProcessPool:
         args: list[Any],
         kwargs: dict[str, Any],
         ctx: JobContext | None = None,
+        *,
+        soft_timeout: float | None = None,
     ) -> Any:
         """Run ``module.qualname(*args, **kwargs)`` in a child; cancelling kills the child.
 
         The child sees a copy of ``ctx`` through ``current_job()`` (ids, attempt, trace id,
-        metadata); lines it logs come back into ``ctx``; progress is not shipped.
+        metadata); lines it logs come back into ``ctx``, progress it reports goes to
+        ``ctx.progress`` as it happens. ``soft_timeout``: seconds after which the child gets
+        ``SIGUSR1`` (raised in the handler as ``SoftTimeLimitExceeded``).
         """
         child = await self._acquire()
         loop = asyncio.get_running_loop()
@@ -221,18 +324,29 @@ class ProcessPool:
             if reply.done():
                 return
             try:
-                reply.set_result(child.conn.recv())
+                message = child.conn.recv()
             except (EOFError, OSError) as exc:
                 reply.set_exception(ChildProcessDied(f"child process exited: {exc!r}"))
+                return
+            if message[0] == "progress":
+                if ctx is not None:
+                    ctx.progress(message[1])
+                return  # the answer is still to come (the reader fires again)
+            reply.set_result(message)
 
         fd = child.conn.fileno()
+        timer: asyncio.TimerHandle | None = None
         try:
             child.conn.send((module, qualname, args, kwargs, _snapshot(ctx)))
             loop.add_reader(fd, readable)
+            if soft_timeout is not None:
+                timer = loop.call_later(soft_timeout, _signal, child, signal.SIGUSR1)
             try:
                 message = await reply
             finally:
                 loop.remove_reader(fd)
+                if timer is not None:
+                    timer.cancel()
         except BaseException:
             child.kill()
             await self._forget()
@@ -241,16 +355,38 @@ class ProcessPool:
                     f"child process exited with code {child.process.exitcode}"
                 ) from None
             raise
-        await self._give_back(child)
-        kind = message[0]
-        if ctx is not None and message[-1]:
+        *answer, logs, resident = message
+        child.jobs += 1
+        await self._recycle_or_give_back(child, resident)
+        kind = answer[0]
+        if ctx is not None and logs:
             with ctx._log_lock:
-                ctx._pending_logs.extend(message[-1])
+                ctx._pending_logs.extend(logs)
         if kind == "ok":
-            return message[1]
+            return answer[1]
         if kind == "retry":
-            raise Retry(message[1], delay=message[2])
-        raise RemoteError(message[1], message[2], message[3])
+            raise Retry(answer[1], delay=answer[2])
+        if answer[1] == "SoftTimeLimitExceeded":
+            exc = SoftTimeLimitExceeded(answer[2])
+            exc.failure_traceback = answer[3]  # type: ignore[attr-defined]
+            raise exc
+        raise RemoteError(answer[1], answer[2], answer[3])
+
+    async def _recycle_or_give_back(self, child: _Child, resident: int) -> None:
+        """Back to the idle list, or retired when a recycling limit says so."""
+        reason = None
+        if self.max_jobs_per_child is not None and child.jobs >= self.max_jobs_per_child:
+            reason = f"after {child.jobs} job(s)"
+        elif self.max_memory_per_child is not None and resident > self.max_memory_per_child:
+            limit = self.max_memory_per_child / 2**20
+            reason = f"at {resident / 2**20:.0f} MiB resident (limit {limit:.0f} MiB)"
+        if reason is None:
+            await self._give_back(child)
+            return
+        self.recycled += 1
+        log.info("recycling process-mode child pid %d %s", child.process.pid, reason)
+        await asyncio.get_running_loop().run_in_executor(None, child.retire)
+        await self._forget()
 
     def shutdown(self) -> None:
         """Kill every idle child."""

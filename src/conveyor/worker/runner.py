@@ -15,6 +15,7 @@ from conveyor.backends.capabilities import Transactions
 from conveyor.core.context import JobContext, reset_current, set_current
 from conveyor.core.events import JobEvent
 from conveyor.core.middleware import ExecuteCall, ExecuteNext, compose_execute
+from conveyor.domain.durations import format_duration as fmt_seconds
 from conveyor.domain.failure import decide_failure
 from conveyor.domain.job import ErrorInfo, RecoveredJob
 from conveyor.domain.states import JobState
@@ -30,6 +31,7 @@ from conveyor.worker.deadlines import within_coarse
 from conveyor.worker.hooks import run_on_cancel
 from conveyor.worker.payloads import NEWER_PAYLOAD_DELAY, NewerPayload, defer_job, prepare_call
 from conveyor.worker.processes import ProcessPool
+from conveyor.worker.softlimit import SoftFlag, SoftLimited, ThreadTarget, raise_in_thread
 from conveyor.worker.threads import DaemonThreadPool
 
 if TYPE_CHECKING:
@@ -68,6 +70,11 @@ class _Interrupted(Exception):
         self.reason = reason
 
 
+def _soft_flag(ctx: JobContext) -> SoftFlag | None:
+    flag: SoftFlag | None = getattr(ctx, "_soft_flag", None)
+    return flag
+
+
 def _module_name(fn: Any) -> str:
     module: str = fn.__module__
     if module == "__main__":
@@ -97,7 +104,12 @@ class JobRunner:
     @property
     def processes(self) -> ProcessPool:
         if self._processes is None:
-            self._processes = ProcessPool(self.worker.config.process_pool_size)
+            config = self.worker.config
+            self._processes = ProcessPool(
+                config.process_pool_size,
+                max_jobs_per_child=config.max_jobs_per_child,
+                max_memory_per_child=config.max_memory_per_child,
+            )
         return self._processes
 
     def _fields(self, active: ActiveJob, **more: Any) -> dict[str, Any]:
@@ -188,16 +200,14 @@ class JobRunner:
         if "tx" in active.extra:
             return active.extra["tx"][0]
         backend = self.worker.backend
-        connection = getattr(backend, "connection", None)
-        if connection is None or not isinstance(backend, Transactions):
+        if not isinstance(backend, Transactions):
             raise ConfigurationError(
                 "current_job().transaction() needs a backend with transactional completion "
-                f"(PostgreSQL); {self.app.factory.describe()['url']} has none"
+                f"(PostgreSQL or SQLite); {self.app.factory.describe()['url']} has none"
             )
         stack = contextlib.AsyncExitStack()
         try:
-            conn = await stack.enter_async_context(connection())
-            await stack.enter_async_context(conn.transaction())
+            conn = await stack.enter_async_context(backend.transaction())
         except BaseException:
             await stack.aclose()
             raise
@@ -251,6 +261,9 @@ class JobRunner:
             async def run_async(call: ExecuteCall) -> Any:
                 token = set_current(call.ctx)
                 try:
+                    flag = _soft_flag(call.ctx)
+                    if flag is not None:
+                        return await SoftLimited(fn(*call.args, **call.kwargs), flag)
                     return await fn(*call.args, **call.kwargs)
                 finally:
                     reset_current(token)
@@ -261,8 +274,15 @@ class JobRunner:
 
             def in_thread(ctx: JobContext, args: list[Any], kwargs: dict[str, Any]) -> Any:
                 token = set_current(ctx)
+                target: ThreadTarget | None = getattr(ctx, "_thread_target", None)
                 try:
-                    return fn(*args, **kwargs)
+                    if target is None:
+                        return fn(*args, **kwargs)
+                    target.enter()
+                    try:
+                        return fn(*args, **kwargs)
+                    finally:
+                        target.leave()
                 finally:
                     reset_current(token)
                     ctx._thread_done()  # type: ignore[attr-defined]
@@ -275,7 +295,15 @@ class JobRunner:
         module, qualname = _module_name(fn), fn.__qualname__
 
         async def run_process(call: ExecuteCall) -> Any:
-            return await self.processes.call(module, qualname, call.args, call.kwargs, call.ctx)
+            flag = _soft_flag(call.ctx)
+            return await self.processes.call(
+                module,
+                qualname,
+                call.args,
+                call.kwargs,
+                call.ctx,
+                soft_timeout=None if flag is None else flag.seconds,
+            )
 
         return run_process
 
@@ -323,7 +351,9 @@ class JobRunner:
             finally:
                 # The outcome is written next; a heartbeat must not read that as a lost lease.
                 active.finishing = True
-                if self._flushes:
+                # (A handler transaction may hold the store's write lock: SQLite's. Its
+                # progress is best effort then, and the outcome does not wait for it.)
+                if self._flushes and "tx" not in active.extra:
                     await self._settle_progress(job.id)
         except _Interrupted as exc:
             await self._interrupted(active, exc.reason, time.monotonic() - started)
@@ -400,6 +430,7 @@ class JobRunner:
             timer = asyncio.get_running_loop().call_later(
                 delay, self.interrupt, active, "timeout", f"timed out after {job.timeout}s"
             )
+        soft = self._arm_soft_limit(active, task, ctx, me)
         cancelled = False
         active.extra["in_handler"] = me
         try:
@@ -416,6 +447,8 @@ class JobRunner:
             del active.extra["in_handler"]
             if timer is not None:
                 timer.cancel()
+            if soft is not None:
+                soft.cancel()
             if active.extra.get("cancelled"):
                 me.uncancel()  # our own cancellation is consumed here, delivered or not
         if active.stop_reason is not None and (cancelled or active.stop_reason != "cancel"):
@@ -424,6 +457,32 @@ class JobRunner:
                 self.worker.zombie_threads += 1
             raise _Interrupted(active.stop_reason)
         return result
+
+    def _arm_soft_limit(
+        self, active: ActiveJob, task: Task[Any, Any], ctx: JobContext, me: asyncio.Task[Any]
+    ) -> asyncio.TimerHandle | None:
+        """The timer that raises ``SoftTimeLimitExceeded`` in the handler, when its task has
+        a soft limit shorter than this job's timeout (a per-job timeout may be shorter)."""
+        soft = task.config.soft_timeout
+        timeout = active.job.timeout
+        if soft is None or (timeout is not None and not soft < timeout):
+            return None
+        flag = SoftFlag(soft)
+        ctx._soft_flag = flag  # type: ignore[attr-defined]
+        executor = task.config.executor
+        if executor == "process":
+            return None  # the pool signals its child (see ProcessPool.call)
+        if executor == "thread":
+            target = ThreadTarget()
+            ctx._thread_target = target  # type: ignore[attr-defined]
+            return asyncio.get_running_loop().call_later(soft, raise_in_thread, target, flag)
+
+        def fire() -> None:
+            if active.stop_reason is None and flag.inside:
+                flag.pending = True
+                me.cancel()  # SoftLimited turns it into the exception, inside the handler
+
+        return asyncio.get_running_loop().call_later(soft, fire)
 
     # -- outcomes -----------------------------------------------------------------------------
     async def _flush_logs(self, active: ActiveJob) -> None:
@@ -441,11 +500,11 @@ class JobRunner:
         except (SerializationError, ValidationError) as exc:
             await self._failed(active, task, exc, duration, permanent=True)
             return
-        await self._flush_logs(active)
         ok: bool | None
         if "tx" in active.extra:
             ok = await self._complete_in_transaction(active, data)
         else:
+            await self._flush_logs(active)
             ok = await self._store(lambda: self._complete(active, data))
         if ok is None:
             return  # the store stayed unreachable: lease recovery reruns the job
@@ -453,12 +512,13 @@ class JobRunner:
             self._lease_lost(active)
             return
         self.worker.stats.record(job.task, job.queue, "succeeded", duration)
-        log.debug(
-            "job %s completed in %.3fs",
-            job.id,
-            duration,
-            extra=self._fields(active, duration=duration),
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "job %s completed in %s",
+                job.id,
+                fmt_seconds(duration),
+                extra=self._fields(active, duration=duration),
+            )
         if self.app.events.has_listeners("completed", job.task):
             await self.app.events.emit(
                 JobEvent(
@@ -518,7 +578,11 @@ class JobRunner:
         conn, _ = active.extra["tx"]
         backend = self.worker.backend
         assert isinstance(backend, Transactions)  # open_transaction checked it
+        entries = active.ctx._take_logs() if active.ctx is not None else []
         try:
+            # The log lines commit with the completion (and never wait on a write lock the
+            # transaction itself holds).
+            await backend.append_logs_on(conn, job.id, entries)
             ok = await backend.complete_on(conn, job.id, job.fence, data, self.app.backend_now())
         except Exception as exc:  # noqa: BLE001
             log.error(
@@ -652,7 +716,19 @@ class JobRunner:
         events = self.app.events
         listened = events.has_listeners("failed", job.task)
         fields = self._fields(active, duration=duration, error_code=code)
-        if not listened:
+        if not listened and decision.outcome == "requested":
+            # The handler asked for a retry: it steers its job, nothing failed.
+            log.info(
+                "job %s (%s) asked to be retried after attempt %d/%d (%s) — retrying in %s",
+                job.id,
+                job.task,
+                job.attempt,
+                job.max_attempts,
+                exc,
+                fmt_seconds(delay or 0.0),
+                extra=fields,
+            )
+        elif not listened:
             # Nobody listens for failures: say so in the log. A failure that will be retried is
             # a warning; one that dead-letters the job is an error with its traceback.
             log.log(
@@ -665,7 +741,7 @@ class JobRunner:
                 code,
                 type_name,
                 exc,
-                f" — retrying in {delay:.2f}s"
+                f" — retrying in {fmt_seconds(delay)}"
                 if will_retry and delay is not None
                 else " — dead-lettered",
                 exc_info=exc if decision.log_traceback else None,

@@ -59,8 +59,9 @@ class WorkerStatsCollector:
     last_prune: float = 0.0
 
     def record(self, task: str, queue: str, outcome: str, duration: float) -> None:
-        """``outcome``: succeeded, retried (failed, will retry), dead (failed for good),
-        cancelled, or handed_back (not counted as processed)."""
+        """``outcome``: succeeded, retried (failed, will retry), requested (the handler asked
+        for a retry: counted as a retry, not a failure), dead (failed for good), cancelled, or
+        handed_back (not counted as processed)."""
         for observer in self.observers:
             observer(task, queue, outcome, duration)
         if outcome == "handed_back":
@@ -83,6 +84,8 @@ class WorkerStatsCollector:
             c.total_duration += duration
             if outcome == "succeeded":
                 c.succeeded += 1
+            elif outcome == "requested":
+                c.retried += 1
             elif outcome in ("retried", "dead"):
                 c.failed += 1
                 if outcome == "retried":

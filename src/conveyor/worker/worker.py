@@ -27,7 +27,7 @@ from conveyor.core.contract import unimplemented
 from conveyor.core.env import WORKER_VARIABLES, options_from_env
 from conveyor.core.events import JobEvent
 from conveyor.domain.ids import new_job_id
-from conveyor.domain.job import ClaimedJob, JobFilter, WorkerInfo
+from conveyor.domain.job import ClaimedJob, JobFilter, StoreDeadLetter, WorkerInfo
 from conveyor.domain.states import JobState
 from conveyor.errors import ConfigurationError
 from conveyor.worker.active import ActiveJob
@@ -53,7 +53,9 @@ class WorkerConfig:
     order of their declared priority. ``tasks``: task-name patterns with ``*`` wildcards to
     accept (``None``: all). ``concurrency``: jobs run at once. ``grace``: seconds running jobs
     get to finish on shutdown before they are handed back. ``burst``: exit once no job is
-    claimable and none is running.
+    claimable and none is running. ``max_jobs_per_child`` / ``max_memory_per_child`` (bytes):
+    recycle a process-mode child after that many jobs, or when its resident memory after a job
+    is above that (``None``: never).
     """
 
     queues: tuple[str, ...] | None = None
@@ -65,6 +67,8 @@ class WorkerConfig:
     retention_interval: float = 60.0
     process_pool_size: int | None = None
     burst: bool = False
+    max_jobs_per_child: int | None = None
+    max_memory_per_child: int | None = None
     burst_waits_for_scheduled: bool = True
     scheduler: bool = True
     worker_id: str | None = None
@@ -86,6 +90,10 @@ class Worker:
         self.config = config or WorkerConfig()
         if self.config.concurrency < 1:
             raise ValueError("worker concurrency must be >= 1")
+        for name in ("max_jobs_per_child", "max_memory_per_child"):
+            value = getattr(self.config, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (or None)")
         host = socket.gethostname()
         self.id = self.config.worker_id or f"{host}:{os.getpid()}:{new_job_id()[-8:]}"
         self.host = host
@@ -290,6 +298,9 @@ class Worker:
     async def adopt(self, finishing: ActiveJob, jobs: list[ClaimedJob], took: float) -> None:
         """Start jobs a fused completion claimed (in place of ``finishing``); ``took`` is how
         long the call took, as the claim loop checks it."""
+        dead = self.backend.take_store_dead_letters()
+        if dead:
+            await self._report_store_dead_letters(dead)
         if not jobs:
             self._skip_claim = True
             return
@@ -347,7 +358,47 @@ class Worker:
             )
             if len(jobs) >= free:
                 break
+        dead = self.backend.take_store_dead_letters()
+        if dead:
+            await self._report_store_dead_letters(dead)
         return jobs
+
+    async def _report_store_dead_letters(self, found: list[StoreDeadLetter]) -> None:
+        """Log and count the jobs our claims dead-lettered in the store instead of handing them
+        out (their stored record could not be decoded): an error line each, the ``dead``
+        counters, and the ``dead`` event."""
+        for dead in found:
+            self.stats.record(dead.task, dead.queue, "dead", 0.0)
+            log.error(
+                "job %s (%s) was dead-lettered when claimed [%s]: %s",
+                dead.id,
+                dead.task,
+                dead.error.code,
+                dead.error.message,
+                extra={
+                    "worker_id": self.id,
+                    "job_id": dead.id,
+                    "task": dead.task,
+                    "queue": dead.queue,
+                    "attempt": dead.attempt,
+                    "error_code": dead.error.code,
+                },
+            )
+            if self.app.events.has_listeners("dead", dead.task):
+                await self.app.events.emit(
+                    JobEvent(
+                        "dead",
+                        dead.id,
+                        dead.task,
+                        dead.queue,
+                        dead.attempt,
+                        at=self.app.now(),
+                        error_code=dead.error.code,
+                        error_type=dead.error.type,
+                        error_message=dead.error.message,
+                        worker_id=self.id,
+                    )
+                )
 
     def _over_limit(self, job: ClaimedJob) -> bool:
         task = self.app.tasks.get(job.task)

@@ -114,3 +114,41 @@ async def test_the_app_refuses_connection_enqueue_without_the_capability(
     with pytest.raises(ConfigurationError, match="supports transactions"):
         await noop.options(connection=object()).enqueue()
     await app.close()
+
+
+class _Rollback(Exception):
+    pass
+
+
+async def test_a_handler_transaction_commits_logs_and_completion_together(
+    backend_kind: str, backend: Backend
+) -> None:
+    """``transaction()`` + ``append_logs_on`` + ``complete_on``: what the worker does for
+    ``current_job().transaction()``; an exception rolls all of it back."""
+    if not isinstance(backend, Transactions):
+        pytest.skip("no transactions capability on this store")
+    from conveyor.domain.job import LogEntry
+
+    jobs = [new_job(), new_job()]
+    await backend.enqueue(jobs, now=T)
+    claimed = {c.id: c for c in await backend.claim("w", ["default"], 2, 30, now=T)}
+    kept, undone = (claimed[j.id] for j in jobs)
+    entry = LogEntry(T, "info", "inside", 1)
+
+    async with backend.transaction() as conn:
+        await backend.append_logs_on(conn, kept.id, [entry])
+        assert await backend.complete_on(conn, kept.id, kept.fence, b"r", now=T + 1)
+    record = await backend.get_job(kept.id)
+    assert record is not None and record.state is JobState.COMPLETED
+    assert [e.message for e in record.logs] == ["inside"]
+
+    with pytest.raises(_Rollback):
+        async with backend.transaction() as conn:
+            await backend.append_logs_on(conn, undone.id, [entry])
+            assert await backend.complete_on(conn, undone.id, undone.fence, b"r", now=T + 1)
+            raise _Rollback
+    record = await backend.get_job(undone.id)
+    assert record is not None and record.state is JobState.RUNNING and record.logs == ()
+    # Inside the caller's own transaction only a held lease counts: no repeat answers true.
+    async with backend.transaction() as conn:
+        assert not await backend.complete_on(conn, kept.id, kept.fence, b"again", now=T + 2)

@@ -6,13 +6,32 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from conveyor.domain.job import EnqueueResult, NewJob
+from conveyor.domain.job import EnqueueResult, LogEntry, NewJob
 
 
 class Transactions(ABC):
-    """Implemented by backend clients whose store has transactions a caller can share."""
+    """Implemented by backend clients whose store has transactions a caller can share.
+
+    The worker uses :meth:`transaction`, :meth:`append_logs_on` and :meth:`complete_on` for
+    ``current_job().transaction()``: the handler writes through the connection, then the job's
+    log lines and its completion go into the same transaction, and it commits (or rolls back)
+    as one.
+    """
+
+    @abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Any]:
+        """A new connection to the store with a transaction open on it (``async with``): it
+        commits when the block exits normally and rolls back when it raises, then the
+        connection is released. The store's own connection type (``psycopg``'s async
+        connection, ``sqlite3.Connection``)."""
+
+    @abstractmethod
+    async def append_logs_on(self, conn: Any, job_id: str, entries: Sequence[LogEntry]) -> None:
+        """:meth:`~conveyor.backends.base.Backend.append_logs` inside the open transaction of
+        ``conn``."""
 
     @abstractmethod
     async def enqueue_on(

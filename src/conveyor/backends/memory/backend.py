@@ -16,7 +16,15 @@ from dataclasses import replace
 
 from conveyor.backends.base import Backend, BackendFactory, CancelOutcome
 from conveyor.backends.capabilities.kv import KeyValueStore
-from conveyor.backends.common import RETRYABLE_STATES, SUSPECT_STALLS, filter_matches, matches_any
+from conveyor.backends.common import (
+    RETRYABLE_STATES,
+    SUSPECT_STALLS,
+    filter_matches,
+    matches_any,
+    repeated_complete,
+    repeated_fail,
+    repeated_release,
+)
 from conveyor.backends.memory.browse import MemoryBrowser
 from conveyor.backends.memory.defer import MemoryDefer
 from conveyor.domain.job import (
@@ -30,6 +38,7 @@ from conveyor.domain.job import (
     LogEntry,
     NewJob,
     RecoveredJob,
+    RetriedJobs,
     WorkerInfo,
 )
 from conveyor.domain.states import KEY_HOLDING_STATES, JobState
@@ -258,8 +267,8 @@ class MemoryBackend(MemoryDefer, MemoryBrowser, KeyValueStore, Backend):  # Defe
         t = self._now(now)
         with self.store.lock:
             job = self._held(job_id, fence)
-            if job is None:
-                return False
+            if job is None:  # a repeat of a completion that took effect answers the same
+                return repeated_complete(self.store.jobs.get(job_id), fence)
             self.store.jobs[job_id] = replace(
                 job,
                 state=JobState.COMPLETED,
@@ -285,8 +294,10 @@ class MemoryBackend(MemoryDefer, MemoryBrowser, KeyValueStore, Backend):  # Defe
         t = self._now(now)
         with self.store.lock:
             job = self._held(job_id, fence)
-            if job is None:
-                return None
+            if job is None:  # a repeat of a failure that took effect answers its outcome
+                return repeated_fail(
+                    self.store.jobs.get(job_id), fence, error, retry_delay, terminal
+                )
             common = {
                 "error": error,
                 "errors": (*job.errors, error),
@@ -311,8 +322,8 @@ class MemoryBackend(MemoryDefer, MemoryBrowser, KeyValueStore, Backend):  # Defe
     async def release(self, job_id: str, fence: int, now: float | None = None) -> bool:
         with self.store.lock:
             job = self._held(job_id, fence)
-            if job is None:
-                return False
+            if job is None:  # a repeat of a hand-back that took effect answers the same
+                return repeated_release(self.store.jobs.get(job_id), fence)
             self.store.jobs[job_id] = replace(
                 job,
                 state=JobState.QUEUED,
@@ -505,30 +516,60 @@ class MemoryBackend(MemoryDefer, MemoryBrowser, KeyValueStore, Backend):  # Defe
         reset_attempts: bool = False,
         now: float | None = None,
         limit: int = 1000,
-    ) -> list[str]:
+    ) -> RetriedJobs:
         t = self._now(now)
         ids: list[str] = []
+        refused: dict[str, str] = {}
         with self.store.lock:
-            for job in sorted(self.store.jobs.values(), key=lambda j: j.id):
+            matching = [
+                j
+                for j in sorted(self.store.jobs.values(), key=lambda j: j.id)
+                if j.state in RETRYABLE_STATES and filter_matches(j, flt)
+            ]
+            for job in matching:
                 if len(ids) >= limit:
                     break
-                if job.state not in RETRYABLE_STATES or not filter_matches(job, flt):
-                    continue
+                key = job.idempotency_key
+                if key is not None and self._key_holder(key, job.id) is not None:
+                    continue  # one live holder per key: see the refusals below
                 self.store.jobs[job.id] = replace(
                     job,
                     state=JobState.QUEUED,
                     run_at=t,
                     attempts=0 if reset_attempts else job.attempts,
+                    # One more run without a reset: the record says so (not "4/3").
+                    max_attempts=job.max_attempts
+                    if reset_attempts
+                    else max(job.max_attempts, job.attempts + 1),
                     stalls=0,
                     finished_at=None,
                     cancel_requested=False,
                     cancel_reason=None,
                     dead_letter_queue=None,
                 )
+                if key is not None:
+                    self.store.keys[key] = job.id
                 ids.append(job.id)
+            for job in matching:
+                if len(refused) >= limit:
+                    break
+                current = self.store.jobs[job.id]
+                if current.state not in RETRYABLE_STATES or current.idempotency_key is None:
+                    continue
+                holder = self._key_holder(current.idempotency_key, job.id)
+                if holder is not None:
+                    refused[job.id] = holder
         if ids:
             self.store.wake()
-        return ids
+        return RetriedJobs(ids, refused)
+
+    def _key_holder(self, key: str, other_than: str) -> str | None:
+        """The id of the job (not ``other_than``) that holds ``key`` now, if one does."""
+        holder_id = self.store.keys.get(key)
+        if holder_id is None or holder_id == other_than:
+            return None
+        holder = self.store.jobs.get(holder_id)
+        return holder_id if holder is not None and holder.state in KEY_HOLDING_STATES else None
 
     async def delete_jobs(self, flt: JobFilter, *, limit: int = 1000) -> int:
         deleted = 0
@@ -619,3 +660,12 @@ class MemoryFactory(BackendFactory):
 
     def create(self) -> MemoryBackend:
         return MemoryBackend(self.store)
+
+    async def destroy(self) -> None:
+        """Forget every job, key, worker and shared value (clients stay usable)."""
+        with self.store.lock:
+            self.store.jobs.clear()
+            self.store.keys.clear()
+            self.store.workers.clear()
+            self.store.kv.clear()
+        self.store.wake()

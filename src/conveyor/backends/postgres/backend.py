@@ -9,7 +9,9 @@ retries, wake-ups and reads come from :class:`~conveyor.backends.postgres.client
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -19,6 +21,7 @@ from psycopg.types.json import Json
 from conveyor.backends.base import Backend, CancelOutcome
 from conveyor.backends.capabilities.transactions import Transactions
 from conveyor.backends.coalesce import Coalescer
+from conveyor.backends.common import fail_outcome
 from conveyor.backends.postgres.browse import PostgresBrowser
 from conveyor.backends.postgres.client import (
     READ,
@@ -50,6 +53,9 @@ from conveyor.domain.job import (
     LogEntry,
     NewJob,
     RecoveredJob,
+    RetriedJobs,
+    StoreDeadLetter,
+    unreadable_record,
 )
 from conveyor.domain.states import JobState
 from conveyor.errors import ConveyorError, StorageUnavailableError
@@ -193,6 +199,20 @@ class PostgresBackend(
         with translated(self.settings.url, self.schema):
             return await enqueue_on(conn, jobs, now, schema=self.schema)
 
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Conn]:
+        """A pooled connection with a transaction open (``current_job().transaction()``)."""
+        async with self.connection() as conn, conn.transaction():
+            yield conn
+
+    async def append_logs_on(self, conn: Conn, job_id: str, entries: Sequence[LogEntry]) -> None:
+        """Log lines inside the caller's transaction on ``conn`` (they commit with it)."""
+        if not entries:
+            return
+        params = {"id": job_id, "entries": [Json(e.to_dict()) for e in entries]}
+        with translated(self.settings.url, self.schema):
+            await conn.execute(self._sql["append_logs"], params)
+
     async def complete_on(
         self, conn: Conn, job_id: str, fence: int, result: bytes | None, now: float | None = None
     ) -> bool:
@@ -235,7 +255,10 @@ class PostgresBackend(
                 cur = await conn.execute(claim, params)
             return await cur.fetchall()
 
-        return _claimed(await self._run(op, STALE))
+        dead: list[StoreDeadLetter] = []
+        jobs = _claimed(await self._run(op, STALE), dead)
+        self.note_store_dead_letters(dead)
+        return jobs
 
     async def complete_and_claim(
         self,
@@ -260,7 +283,14 @@ class PostgresBackend(
             return await self.complete(job_id, fence, result, now), []
         at = None if now is None else float(now)
         channel = self.wake.allow_done()
-        one = {"id": job_id, "fence": int(fence), "result": result, "now": at, "channel": channel}
+        one = {
+            "id": job_id,
+            "fence": int(fence),
+            "result": result,
+            "now": at,
+            "channel": channel,
+            "repeat": True,
+        }
         params = {
             "now": at,
             "queues": distinct(queues),
@@ -297,7 +327,10 @@ class PostgresBackend(
             return await self.complete(job_id, fence, result, now), []
         if done_rows:
             self.wake.wake_done()
-        return bool(done_rows), _claimed(rows)
+        dead: list[StoreDeadLetter] = []
+        jobs = _claimed(rows, dead)
+        self.note_store_dead_letters(dead)
+        return bool(done_rows), jobs
 
     async def complete(
         self, job_id: str, fence: int, result: bytes | None, now: float | None = None
@@ -322,7 +355,14 @@ class PostgresBackend(
         channel = self.wake.allow_done()
         if len(items) == 1:  # scalar parameters are cheaper to send than arrays
             job_id, fence, result, now = items[0]
-            one = {"id": job_id, "fence": fence, "result": result, "now": now, "channel": channel}
+            one = {
+                "id": job_id,
+                "fence": fence,
+                "result": result,
+                "now": now,
+                "channel": channel,
+                "repeat": True,
+            }
             rows = await self._fetchall("complete", one, STALE)
         else:
             params = {
@@ -350,6 +390,7 @@ class PostgresBackend(
         dead_letter_queue: str | None = None,
     ) -> JobState | None:
         written = error_json(error)
+        wrote, seen = fail_outcome(retry_delay, terminal)
         jobs_channel = done_channel = None
         if retry_delay is None:
             done_channel = self.wake.allow_done()
@@ -365,17 +406,13 @@ class PostgresBackend(
             "error": written,
             "jobs_channel": jobs_channel,
             "done_channel": done_channel,
+            "wrote": wrote.value,
+            "seen": [state.value for state in seen],
         }
         try:
             rows = await self._fetchall("fail", params, STALE)
         except StorageUnavailableError:
             # The outcome is unknown; the fence and the error record tell whether it was ours.
-            if retry_delay is None:
-                wrote, seen = JobState(terminal), {JobState(terminal)}
-            elif retry_delay <= 0:
-                wrote, seen = JobState.QUEUED, {JobState.QUEUED}
-            else:  # a claim may have promoted it to queued since
-                wrote, seen = JobState.SCHEDULED, {JobState.SCHEDULED, JobState.QUEUED}
             record = await self.get_job(job_id)
             if record is None or record.fence != fence:
                 return None
@@ -510,23 +547,67 @@ class PostgresBackend(
         reset_attempts: bool = False,
         now: float | None = None,
         limit: int = 1000,
-    ) -> list[str]:
+    ) -> RetriedJobs:
         if limit <= 0:
-            return []
+            return RetriedJobs()
         where, params = filter_sql(flt)
-        sql = self._sql["retry"].replace("{filter}", where)
-        params.update(
-            now=now, limit=int(limit), reset=bool(reset_attempts), channel=self.jobs_channel
+        page_sql = self._sql["retry_page"].replace("{filter}", where)
+        lock_keys, holders_sql, update = (
+            self._sql["enqueue_lock_keys"],
+            self._sql["key_holders"],
+            self._sql["retry_ids"],
         )
 
-        async def op(conn: Conn) -> list[tuple[Any, ...]]:
-            cur = await conn.execute(sql, params)
-            return await cur.fetchall()
+        async def op(conn: Conn) -> RetriedJobs:
+            # One transaction: the rows looked at are locked, and so are their keys (as an
+            # enqueue locks them), so no enqueue or other retry takes a key meanwhile.
+            ids: list[str] = []
+            refused: dict[str, str] = {}
+            after = ""
+            async with conn.transaction():
+                while len(ids) < limit:
+                    cur = await conn.execute(
+                        page_sql, {**params, "after": after, "page": max(int(limit), 100)}
+                    )
+                    rows = await cur.fetchall()
+                    if not rows:
+                        break
+                    keys = sorted({key for _, key in rows if key is not None})
+                    held: dict[str, list[str]] = {}
+                    if keys:
+                        await conn.execute(lock_keys, {"keys": keys})
+                        cur = await conn.execute(holders_sql, {"keys": keys})
+                        for key, holder in await cur.fetchall():
+                            held.setdefault(key, []).append(holder)
+                    chosen: list[str] = []
+                    for job_id, key in rows:
+                        after = job_id
+                        if len(ids) + len(chosen) >= limit:
+                            break
+                        if key is not None:
+                            holder = next((h for h in held.get(key, ()) if h != job_id), None)
+                            if holder is not None:  # one live holder per key
+                                refused[job_id] = holder
+                                continue
+                            held[key] = [job_id]
+                        chosen.append(job_id)
+                    if chosen:
+                        cur = await conn.execute(
+                            update,
+                            {
+                                "ids": chosen,
+                                "now": now,
+                                "reset": bool(reset_attempts),
+                                "channel": self.jobs_channel,
+                            },
+                        )
+                        ids += [row[0] for row in await cur.fetchall()]
+            return RetriedJobs(ids, refused)
 
-        rows = await self._run(op, STALE)
-        if rows:
+        done: RetriedJobs = await self._run(op, STALE)
+        if done:
             self.wake.wake_jobs(None)
-        return [r[0] for r in rows]
+        return done
 
     async def delete_jobs(self, flt: JobFilter, *, limit: int = 1000) -> int:
         where, params = filter_sql(flt)
@@ -548,7 +629,16 @@ class PostgresBackend(
         return deleted
 
 
-def _claimed(rows: list[tuple[Any, ...]]) -> list[ClaimedJob]:
-    """The rows of the ``claim`` statement as jobs, in queue precedence and claim order."""
-    rows.sort(key=lambda r: (r[0], -r[5], r[-1], r[1]))
-    return [claimed_from_row(r[1:-1]) for r in rows]
+def _claimed(
+    rows: list[tuple[Any, ...]], dead: list[StoreDeadLetter] | None = None
+) -> list[ClaimedJob]:
+    """The rows of the ``claim`` statement as jobs, in queue precedence and claim order; the
+    rows it dead-lettered instead (an unreadable record) go to ``dead``."""
+    running = [r for r in rows if r[-1] == "running"]
+    if dead is not None:
+        for r in rows:
+            if r[-1] != "running":
+                error = unreadable_record("metadata is not a JSON object", r[6], time.time())
+                dead.append(StoreDeadLetter(r[1], r[2], r[3], r[6], error))
+    running.sort(key=lambda r: (r[0], -r[5], r[-2], r[1]))
+    return [claimed_from_row(r[1:-2]) for r in running]

@@ -295,8 +295,16 @@ class PostgresClient:
     async def list_jobs(
         self, flt: JobFilter, *, limit: int = 50, offset: int = 0
     ) -> list[JobRecord]:
+        return await self._list("list_jobs", flt, limit, offset)
+
+    async def list_summaries(
+        self, flt: JobFilter, *, limit: int = 50, offset: int = 0
+    ) -> list[JobRecord]:
+        return await self._list("list_summaries", flt, limit, offset)
+
+    async def _list(self, name: str, flt: JobFilter, limit: int, offset: int) -> list[JobRecord]:
         where, params = filter_sql(flt)
-        sql = self._sql["list_jobs"].replace("{filter}", where)
+        sql = self._sql[name].replace("{filter}", where)
         # Negative values select nothing / start at the beginning (no SQL error).
         params.update(limit=max(int(limit), 0), offset=max(int(offset), 0))
 
@@ -304,13 +312,20 @@ class PostgresClient:
             cur = await conn.execute(sql, params)
             return await cur.fetchall()
 
-        return [record_from_row(r) for r in await self._run(op, READ)]
+        summary = name == "list_summaries"
+        return [record_from_row(r, summary=summary) for r in await self._run(op, READ)]
 
     async def count_jobs(self) -> list[CountRow]:
-        rows = await self._fetchall("count_jobs", {}, READ)
-        out = [CountRow(q, t, JobState(s), int(n)) for q, t, s, n in rows]
-        out.sort(key=lambda c: (c.queue, c.task, c.state))
-        return out
+        """Counts by queue, task and state; a stored state that is not a job state (a damaged
+        row) counts as ``unknown``."""
+        merged: dict[tuple[str, str, JobState], int] = {}
+        for q, t, s, n in await self._fetchall("count_jobs", {}, READ):
+            try:
+                state = JobState(s)
+            except ValueError:
+                state = JobState.UNKNOWN
+            merged[(q, t, state)] = merged.get((q, t, state), 0) + int(n)
+        return [CountRow(q, t, s, n) for (q, t, s), n in sorted(merged.items())]
 
     # -- worker registry ------------------------------------------------------------------
     async def register_worker(self, info: WorkerInfo) -> None:
@@ -340,7 +355,7 @@ class PostgresClient:
                 heartbeat_at=float(r[4]),
                 queues=tuple(r[5]),
                 concurrency=r[6],
-                stats=dict(r[7] or {}),
+                stats=dict(r[7]) if isinstance(r[7], dict) else {},
             )
             for r in rows
         ]

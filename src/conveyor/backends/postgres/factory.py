@@ -139,6 +139,24 @@ class PostgresFactory(SyncTransactions, BackendFactory):
         finally:
             await conn.close()
 
+    async def reset(self) -> list[str]:
+        """Migrate, then empty every table of the schema in place (``TRUNCATE``): workers and
+        producers connected meanwhile keep working on the emptied store."""
+        import psycopg
+
+        from conveyor.backends.postgres import schema as schema_ops
+        from conveyor.backends.postgres.errors import translate
+
+        applied = await self.migrate()
+        conn = await self._connect()
+        try:
+            await schema_ops.truncate(conn, self.schema)
+        except psycopg.Error as exc:
+            raise translate(exc, self.url, self.schema) from exc
+        finally:
+            await conn.close()
+        return applied
+
     async def destroy(self) -> None:
         """Drop the schema and every job in it (``DROP SCHEMA … CASCADE``)."""
         import psycopg

@@ -148,3 +148,17 @@ async def apply_migrations_only(conn: psycopg.AsyncConnection[Any], schema: str)
 async def destroy(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
     """Drop the schema and everything in it."""
     await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
+
+
+async def truncate(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
+    """Empty every table of ``schema`` but its version record, in one transaction (other
+    clients' connections and prepared statements stay valid)."""
+    async with conn.transaction():
+        cur = await conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename <> %s "
+            "ORDER BY tablename",
+            (schema, "schema_version"),
+        )
+        tables = [f"{quote_ident(schema)}.{quote_ident(row[0])}" for row in await cur.fetchall()]
+        if tables:
+            await conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")

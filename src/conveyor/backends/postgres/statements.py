@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from conveyor.domain.job import ClaimedJob, ErrorInfo, JobFilter, JobRecord, LogEntry
-from conveyor.domain.states import KEY_HOLDING_STATES, JobState
+from conveyor.backends.common import FieldReader
+from conveyor.domain.job import ClaimedJob, ErrorInfo, JobFilter, JobRecord
+from conveyor.domain.states import KEY_HOLDING_STATES, STORED_STATES, JobState
 
 #: ``now`` is the caller's clock when given, else the server's; statement_timestamp() is the
 #: server clock frozen for the duration of one statement, so every use in it agrees.
@@ -32,6 +34,18 @@ JOB_COLUMNS = (
     "j.progress, "
     "(SELECT coalesce(json_agg(l.entry ORDER BY l.seq), '[]'::json) "
     "FROM {schema}.job_logs l WHERE l.job_id = j.id), "
+    "j.trace_id, j.metadata, j.workflow_id, j.parents, j.started_at, j.finished_at, "
+    "j.payload_version, j.stalls, j.cancel_requested, j.cancel_reason, j.dead_letter_queue"
+)
+
+#: :data:`JOB_COLUMNS` for listings: the payload, result, progress, logs and error history are
+#: left in the store (a listing must not load a 10 MB argument per row), the traceback too.
+SUMMARY_COLUMNS = (
+    "j.id, j.task, j.queue, j.state, NULL::bytea, j.priority, j.run_at, j.attempts, "
+    "j.max_attempts, j.created_at, j.fence, j.lease_owner, j.lease_until, j.timeout, "
+    "j.expires_at, j.idempotency_key, j.concurrency_key, NULL::bytea, "
+    "CASE WHEN jsonb_typeof(j.error) = 'object' THEN j.error - 'traceback' ELSE j.error END, "
+    "NULL::jsonb, NULL::bytea, NULL::json, "
     "j.trace_id, j.metadata, j.workflow_id, j.parents, j.started_at, j.finished_at, "
     "j.payload_version, j.stalls, j.cancel_requested, j.cancel_reason, j.dead_letter_queue"
 )
@@ -61,6 +75,7 @@ def render(text: str, schema: str) -> str:
     """Fill the ``{schema}``, ``{now}``, ``{holding}`` and ``{job_columns}`` placeholders."""
     return (
         text.replace("{job_columns}", JOB_COLUMNS)
+        .replace("{summary_columns}", SUMMARY_COLUMNS)
         .replace("{schema}", quote_ident(schema))
         .replace("{now}", NOW_SQL)
         .replace("{holding}", HOLDING_SQL)
@@ -112,8 +127,14 @@ def filter_sql(flt: JobFilter) -> tuple[str, dict[str, Any]]:
     parts: list[str] = ["true"]
     params: dict[str, Any] = {}
     if flt.states is not None:
-        parts.append("j.state = ANY (%(f_states)s::text[])")
         params["f_states"] = [JobState(s).value for s in flt.states]
+        if JobState.UNKNOWN in flt.states:  # records whose stored state is not a state
+            parts.append(
+                "(j.state = ANY (%(f_states)s::text[]) OR j.state <> ALL (%(f_stored)s::text[]))"
+            )
+            params["f_stored"] = [s.value for s in STORED_STATES]
+        else:
+            parts.append("j.state = ANY (%(f_states)s::text[])")
     if flt.queue is not None:
         parts.append("j.queue = %(f_queue)s::text")
         params["f_queue"] = flt.queue
@@ -169,8 +190,10 @@ def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def record_from_row(row: Sequence[Any]) -> JobRecord:
-    """A row selected with :data:`JOB_COLUMNS` as a :class:`JobRecord`."""
+def record_from_row(row: Sequence[Any], *, summary: bool = False) -> JobRecord:
+    """A row selected with :data:`JOB_COLUMNS` (or :data:`SUMMARY_COLUMNS`) as a
+    :class:`JobRecord`. Never raises for a damaged row: unreadable fields get defaults and are
+    named in ``damage``."""
     (
         job_id,
         task,
@@ -206,41 +229,44 @@ def record_from_row(row: Sequence[Any]) -> JobRecord:
         cancel_reason,
         dead_letter_queue,
     ) = row
-    return JobRecord(
-        id=job_id,
-        task=task,
-        queue=queue,
-        state=JobState(state),
-        payload=bytes(payload),
-        priority=priority,
-        run_at=float(run_at),
-        attempts=attempts,
-        max_attempts=max_attempts,
-        created_at=float(created_at),
-        fence=fence,
-        lease_owner=lease_owner,
-        lease_until=_float(lease_until),
-        timeout=_float(timeout),
-        expires_at=_float(expires_at),
-        idempotency_key=idempotency_key,
-        concurrency_key=concurrency_key,
-        result=None if result is None else bytes(result),
-        error=None if error is None else ErrorInfo.from_dict(error),
-        errors=tuple(ErrorInfo.from_dict(e) for e in errors or ()),
-        progress=None if progress is None else bytes(progress),
-        logs=tuple(LogEntry.from_dict(e) for e in logs or ()),
-        trace_id=trace_id,
-        metadata=dict(metadata or {}),
-        workflow_id=workflow_id,
-        parents=tuple(parents or ()),
-        started_at=_float(started_at),
-        finished_at=_float(finished_at),
-        payload_version=payload_version,
-        stalls=stalls,
+    r = FieldReader()
+    record = JobRecord(
+        id=r.text("id", job_id),
+        task=r.text("task", task),
+        queue=r.text("queue", queue),
+        state=r.state(state),
+        payload=b"" if summary else r.blob("payload", payload),
+        priority=r.integer("priority", priority, 0),
+        run_at=r.number("run_at", run_at),
+        attempts=r.integer("attempts", attempts, 0),
+        max_attempts=r.integer("max_attempts", max_attempts, 1),
+        created_at=r.number("created_at", created_at),
+        fence=r.integer("fence", fence, 0),
+        lease_owner=r.opt_text("lease_owner", lease_owner),
+        lease_until=r.opt_number("lease_until", lease_until),
+        timeout=r.opt_number("timeout", timeout),
+        expires_at=r.opt_number("expires_at", expires_at),
+        idempotency_key=r.opt_text("idempotency_key", idempotency_key),
+        concurrency_key=r.opt_text("concurrency_key", concurrency_key),
+        result=None if summary else r.opt_blob("result", result),
+        error=r.error("error", error),
+        errors=() if summary else r.error_list("errors", errors),
+        progress=None if summary else r.opt_blob("progress", progress),
+        logs=() if summary else r.log_list("logs", logs),
+        trace_id=r.opt_text("trace_id", trace_id),
+        metadata=r.mapping("metadata", metadata),
+        workflow_id=r.opt_text("workflow_id", workflow_id),
+        parents=r.strings("parents", parents),
+        started_at=r.opt_number("started_at", started_at),
+        finished_at=r.opt_number("finished_at", finished_at),
+        payload_version=r.integer("payload_version", payload_version, 1),
+        stalls=r.integer("stalls", stalls, 0),
         cancel_requested=bool(cancel_requested),
-        cancel_reason=cancel_reason,
-        dead_letter_queue=dead_letter_queue,
+        cancel_reason=r.opt_text("cancel_reason", cancel_reason),
+        dead_letter_queue=r.opt_text("dead_letter_queue", dead_letter_queue),
+        summary=summary,
     )
+    return replace(record, damage=tuple(r.damage)) if r.damage else record
 
 
 def claimed_from_row(row: Sequence[Any]) -> ClaimedJob:

@@ -284,7 +284,16 @@ def enqueue_on_sync(
 def _complete_params(
     job_id: str, fence: int, result: bytes | None, now: float | None, channel: str | None
 ) -> dict[str, Any]:
-    return {"id": job_id, "fence": fence, "result": result, "now": _f(now), "channel": channel}
+    # repeat=False: inside the caller's transaction only a held lease counts (a repeat would
+    # commit the caller's writes a second time).
+    return {
+        "id": job_id,
+        "fence": fence,
+        "result": result,
+        "now": _f(now),
+        "channel": channel,
+        "repeat": False,
+    }
 
 
 async def complete_on(

@@ -41,6 +41,8 @@ class Wakeups:
         self.poll_interval = poll_interval
         self.connect_timeout = connect_timeout
         self.limiter = NotifyLimiter(send, notify_interval)
+        #: Notifications received by the LISTEN connection (diagnostics and tests).
+        self.received = 0
         self.listener: Listener | None = None
         self._conninfo: str | None = None
         self._job_waiters: list[tuple[frozenset[str], asyncio.Event]] = []
@@ -90,6 +92,7 @@ class Wakeups:
 
     # -- waking local waiters -----------------------------------------------------------------
     def on_notify(self, channel: str, payload: str) -> None:
+        self.received += 1
         if channel == self.jobs_channel:
             self.wake_jobs([payload] if payload else None)
         else:
@@ -197,5 +200,6 @@ class Wakeups:
             "notify_sent": self.limiter.sent,
             "notify_suppressed": self.limiter.suppressed,
             "listening": self.listening,
+            "notify_received": self.received,
             "listen_reconnects": listener.reconnects if listener else 0,
         }

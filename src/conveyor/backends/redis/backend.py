@@ -23,6 +23,7 @@ from conveyor.backends.common import RETRYABLE_STATES
 from conveyor.backends.redis.browse import RedisBrowser
 from conveyor.backends.redis.codec import (
     CLAIM_WIDTH,
+    SUMMARY_FIELDS,
     UnreadableJob,
     decode_claimed,
     decode_counts,
@@ -59,10 +60,12 @@ from conveyor.domain.job import (
     LogEntry,
     NewJob,
     RecoveredJob,
+    RetriedJobs,
+    StoreDeadLetter,
     WorkerInfo,
     unreadable_record,
 )
-from conveyor.domain.states import TERMINAL_STATES, JobState
+from conveyor.domain.states import STORED_STATES, TERMINAL_STATES, JobState
 from conveyor.errors import StorageUnavailableError
 
 BytesMap = dict[bytes, bytes]
@@ -170,7 +173,21 @@ class RedisBackend(  # Defers: issue 19
         if limit <= 0:
             return []
         args = _claim_args(worker_id, queues, limit, lease, now, tasks, exclude_tasks)
-        return await self._decode_claims(await self._run("claim", args), now)
+        claimed, dead = await self._run("claim", args)
+        self._note_dead(dead, now)
+        return await self._decode_claims(claimed, now)
+
+    def _note_dead(self, flat: Sequence[Any], now: float | None) -> None:
+        """The jobs a claim script dead-lettered (5 values each), for the worker to report."""
+        at = time.time() if now is None else now
+        items = []
+        for i in range(0, len(flat), 5):
+            job_id, task, queue, attempts, what = (
+                v.decode(errors="replace") for v in flat[i : i + 5]
+            )
+            error = unreadable_record(f"{what} is not a number", int(attempts), at)
+            items.append(StoreDeadLetter(job_id, task, queue, int(attempts), error))
+        self.note_store_dead_letters(items)
 
     async def complete_and_claim(
         self,
@@ -196,8 +213,9 @@ class RedisBackend(  # Defers: issue 19
         has = "0" if result is None else "1"
         args: list[ScriptArg] = [job_id, str(fence), has, result or b"", write_token()]
         args += _claim_args(worker_id, queues, limit, lease, now, tasks, exclude_tasks)
-        reply = await self._run("complete_claim", args)
-        return bool(reply[0]), await self._decode_claims(reply[1:], now)
+        done, claimed, dead = await self._run("complete_claim", args)
+        self._note_dead(dead, now)
+        return bool(done), await self._decode_claims(claimed, now)
 
     async def _decode_claims(self, reply: Sequence[Any], now: float | None) -> list[ClaimedJob]:
         """The claimed jobs of a claim script's reply. One whose record cannot be decoded is
@@ -214,7 +232,12 @@ class RedisBackend(  # Defers: issue 19
                     bad.reason, bad.attempt, time.time() if now is None else now
                 )
                 with contextlib.suppress(StorageUnavailableError):  # then recovery, as above
-                    await self.fail(bad.job_id, bad.fence, error, retry_delay=None, now=now)
+                    if await self.fail(bad.job_id, bad.fence, error, retry_delay=None, now=now):
+                        task = row_text(reply[i + 1])
+                        queue = row_text(reply[i + 2])
+                        self.note_store_dead_letters(
+                            [StoreDeadLetter(bad.job_id, task, queue, bad.attempt, error)]
+                        )
         return jobs
 
     async def complete(
@@ -421,13 +444,17 @@ class RedisBackend(  # Defers: issue 19
         reset_attempts: bool = False,
         now: float | None = None,
         limit: int = 1000,
-    ) -> list[str]:
+    ) -> RetriedJobs:
         states = [s for s in RETRYABLE_STATES if flt.states is None or s in flt.states]
         if not states or limit <= 0:
-            return []
+            return RetriedJobs()
         args: list[ScriptArg] = [opt_num(now), "1" if reset_attempts else "0", str(limit)]
         args += [str(SCAN_BUDGET), *encode_filter(flt, states)]
-        return [job_id.decode() for job_id in await self._run("retry", args)]
+        retried, refused = await self._run("retry", args)
+        pairs = [item.decode() for item in refused]
+        return RetriedJobs(
+            [job_id.decode() for job_id in retried], dict(zip(pairs[::2], pairs[1::2], strict=True))
+        )
 
     async def delete_jobs(self, flt: JobFilter, *, limit: int = 1000) -> int:
         states = [s for s in JobState if s in TERMINAL_STATES]
@@ -447,10 +474,9 @@ class RedisBackend(  # Defers: issue 19
     async def list_jobs(
         self, flt: JobFilter, *, limit: int = 50, offset: int = 0
     ) -> list[JobRecord]:
-        states = list(JobState) if flt.states is None else list(dict.fromkeys(flt.states))
-        if not states or limit <= 0:
+        args = self._list_args(flt, limit, offset)
+        if args is None:
             return []
-        args = [str(max(offset, 0)), str(limit), str(SCAN_BUDGET), *encode_filter(flt, states)]
         reply = await self._run("list", args)
         records = []
         for i in range(0, len(reply), 3):
@@ -458,6 +484,27 @@ class RedisBackend(  # Defers: issue 19
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
             records.append(decode_record(reply[i].decode(), fields, reply[i + 2]))
         return records
+
+    async def list_summaries(
+        self, flt: JobFilter, *, limit: int = 50, offset: int = 0
+    ) -> list[JobRecord]:
+        args = self._list_args(flt, limit, offset)
+        if args is None:
+            return []
+        reply = await self._run("list_summary", args)
+        names = [name.encode() for name in SUMMARY_FIELDS]
+        records = []
+        for i in range(0, len(reply), 2):
+            fields = {n: v for n, v in zip(names, reply[i + 1], strict=True) if v is not None}
+            records.append(decode_record(reply[i].decode(), fields, None, summary=True))
+        return records
+
+    @staticmethod
+    def _list_args(flt: JobFilter, limit: int, offset: int) -> list[ScriptArg] | None:
+        states = list(STORED_STATES) if flt.states is None else list(dict.fromkeys(flt.states))
+        if not states or limit <= 0:
+            return None
+        return [str(max(offset, 0)), str(limit), str(SCAN_BUDGET), *encode_filter(flt, states)]
 
     async def count_jobs(self) -> list[CountRow]:
         with translate_errors(self.url, self.prefix):
@@ -500,6 +547,13 @@ class RedisBackend(  # Defers: issue 19
 
     async def prune_workers(self, heartbeat_before: float) -> int:
         return int(await self._run("worker_prune", [num(heartbeat_before)]))
+
+
+def row_text(value: Any) -> str:
+    """A reply value as text, whatever it holds (a corrupt field included)."""
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return "" if value is None else str(value)
 
 
 def _claim_args(

@@ -28,12 +28,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
+from conveyor.backends.common import FieldReader
 from conveyor.domain.job import (
     ClaimedJob,
     CountRow,
-    ErrorInfo,
     JobFilter,
     JobRecord,
     LogEntry,
@@ -152,53 +153,59 @@ def _int(value: bytes | None, default: int) -> int:
     return default if value is None else int(value)
 
 
-def _errors(value: bytes | None) -> tuple[ErrorInfo, ...]:
-    if value is None:
-        return ()
-    return tuple(ErrorInfo.from_dict(item) for item in json.loads(value))
+#: The hash fields a listing reads (``list_summary.lua``): not the result, progress, logs or
+#: error history, and the payload key is not read at all.
+SUMMARY_FIELDS = (
+    *("t", "q", "s", "p", "ra", "a", "ma", "c", "f", "lo", "lu", "to", "ex", "ik"),
+    *("ck", "e", "tr", "md", "w", "pa", "sa", "fa", "pv", "st", "cr", "cx", "dl"),
+)
 
 
-def decode_record(job_id: str, h: Mapping[bytes, bytes], payload: bytes) -> JobRecord:
-    """A job hash (``HGETALL``) and its payload as a :class:`JobRecord`."""
-    error = h.get(b"e")
-    logs = h.get(b"L")
-    metadata = h.get(b"md")
-    parents = h.get(b"pa")
-    return JobRecord(
+def decode_record(
+    job_id: str, h: Mapping[bytes, bytes], payload: bytes | None, *, summary: bool = False
+) -> JobRecord:
+    """A job hash (``HGETALL``, or the :data:`SUMMARY_FIELDS` of it) and its payload as a
+    :class:`JobRecord`. Never raises for a damaged record (a field overwritten by hand, a
+    deleted payload key): unreadable fields get defaults and are named in ``damage``."""
+    r = FieldReader()
+    error = r.error("error", h.get(b"e"))
+    record = JobRecord(
         id=job_id,
-        task=h[b"t"].decode(),
-        queue=h[b"q"].decode(),
-        state=JobState(h[b"s"].decode()),
-        payload=payload,
-        priority=_int(h.get(b"p"), 0),
-        run_at=float(h[b"ra"]),
-        attempts=_int(h.get(b"a"), 0),
-        max_attempts=_int(h.get(b"ma"), 1),
-        created_at=float(h[b"c"]),
-        fence=_int(h.get(b"f"), 0),
-        lease_owner=_text(h.get(b"lo")),
-        lease_until=_float(h.get(b"lu")),
-        timeout=_float(h.get(b"to")),
-        expires_at=_float(h.get(b"ex")),
-        idempotency_key=_text(h.get(b"ik")),
-        concurrency_key=_text(h.get(b"ck")),
-        result=h.get(b"r"),
-        error=None if error is None else ErrorInfo.from_dict(json.loads(error)),
-        errors=_errors(h.get(b"E")),
-        progress=h.get(b"g"),
-        logs=() if logs is None else tuple(LogEntry.from_dict(x) for x in json.loads(logs)),
-        trace_id=_text(h.get(b"tr")),
-        metadata={} if metadata is None else json.loads(metadata),
-        workflow_id=_text(h.get(b"w")),
-        parents=() if parents is None else tuple(json.loads(parents)),
-        started_at=_float(h.get(b"sa")),
-        finished_at=_float(h.get(b"fa")),
-        payload_version=_int(h.get(b"pv"), 1),
-        stalls=_int(h.get(b"st"), 0),
+        task=r.text("task", h.get(b"t")),
+        queue=r.text("queue", h.get(b"q")),
+        state=r.state(h.get(b"s")),
+        payload=b"" if summary else r.blob("payload", payload),
+        priority=r.integer("priority", h.get(b"p"), 0),
+        run_at=r.number("run_at", h.get(b"ra")),
+        attempts=r.integer("attempts", h.get(b"a"), 0),
+        max_attempts=r.integer("max_attempts", h.get(b"ma"), 1),
+        created_at=r.number("created_at", h.get(b"c")),
+        fence=r.integer("fence", h.get(b"f"), 0),
+        lease_owner=r.opt_text("lease_owner", h.get(b"lo")),
+        lease_until=r.opt_number("lease_until", h.get(b"lu")),
+        timeout=r.opt_number("timeout", h.get(b"to")),
+        expires_at=r.opt_number("expires_at", h.get(b"ex")),
+        idempotency_key=r.opt_text("idempotency_key", h.get(b"ik")),
+        concurrency_key=r.opt_text("concurrency_key", h.get(b"ck")),
+        result=None if summary else h.get(b"r"),
+        error=error if not summary or error is None else replace(error, traceback=None),
+        errors=() if summary else r.error_list("errors", h.get(b"E")),
+        progress=None if summary else h.get(b"g"),
+        logs=() if summary else r.log_list("logs", h.get(b"L")),
+        trace_id=r.opt_text("trace_id", h.get(b"tr")),
+        metadata=r.mapping("metadata", h.get(b"md")),
+        workflow_id=r.opt_text("workflow_id", h.get(b"w")),
+        parents=r.strings("parents", h.get(b"pa")),
+        started_at=r.opt_number("started_at", h.get(b"sa")),
+        finished_at=r.opt_number("finished_at", h.get(b"fa")),
+        payload_version=r.integer("payload_version", h.get(b"pv"), 1),
+        stalls=r.integer("stalls", h.get(b"st"), 0),
         cancel_requested=h.get(b"cr") is not None,
-        cancel_reason=_text(h.get(b"cx")),
-        dead_letter_queue=_text(h.get(b"dl")),
+        cancel_reason=r.opt_text("cancel_reason", h.get(b"cx")),
+        dead_letter_queue=r.opt_text("dead_letter_queue", h.get(b"dl")),
+        summary=summary,
     )
+    return replace(record, damage=tuple(r.damage)) if r.damage else record
 
 
 #: Values per job in the claim script's reply: the id, then these hash fields.
@@ -258,15 +265,21 @@ def _number(value: Any) -> int | None:
 
 def decode_counts(h: Mapping[bytes, bytes]) -> list[CountRow]:
     """The counters hash (``state \\0 len(queue) \\0 queue task``) as sorted rows."""
-    rows: list[CountRow] = []
+    merged: dict[tuple[str, str, JobState], int] = {}
     for field, value in h.items():
-        state, length, rest = field.split(b"\0", 2)
-        n = int(length)
-        rows.append(
-            CountRow(rest[:n].decode(), rest[n:].decode(), JobState(state.decode()), int(value))
-        )
-    rows.sort(key=lambda r: (r.queue, r.task, r.state))
-    return rows
+        try:
+            state_text, length, rest = field.split(b"\0", 2)
+            n = int(length)
+            queue, task = rest[:n].decode(), rest[n:].decode()
+            count = int(value)
+        except (ValueError, UnicodeDecodeError):
+            continue  # a damaged counter: skipped, as no job is behind it
+        try:
+            state = JobState(state_text.decode())
+        except (ValueError, UnicodeDecodeError):
+            state = JobState.UNKNOWN
+        merged[(queue, task, state)] = merged.get((queue, task, state), 0) + count
+    return [CountRow(q, t, s, n) for (q, t, s), n in sorted(merged.items())]
 
 
 def encode_worker(info: WorkerInfo) -> str:
@@ -285,17 +298,22 @@ def encode_worker(info: WorkerInfo) -> str:
 
 
 def decode_worker(raw: bytes) -> WorkerInfo:
-    data = json.loads(raw)
-    return WorkerInfo(
-        id=data["id"],
-        host=data["host"],
-        pid=int(data["pid"]),
-        started_at=float(data["started_at"]),
-        heartbeat_at=float(data["heartbeat_at"]),
-        queues=tuple(data["queues"]),
-        concurrency=int(data["concurrency"]),
-        stats=dict(data["stats"]),
+    """A registry entry (damaged fields named in ``stats["damage"]``, never raised)."""
+    r = FieldReader()
+    data = r.mapping("worker", raw)
+    info = WorkerInfo(
+        id=r.text("id", data.get("id")),
+        host=r.text("host", data.get("host")),
+        pid=r.integer("pid", data.get("pid"), 0),
+        started_at=r.number("started_at", data.get("started_at")),
+        heartbeat_at=r.number("heartbeat_at", data.get("heartbeat_at")),
+        queues=r.strings("queues", data.get("queues")),
+        concurrency=r.integer("concurrency", data.get("concurrency"), 0),
+        stats=r.mapping("stats", data.get("stats")),
     )
+    if r.damage:
+        info.stats["damage"] = list(r.damage)
+    return info
 
 
 def encode_logs(entries: Sequence[LogEntry]) -> str:

@@ -21,7 +21,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from conveyor.backends.base import Backend, BackendFactory, CancelOutcome
@@ -60,6 +61,8 @@ from conveyor.domain.job import (
     LogEntry,
     NewJob,
     RecoveredJob,
+    RetriedJobs,
+    StoreDeadLetter,
     WorkerInfo,
 )
 from conveyor.domain.states import JobState
@@ -153,6 +156,37 @@ class SQLiteFactory(SyncTransactions, BackendFactory):
         finally:
             conn.close()
 
+    async def reset(self) -> list[str]:
+        """Empty every Conveyor table in place (one transaction): other processes that hold
+        the file open keep working on the emptied store."""
+        return await asyncio.to_thread(self._reset_now)
+
+    def _reset_now(self) -> list[str]:
+        conn = connect(self.path, durability=self.durability, busy_timeout=self.busy_timeout)
+        try:
+            applied = migrate(conn, self.path)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                tables = [
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT name FROM sqlite_master WHERE type = 'table' "
+                        "AND name LIKE 'conveyor\\_%' ESCAPE '\\'"
+                    ).fetchall()
+                ]
+                for table in tables:
+                    conn.execute(f'DELETE FROM "{table}"')
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return applied
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.path, self.busy_timeout) from exc
+        finally:
+            conn.close()
+
     async def destroy(self) -> None:
         """Stop the threads and delete the database file with its ``-wal`` and ``-shm``."""
         with self._lock:
@@ -195,6 +229,24 @@ class SQLiteFactory(SyncTransactions, BackendFactory):
             "sqlite_version": sqlite3.sqlite_version,
             "schema_version": SCHEMA_VERSION,
         }
+
+
+def _begin(path: str, durability: Durability, busy_timeout: float) -> sqlite3.Connection:
+    conn = connect(path, durability=durability, busy_timeout=busy_timeout)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        conn.close()
+        raise storage_error(exc, path, busy_timeout) from exc
+    return conn
+
+
+def _finish(conn: sqlite3.Connection, commit: bool) -> None:
+    try:
+        if conn.in_transaction:
+            conn.execute("COMMIT" if commit else "ROLLBACK")
+    finally:
+        conn.close()
 
 
 async def _stop(engine: Engine) -> None:
@@ -255,6 +307,30 @@ class SQLiteBackend(  # Defers: issue 19
         """Fenced completion inside the application's open transaction on ``conn``."""
         return self.factory.complete_on_sync(conn, job_id, fence, result, now)
 
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[sqlite3.Connection]:
+        """A new connection to the queue's file with ``BEGIN IMMEDIATE`` done, for a handler's
+        own writes (``current_job().transaction()``); committed when the block exits normally,
+        rolled back when it raises. It holds the file's write lock until then: keep it short
+        (every other writer waits for it, this worker's heartbeats included)."""
+        factory = self.factory
+        conn = await asyncio.to_thread(
+            _begin, factory.path, factory.durability, factory.busy_timeout
+        )
+        try:
+            yield conn
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(_finish, conn, False))
+            raise
+        await asyncio.shield(asyncio.to_thread(_finish, conn, True))
+
+    async def append_logs_on(
+        self, conn: sqlite3.Connection, job_id: str, entries: Sequence[LogEntry]
+    ) -> None:
+        """Log lines inside the application's open transaction on ``conn``."""
+        if entries:
+            tx.append_logs_on_sync(conn, self.factory.path, job_id, log_lines(list(entries)))
+
     # -- worker -------------------------------------------------------------------------------
     async def claim(
         self,
@@ -272,12 +348,15 @@ class SQLiteBackend(  # Defers: issue 19
         names = list(queues)
         patterns = None if tasks is None else [glob_pattern(p) for p in tasks]
         exclude = list(exclude_tasks)
+        dead: list[StoreDeadLetter] = []
         engine = await self.factory.engine()
-        return await engine.write(
+        jobs = await engine.write(
             lambda conn, fx: ops.claim(
-                conn, fx, worker_id, names, limit, lease, now, patterns, exclude
+                conn, fx, worker_id, names, limit, lease, now, patterns, exclude, dead
             )
         )
+        self.note_store_dead_letters(dead)
+        return jobs
 
     async def complete_and_claim(
         self,
@@ -299,6 +378,7 @@ class SQLiteBackend(  # Defers: issue 19
         names = list(queues)
         patterns = None if tasks is None else [glob_pattern(p) for p in tasks]
         exclude = list(exclude_tasks)
+        dead: list[StoreDeadLetter] = []
 
         def fused(conn: sqlite3.Connection, fx: Effects) -> tuple[bool, list[ClaimedJob]]:
             done = ops.complete(conn, fx, job_id, fence, result, now)
@@ -306,15 +386,20 @@ class SQLiteBackend(  # Defers: issue 19
                 return done, []
             conn.execute("SAVEPOINT fused_claim")
             try:
-                jobs = ops.claim(conn, fx, worker_id, names, limit, lease, now, patterns, exclude)
+                jobs = ops.claim(
+                    conn, fx, worker_id, names, limit, lease, now, patterns, exclude, dead
+                )
             except Exception:  # noqa: BLE001 - the completion stands either way
                 conn.execute("ROLLBACK TO fused_claim")
                 jobs = []
+                dead.clear()
             conn.execute("RELEASE fused_claim")
             return done, jobs
 
         engine = await self.factory.engine()
-        return await engine.write_small(fused)  # one job at a time: inline when it can be
+        outcome = await engine.write_small(fused)  # one job at a time: inline when it can be
+        self.note_store_dead_letters(dead)
+        return outcome
 
     async def complete(
         self, job_id: str, fence: int, result: bytes | None, now: float | None = None
@@ -447,9 +532,9 @@ class SQLiteBackend(  # Defers: issue 19
         reset_attempts: bool = False,
         now: float | None = None,
         limit: int = 1000,
-    ) -> list[str]:
+    ) -> RetriedJobs:
         if limit <= 0:
-            return []
+            return RetriedJobs()
         engine = await self.factory.engine()
         return await engine.write(
             lambda conn, fx: ops.retry_jobs(conn, fx, flt, reset_attempts, now, limit)
@@ -473,6 +558,16 @@ class SQLiteBackend(  # Defers: issue 19
             return []
         engine = await self.factory.engine()
         return await engine.read(lambda conn: reads.list_jobs(conn, flt, limit, max(offset, 0)))
+
+    async def list_summaries(
+        self, flt: JobFilter, *, limit: int = 50, offset: int = 0
+    ) -> list[JobRecord]:
+        if limit <= 0:
+            return []
+        engine = await self.factory.engine()
+        return await engine.read(
+            lambda conn: reads.list_jobs(conn, flt, limit, max(offset, 0), summary=True)
+        )
 
     async def count_jobs(self) -> list[CountRow]:
         engine = await self.factory.engine()

@@ -16,9 +16,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from conveyor.backends.base import CancelOutcome
-from conveyor.backends.common import RETRYABLE_STATES, SUSPECT_STALLS
+from conveyor.backends.common import (
+    RETRYABLE_STATES,
+    SUSPECT_STALLS,
+    repeated_complete,
+    repeated_fail,
+    repeated_release,
+)
 from conveyor.backends.sqlite.notify import Effects
 from conveyor.backends.sqlite.queries import Q, dumps, error_line, filter_where
+from conveyor.backends.sqlite.reads import get_job
 from conveyor.domain.job import (
     ClaimedJob,
     EnqueueResult,
@@ -27,6 +34,8 @@ from conveyor.domain.job import (
     LeaseStatus,
     NewJob,
     RecoveredJob,
+    RetriedJobs,
+    StoreDeadLetter,
     unreadable_record,
 )
 from conveyor.domain.states import KEY_HOLDING_STATES, TERMINAL_STATES, JobState
@@ -191,10 +200,12 @@ def claim(
     now: float | None,
     patterns: list[str] | None,
     exclude: list[str],
+    dead: list[StoreDeadLetter] | None = None,
 ) -> list[ClaimedJob]:
     """Promote and expire, then lease up to ``limit`` jobs in queue precedence order.
 
-    ``patterns`` are task patterns already turned into GLOBs (``None`` matches all).
+    ``patterns`` are task patterns already turned into GLOBs (``None`` matches all). Jobs
+    dead-lettered instead because their record cannot be decoded are added to ``dead``.
     """
     t = _clock(now)
     _promote_and_expire(conn, fx, t)
@@ -216,7 +227,7 @@ def claim(
         params["held"] = any(c.stalls >= SUSPECT_STALLS for c in claimed)
         single = remaining == 1 and not filtered
         rows = conn.execute(Q["claim_one"] if single else sql, params).fetchall()
-        good = _readable(conn, fx, rows, t)
+        good = _readable(conn, fx, rows, t, dead)
         good.sort(key=lambda g: (-g[0][4], g[0][16], g[0][0]))
         claimed.extend(_claimed(row, metadata, t + lease) for row, metadata in good)
         # The claim stops at a second job that stalled before (see `claim` in queries.sql).
@@ -270,7 +281,11 @@ def _decode_metadata(row: tuple[Any, ...]) -> dict[str, Any] | str:
 
 
 def _readable(
-    conn: sqlite3.Connection, fx: Effects, rows: list[Any], t: float
+    conn: sqlite3.Connection,
+    fx: Effects,
+    rows: list[Any],
+    t: float,
+    dead: list[StoreDeadLetter] | None = None,
 ) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
     """The claimed rows that decode; the others are dead-lettered (``invalid_payload``) in the
     same transaction, so a corrupt record neither wedges its queue nor sinks its batch."""
@@ -292,6 +307,10 @@ def _readable(
         }
         conn.execute(Q["fail_unreadable"], params)
         fx.finished.add(row[0])
+        if dead is not None:
+            task = row[1] if isinstance(row[1], str) else repr(row[1])
+            queue = row[2] if isinstance(row[2], str) else repr(row[2])
+            dead.append(StoreDeadLetter(str(row[0]), task, queue, attempt, error))
     return good
 
 
@@ -324,11 +343,14 @@ def complete(
     fence: int,
     result: bytes | None,
     now: float | None,
+    *,
+    repeat_ok: bool = True,
 ) -> bool:
-    """Running → completed when the lease is held."""
+    """Running → completed when the lease is held; ``True`` again for a repeat of a completion
+    that took effect (unless ``repeat_ok`` is false: the caller's own transaction)."""
     cursor = conn.execute(Q["complete"], (result, _clock(now), job_id, fence))
     if cursor.rowcount != 1:
-        return False
+        return repeat_ok and repeated_complete(get_job(conn, job_id), fence)
     fx.finished.add(job_id)
     return True
 
@@ -365,8 +387,8 @@ def fail(
         state = JobState.QUEUED if retry_delay <= 0 else JobState.SCHEDULED
         params.update(state=state.value, run_at=t + max(retry_delay, 0.0))
         row = _one(conn.execute(Q["fail_retry"], params))
-    if row is None:
-        return None
+    if row is None:  # a repeat of a failure that took effect answers its outcome
+        return repeated_fail(get_job(conn, job_id), fence, error, retry_delay, terminal)
     if state is JobState.QUEUED:
         fx.ready.add(row[0])
     elif state is JobState.SCHEDULED:
@@ -379,8 +401,8 @@ def fail(
 def release(conn: sqlite3.Connection, fx: Effects, job_id: str, fence: int) -> bool:
     """Hand a running job back: queued at once, the attempt not counted."""
     row = _one(conn.execute(Q["release"], (job_id, fence)))
-    if row is None:
-        return False
+    if row is None:  # a repeat of a hand-back that took effect answers the same
+        return repeated_release(get_job(conn, job_id), fence)
     fx.ready.add(row[0])
     return True
 
@@ -519,15 +541,47 @@ def retry_jobs(
     reset_attempts: bool,
     now: float | None,
     limit: int,
-) -> list[str]:
-    """Move matching failed/cancelled/expired jobs back to queued; their ids in id order."""
+) -> RetriedJobs:
+    """Move up to ``limit`` matching failed/cancelled/expired jobs back to queued, in id order,
+    leaving (and reporting) those whose idempotency key another job holds."""
     t = _clock(now)
-    rows = _select_ids(conn, "id, queue", RETRYABLE_STATES, flt, limit)
-    conn.executemany(
-        Q["retry_one"], [{"now": t, "reset": int(reset_attempts), "id": row[0]} for row in rows]
+    where, params = filter_where(flt)
+    page = (
+        f"SELECT id, queue, idempotency_key FROM conveyor_jobs "
+        f"WHERE state IN (SELECT value FROM json_each(?)) AND {where} AND id > ? "
+        f"ORDER BY id LIMIT ?"
     )
-    fx.ready.update(row[1] for row in rows)
-    return [row[0] for row in rows]
+    states = dumps([s.value for s in RETRYABLE_STATES])
+    ids: list[str] = []
+    refused: dict[str, str] = {}
+    last = ""
+    while len(ids) < limit:
+        rows = conn.execute(page, [states, *params, last, max(limit, 100)]).fetchall()
+        for job_id, queue, key in rows:
+            last = job_id
+            if len(ids) >= limit:
+                break
+            if key is not None:
+                holder = _key_holder(conn, key, job_id)
+                if holder is not None:  # one live holder per key
+                    refused[job_id] = holder
+                    continue
+            conn.execute(Q["retry_one"], {"now": t, "reset": int(reset_attempts), "id": job_id})
+            if key is not None:
+                conn.execute(Q["take_key"], (key, job_id))
+            fx.ready.add(queue)
+            ids.append(job_id)
+        if not rows:
+            break
+    return RetriedJobs(ids, refused)
+
+
+def _key_holder(conn: sqlite3.Connection, key: str, other_than: str) -> str | None:
+    """The id of the job (not ``other_than``) that holds ``key`` now, if one does."""
+    row = _one(conn.execute(Q["key_holder"], (key,)))
+    if row is None or row[0] == other_than or JobState(row[1]) not in KEY_HOLDING_STATES:
+        return None
+    return str(row[0])
 
 
 def delete_jobs(conn: sqlite3.Connection, fx: Effects, flt: JobFilter, limit: int) -> int:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from importlib import resources
 from typing import Any
 
+from conveyor.backends.common import FieldReader
 from conveyor.domain.job import ErrorInfo, JobFilter, JobRecord, LogEntry, NewJob, WorkerInfo
-from conveyor.domain.states import JobState
+from conveyor.domain.states import STORED_STATES, JobState
 from conveyor.errors import SerializationError
 
 SQL_DIR = resources.files("conveyor.backends.sqlite").joinpath("sql")
@@ -44,6 +46,15 @@ JOB_COLUMNS = (
 )
 
 
+#: :data:`JOB_COLUMNS` for listings: the payload, result, progress, logs and error history are
+#: left out (a listing must not load a 10 MB argument per row), the last error's traceback too.
+SUMMARY_COLUMNS = JOB_COLUMNS.replace("payload, priority", "NULL, priority").replace(
+    "result, error, errors, progress, logs,",
+    "NULL, CASE WHEN json_valid(error) "
+    "THEN json_remove(error, '$.traceback') ELSE error END, '', NULL, '',",
+)
+
+
 def dumps(value: Any) -> str:
     """Compact JSON text (ASCII only, so one value never contains a line break)."""
     return json.dumps(value, separators=(",", ":"))
@@ -70,10 +81,6 @@ def log_lines(entries: list[LogEntry]) -> str:
     return "".join(dumps(entry.to_dict()) + "\n" for entry in entries)
 
 
-def _ndjson(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.split("\n") if line]
-
-
 def glob_pattern(pattern: str) -> str:
     """A task pattern (``*`` = any run of characters, all else literal) as a SQLite GLOB."""
     out = []
@@ -90,8 +97,16 @@ def filter_where(flt: JobFilter) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
     if flt.states is not None:
-        clauses.append("state IN (SELECT value FROM json_each(?))")
-        params.append(dumps([str(s) for s in flt.states]))
+        known = [str(s) for s in flt.states if s is not JobState.UNKNOWN]
+        if JobState.UNKNOWN in flt.states:  # records whose stored state is not a state
+            clauses.append(
+                "(state IN (SELECT value FROM json_each(?)) "
+                "OR state NOT IN (SELECT value FROM json_each(?)))"
+            )
+            params += [dumps(known), dumps([str(s) for s in STORED_STATES])]
+        else:
+            clauses.append("state IN (SELECT value FROM json_each(?))")
+            params.append(dumps(known))
     if flt.queue is not None:
         clauses.append("queue = ?")
         params.append(flt.queue)
@@ -113,8 +128,12 @@ def filter_where(flt: JobFilter) -> tuple[str, list[Any]]:
     return (" AND ".join(clauses) or "1"), params
 
 
-def row_to_record(row: tuple[Any, ...]) -> JobRecord:
-    """A ``SELECT JOB_COLUMNS`` row as a :class:`JobRecord`."""
+def row_to_record(row: tuple[Any, ...], *, summary: bool = False) -> JobRecord:
+    """A ``SELECT JOB_COLUMNS`` (or :data:`SUMMARY_COLUMNS`) row as a :class:`JobRecord`.
+
+    Never raises for a damaged row: unreadable fields get defaults and are named in
+    ``damage`` (a corrupt or hand-edited record must not take an operator command down).
+    """
     (
         id_,
         task,
@@ -150,41 +169,44 @@ def row_to_record(row: tuple[Any, ...]) -> JobRecord:
         cancel_reason,
         dead_letter_queue,
     ) = row
-    return JobRecord(
-        id=id_,
-        task=task,
-        queue=queue,
-        state=JobState(state),
-        payload=bytes(payload),
-        priority=priority,
-        run_at=run_at,
-        attempts=attempts,
-        max_attempts=max_attempts,
-        created_at=created_at,
-        fence=fence,
-        lease_owner=lease_owner,
-        lease_until=lease_until,
-        timeout=timeout,
-        expires_at=expires_at,
-        idempotency_key=idempotency_key,
-        concurrency_key=concurrency_key,
-        result=None if result is None else bytes(result),
-        error=None if error is None else ErrorInfo.from_dict(json.loads(error)),
-        errors=tuple(ErrorInfo.from_dict(d) for d in _ndjson(errors)),
-        progress=None if progress is None else bytes(progress),
-        logs=tuple(LogEntry.from_dict(d) for d in _ndjson(logs)),
-        trace_id=trace_id,
-        metadata=json.loads(metadata),
-        workflow_id=workflow_id,
-        parents=tuple(json.loads(parents)),
-        started_at=started_at,
-        finished_at=finished_at,
-        payload_version=payload_version,
-        stalls=stalls,
-        cancel_requested=bool(cancel_requested),
-        cancel_reason=cancel_reason,
-        dead_letter_queue=dead_letter_queue,
+    r = FieldReader()
+    record = JobRecord(
+        id=r.text("id", id_),
+        task=r.text("task", task),
+        queue=r.text("queue", queue),
+        state=r.state(state),
+        payload=b"" if summary else r.blob("payload", payload),
+        priority=r.integer("priority", priority, 0),
+        run_at=r.number("run_at", run_at),
+        attempts=r.integer("attempts", attempts, 0),
+        max_attempts=r.integer("max_attempts", max_attempts, 1),
+        created_at=r.number("created_at", created_at),
+        fence=r.integer("fence", fence, 0),
+        lease_owner=r.opt_text("lease_owner", lease_owner),
+        lease_until=r.opt_number("lease_until", lease_until),
+        timeout=r.opt_number("timeout", timeout),
+        expires_at=r.opt_number("expires_at", expires_at),
+        idempotency_key=r.opt_text("idempotency_key", idempotency_key),
+        concurrency_key=r.opt_text("concurrency_key", concurrency_key),
+        result=None if summary else r.opt_blob("result", result),
+        error=r.error("error", error),
+        errors=() if summary else r.error_list("errors", errors),
+        progress=None if summary else r.opt_blob("progress", progress),
+        logs=() if summary else r.log_list("logs", logs),
+        trace_id=r.opt_text("trace_id", trace_id),
+        metadata=r.mapping("metadata", metadata),
+        workflow_id=r.opt_text("workflow_id", workflow_id),
+        parents=r.strings("parents", parents),
+        started_at=r.opt_number("started_at", started_at),
+        finished_at=r.opt_number("finished_at", finished_at),
+        payload_version=r.integer("payload_version", payload_version, 1),
+        stalls=r.integer("stalls", stalls, 0),
+        cancel_requested=bool(r.integer("cancel_requested", cancel_requested, 0)),
+        cancel_reason=r.opt_text("cancel_reason", cancel_reason),
+        dead_letter_queue=r.opt_text("dead_letter_queue", dead_letter_queue),
+        summary=summary,
     )
+    return replace(record, damage=tuple(r.damage)) if r.damage else record
 
 
 def worker_row(info: WorkerInfo) -> tuple[Any, ...]:
@@ -202,15 +224,20 @@ def worker_row(info: WorkerInfo) -> tuple[Any, ...]:
 
 
 def row_to_worker(row: tuple[Any, ...]) -> WorkerInfo:
-    """A ``list_workers`` row as a :class:`WorkerInfo`."""
+    """A ``list_workers`` row as a :class:`WorkerInfo` (damaged fields named in
+    ``stats["damage"]``, never raised)."""
     id_, host, pid, started_at, heartbeat_at, queues, concurrency, stats = row
-    return WorkerInfo(
-        id=id_,
-        host=host,
-        pid=pid,
-        started_at=started_at,
-        heartbeat_at=heartbeat_at,
-        queues=tuple(json.loads(queues)),
-        concurrency=concurrency,
-        stats=json.loads(stats),
+    r = FieldReader()
+    info = WorkerInfo(
+        id=r.text("id", id_),
+        host=r.text("host", host),
+        pid=r.integer("pid", pid, 0),
+        started_at=r.number("started_at", started_at),
+        heartbeat_at=r.number("heartbeat_at", heartbeat_at),
+        queues=r.strings("queues", queues),
+        concurrency=r.integer("concurrency", concurrency, 0),
+        stats=r.mapping("stats", stats),
     )
+    if r.damage:
+        info.stats["damage"] = list(r.damage)
+    return info

@@ -9,6 +9,7 @@ import sqlite3
 
 from conveyor.backends.sqlite.queries import (
     JOB_COLUMNS,
+    SUMMARY_COLUMNS,
     Q,
     filter_where,
     row_to_record,
@@ -33,17 +34,28 @@ def get_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
     return row_to_record(found[0]) if found else None
 
 
-def list_jobs(conn: sqlite3.Connection, flt: JobFilter, limit: int, offset: int) -> list[JobRecord]:
+def list_jobs(
+    conn: sqlite3.Connection, flt: JobFilter, limit: int, offset: int, *, summary: bool = False
+) -> list[JobRecord]:
     where, params = filter_where(flt)
-    sql = f"SELECT {JOB_COLUMNS} FROM conveyor_jobs WHERE {where} ORDER BY id DESC LIMIT ? OFFSET ?"
-    return [row_to_record(r) for r in conn.execute(sql, [*params, limit, offset]).fetchall()]
+    columns = SUMMARY_COLUMNS if summary else JOB_COLUMNS
+    sql = f"SELECT {columns} FROM conveyor_jobs WHERE {where} ORDER BY id DESC LIMIT ? OFFSET ?"
+    rows = conn.execute(sql, [*params, limit, offset]).fetchall()
+    return [row_to_record(r, summary=summary) for r in rows]
 
 
 def count_jobs(conn: sqlite3.Connection) -> list[CountRow]:
-    """Counts by queue, task and state, sorted like the reference backend's."""
-    rows = conn.execute(Q["count_jobs"]).fetchall()
-    counts = sorted((str(q), str(t), str(s), int(n)) for q, t, s, n in rows)
-    return [CountRow(q, t, JobState(s), n) for q, t, s, n in counts]
+    """Counts by queue, task and state, sorted like the reference backend's. A stored state
+    that is not a job state (a damaged row) counts as ``unknown``."""
+    merged: dict[tuple[str, str, JobState], int] = {}
+    for q, t, s, n in conn.execute(Q["count_jobs"]).fetchall():
+        try:
+            state = JobState(str(s))
+        except ValueError:
+            state = JobState.UNKNOWN
+        key = (str(q), str(t), state)
+        merged[key] = merged.get(key, 0) + int(n)
+    return [CountRow(q, t, s, n) for (q, t, s), n in sorted(merged.items())]
 
 
 def list_workers(conn: sqlite3.Connection) -> list[WorkerInfo]:

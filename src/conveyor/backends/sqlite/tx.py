@@ -23,7 +23,7 @@ from conveyor.backends.sqlite.schema import SCHEMA_VERSION, schema_version
 from conveyor.domain.job import EnqueueResult, NewJob
 from conveyor.errors import ConfigurationError, InvalidStateError, SchemaVersionError
 
-__all__ = ["complete_on_sync", "enqueue_on_sync"]
+__all__ = ["append_logs_on_sync", "complete_on_sync", "enqueue_on_sync"]
 
 
 def _check(conn: sqlite3.Connection, path: str) -> None:
@@ -73,4 +73,11 @@ def complete_on_sync(
     """Fenced completion with the caller's connection inside its open transaction, so the
     handler's own writes and the completion commit (or roll back) together."""
     _check(conn, path)
-    return ops.complete(conn, Effects(), job_id, fence, result, now)
+    # Only a held lease counts here: a repeat would commit the caller's writes a second time.
+    return ops.complete(conn, Effects(), job_id, fence, result, now, repeat_ok=False)
+
+
+def append_logs_on_sync(conn: sqlite3.Connection, path: str, job_id: str, lines: str) -> None:
+    """Append pre-encoded log lines with the caller's connection inside its transaction."""
+    _check(conn, path)
+    ops.append_logs(conn, Effects(), job_id, lines)

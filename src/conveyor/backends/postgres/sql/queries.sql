@@ -295,14 +295,17 @@ upd AS (
         j.payload_version, j.created_at, j.stalls, j.workflow_id, j.run_at, j.state
 )
 -- A job whose stored metadata is not a JSON object cannot be handed to a worker: it is
--- dead-lettered (invalid_payload) in this transition, and the rest of the batch runs.
+-- dead-lettered (invalid_payload) in this transition, and the rest of the batch runs. Its row
+-- comes back too (state 'failed'), so the worker can log and count it.
 SELECT ord, id, task, queue, payload, priority, attempts, max_attempts, fence, lease_until,
     timeout, trace_id, idempotency_key, metadata, payload_version, created_at, stalls,
-    workflow_id, run_at
+    workflow_id, run_at, state
 FROM upd
-WHERE state = 'running'
 
 -- name: complete
+-- With %(repeat)s, a repeat of a completion that took effect (the job completed under this
+-- fence) answers its id again (the plain SELECT sees the rows as they were before the UPDATE,
+-- so a row completed now is not counted twice). The caller's own transaction passes false.
 WITH upd AS (
     UPDATE {schema}.jobs
     SET state = 'completed', result = %(result)s, finished_at = {now},
@@ -312,6 +315,10 @@ WITH upd AS (
 )
 SELECT id, CASE WHEN %(channel)s::text IS NOT NULL THEN pg_notify(%(channel)s, id) END
 FROM upd
+UNION ALL
+SELECT id, NULL FROM {schema}.jobs
+WHERE %(repeat)s::bool AND id = %(id)s AND fence = %(fence)s AND fence > 0
+  AND state = 'completed'
 
 -- name: complete_batch
 -- Several fenced completions in one statement (concurrent complete() calls of one client);
@@ -331,6 +338,10 @@ upd AS (
     RETURNING j.id
 )
 SELECT id FROM upd
+UNION ALL
+-- repeats of completions that took effect (see `complete`)
+SELECT j.id FROM {schema}.jobs j JOIN input i ON j.id = i.id AND j.fence = i.fence
+WHERE j.state = 'completed' AND j.fence > 0
 UNION ALL
 SELECT NULL FROM (
     SELECT pg_notify(%(channel)s, '')
@@ -375,6 +386,12 @@ SELECT state,
             THEN pg_notify(%(done_channel)s, id)
     END
 FROM upd
+UNION ALL
+-- A repeat of this failure that took effect (same fence, this error stored last, the job in a
+-- state it leads to, not held) answers the state it wrote (see backends/common.repeated_fail).
+SELECT %(wrote)s::text, NULL FROM {schema}.jobs j
+WHERE j.id = %(id)s AND j.fence = %(fence)s AND j.fence > 0
+  AND j.state = ANY (%(seen)s::text[]) AND j.lease_owner IS NULL AND j.error = %(error)s::jsonb
 
 -- name: release
 WITH upd AS (
@@ -386,6 +403,11 @@ WITH upd AS (
 )
 SELECT queue, CASE WHEN %(channel)s::text IS NOT NULL THEN pg_notify(%(channel)s, queue) END
 FROM upd
+UNION ALL
+-- a repeat of a hand-back that took effect (see backends/common.repeated_release)
+SELECT queue, NULL FROM {schema}.jobs
+WHERE id = %(id)s AND fence = %(fence)s AND fence > 0 AND state = 'queued'
+  AND lease_owner IS NULL
 
 -- name: heartbeat
 WITH clock AS (SELECT {now} AS now)
@@ -486,25 +508,35 @@ note AS (
 )
 SELECT (SELECT state FROM upd), (SELECT state FROM seen), (SELECT count(*) FROM note)
 
--- name: retry
--- Failed, cancelled or expired jobs back to queued, oldest first (a job keeps its
--- idempotency key, even if a newer job took the key meanwhile).
+-- name: retry_page
+-- One page of jobs retry_jobs looks at: failed, cancelled or expired, matching, in id order
+-- after %(after)s; locked until the transaction ends (rows another retry holds are skipped).
+SELECT j.id, j.idempotency_key FROM {schema}.jobs j
+WHERE j.state IN ('failed', 'cancelled', 'expired') AND {filter} AND j.id > %(after)s::text
+ORDER BY j.id
+LIMIT %(page)s
+FOR UPDATE OF j SKIP LOCKED
+
+-- name: key_holders
+-- The jobs holding these idempotency keys now (run after locking the keys).
+SELECT h.idempotency_key, h.id FROM {schema}.jobs h
+WHERE h.idempotency_key = ANY (%(keys)s::text[]) AND h.state IN ({holding})
+ORDER BY h.id
+
+-- name: retry_ids
+-- The chosen jobs back to queued (a job keeps its error history). Without a reset, a job whose
+-- attempts are used up gets one more run, and its max_attempts says so.
 WITH clock AS (SELECT {now} AS now),
-picked AS MATERIALIZED (
-    SELECT j.id FROM {schema}.jobs j
-    WHERE j.state IN ('failed', 'cancelled', 'expired') AND {filter}
-    ORDER BY j.id
-    LIMIT %(limit)s
-    FOR UPDATE OF j SKIP LOCKED
-),
 upd AS (
     UPDATE {schema}.jobs j
     SET state = 'queued', run_at = c.now,
         attempts = CASE WHEN %(reset)s THEN 0 ELSE j.attempts END,
+        max_attempts = CASE WHEN %(reset)s THEN j.max_attempts
+            ELSE greatest(j.max_attempts, j.attempts + 1) END,
         stalls = 0, finished_at = NULL, cancel_requested = false, cancel_reason = NULL,
         dead_letter_queue = NULL, lease_owner = NULL, lease_until = NULL
     FROM clock c
-    WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
+    WHERE j.id = ANY (%(ids)s::text[])
     RETURNING j.id, j.queue
 )
 SELECT id, CASE WHEN %(channel)s::text IS NOT NULL THEN pg_notify(%(channel)s, queue) END
@@ -541,6 +573,14 @@ SELECT count(*) FROM gone
 
 -- name: list_jobs
 SELECT {job_columns}
+FROM {schema}.jobs j
+WHERE {filter}
+ORDER BY j.id DESC
+LIMIT %(limit)s OFFSET %(offset)s
+
+-- name: list_summaries
+-- `list_jobs` for listings: no payload, result, progress, logs, error history or traceback.
+SELECT {summary_columns}
 FROM {schema}.jobs j
 WHERE {filter}
 ORDER BY j.id DESC

@@ -5,5 +5,6 @@
 -- (priority desc, run-at asc, id asc) order, skipping tasks the worker does not take.
 -- ARGV: worker, limit, lease, now, budget, nq, queue..., nt (-1: all tasks), pattern...,
 --       nx, excluded...
--- Returns 17 values per claimed job (see redis_codec.decode_claimed).
-return claim_jobs(1)
+-- Returns {17 values per claimed job (see codec.decode_claimed), the DEAD list of claim_lib}.
+local out = claim_jobs(1)
+return {out, DEAD}

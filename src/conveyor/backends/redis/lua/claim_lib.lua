@@ -15,8 +15,15 @@ local function unreadable(fields, values)
   return nil
 end
 
+-- The jobs this claim dead-lettered (5 values each: id, task, queue, attempts, field), returned
+-- with the claimed ones so the worker can log and count them.
+local DEAD = {}
+
 local function dead_unreadable(id, q, task, from, attempts, t, what)
   -- A waiting job whose record cannot be decoded: failed at once (the dead-letter set).
+  local n = #DEAD
+  DEAD[n + 1] = id; DEAD[n + 2] = task or ''; DEAD[n + 3] = q
+  DEAD[n + 4] = tostring(tonumber(attempts or '0') or 0); DEAD[n + 5] = what
   local k = jkey(id)
   redis.call('HSET', k, 'fa', fmt(t))
   redis.call('HDEL', k, 'lo', 'lu')

@@ -3,8 +3,7 @@
 -- complete_claim: complete a job (fenced) and claim the next ones, in one round trip.
 -- ARGV: id, fence, has_result (1/0), result, token (see ack in lib.lua), then claim's: worker,
 --       limit, lease, now, budget, nq, queue..., nt, pattern..., nx, excluded...
--- Returns completed (1/0), then 17 values per claimed job.
+-- Returns {completed (1/0), 17 values per claimed job, the DEAD list of claim_lib}.
 local done = complete_job(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[9], ARGV[5])
 local out = claim_jobs(6)
-table.insert(out, 1, done and 1 or 0)
-return out
+return {done and 1 or 0, out, DEAD}

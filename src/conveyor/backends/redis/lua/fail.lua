@@ -6,7 +6,24 @@
 local id = ARGV[1]
 local k = jkey(id)
 local s, f, q, task, prio, expires = unpack(redis.call('HMGET', k, 's', 'f', 'q', 't', 'p', 'ex'))
-if s ~= 'running' or (f or '0') ~= ARGV[2] then return acked(k, ARGV[8]) or false end
+if s ~= 'running' or (f or '0') ~= ARGV[2] then
+  local done = acked(k, ARGV[8])
+  if done then return done end
+  -- A repeat of this failure that took effect (same fence, this error stored last, the job in
+  -- a state it leads to, not held) answers the state it wrote (backends/common.repeated_fail).
+  if not s or (f or '0') ~= ARGV[2] or tonumber(ARGV[2]) <= 0 then return false end
+  if redis.call('HEXISTS', k, 'lo') == 1 or redis.call('HGET', k, 'e') ~= ARGV[3] then
+    return false
+  end
+  if ARGV[4] == '' then
+    if s == ARGV[6] then return s end
+  elseif tonumber(ARGV[4]) <= 0 then
+    if s == 'queued' then return s end
+  elseif s == 'scheduled' or s == 'queued' then
+    return 'scheduled'
+  end
+  return false
+end
 local t = clock(ARGV[5])
 record_error(k, ARGV[3])
 redis.call('HDEL', k, 'lo', 'lu')

@@ -195,7 +195,11 @@ local function complete_job(id, fence, has_result, result, now_arg, token)
   -- already did).
   local k = jkey(id)
   local s, f, q, task = unpack(redis.call('HMGET', k, 's', 'f', 'q', 't'))
-  if s ~= 'running' or (f or '0') ~= fence then return acked(k, token) == 'completed' end
+  if s ~= 'running' or (f or '0') ~= fence then
+    -- A repeat of a completion that took effect (completed under this fence) answers true.
+    return acked(k, token) == 'completed'
+      or (s == 'completed' and (f or '0') == fence and tonumber(fence) > 0)
+  end
   if has_result == '1' then
     redis.call('HSET', k, 's', 'completed', 'fa', fmt(clock(now_arg)), 'r', result)
     redis.call('HDEL', k, 'lo', 'lu')

@@ -8,6 +8,11 @@ local s, f, q, task, prio, attempts, run_at, expires = unpack(redis.call('HMGET'
   's', 'f', 'q', 't', 'p', 'a', 'ra', 'ex'))
 if s ~= 'running' or (f or '0') ~= ARGV[2] then
   if acked(k, ARGV[3]) == 'released' then return 1 end
+  -- A repeat of a hand-back that took effect (backends/common.repeated_release).
+  if s == 'queued' and (f or '0') == ARGV[2] and tonumber(ARGV[2]) > 0
+      and redis.call('HEXISTS', k, 'lo') == 0 then
+    return 1
+  end
   return 0
 end
 ack(k, ARGV[3], 'released')

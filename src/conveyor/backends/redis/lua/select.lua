@@ -52,12 +52,14 @@ local function passes(id, flt, check_index)
   return true
 end
 
-local function select_ids(flt, desc, offset, limit, budget, start)
+local function select_ids(flt, desc, offset, limit, budget, start, pred)
   -- Ids of matching jobs in id order (descending when desc), after skipping `offset`;
-  -- `start` (optional) is an exclusive keyset cursor (browse.lua).
+  -- `start` (optional) is an exclusive keyset cursor (browse.lua); with `pred`, only the ids
+  -- it accepts (it sees every matching id in order until the limit: retry.lua).
   local out, skipped, seen = {}, 0, 0
   if limit <= 0 then return out end
   local function keep(id)
+    if pred and not pred(id) then return false end
     if skipped < offset then skipped = skipped + 1 else out[#out + 1] = id end
     return #out >= limit
   end

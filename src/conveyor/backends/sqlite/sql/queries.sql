@@ -207,10 +207,17 @@ WHERE id = ?;
 -- name: cancel_request
 UPDATE conveyor_jobs SET cancel_requested = 1, cancel_reason = ? WHERE id = ?;
 
+-- name: key_holder
+SELECT j.id, j.state
+FROM conveyor_idempotency_keys AS k JOIN conveyor_jobs AS j ON j.id = k.job_id
+WHERE k.key = ?;
+
 -- name: retry_one
+-- Without a reset, a job whose attempts are used up gets one more run, and says so.
 UPDATE conveyor_jobs
 SET state = 'queued', run_at = :now,
     attempts = CASE WHEN :reset THEN 0 ELSE attempts END,
+    max_attempts = CASE WHEN :reset THEN max_attempts ELSE max(max_attempts, attempts + 1) END,
     stalls = 0, finished_at = NULL, cancel_requested = 0, cancel_reason = NULL,
     dead_letter_queue = NULL
 WHERE id = :id;

@@ -1,7 +1,7 @@
-"""Servers the reliability suite owns: private Redis and PostgreSQL, and a TCP proxy.
+"""Servers a test owns: private Redis and PostgreSQL, and a TCP proxy.
 
-Scenarios that restart or cut off a server never touch the shared services at 127.0.0.1:5432
-and :6379 (other tests use them in parallel). They start their own:
+Scenarios that restart or cut off a server never touch the shared services (other tests use
+them in parallel; see ``tests.support.POSTGRES_URL`` / ``REDIS_URL``). They start their own:
 
 * :class:`RedisServer`: ``redis-server`` on a free loopback port, data in a temporary
   directory, AOF on by default (``appendfsync always``); ``kill()`` is ``kill -9``.
