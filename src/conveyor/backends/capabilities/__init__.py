@@ -13,6 +13,9 @@ fails with a clear message on a store without it.
   PostgreSQL.
 - :class:`PushesCancellations`: a running job is interrupted as soon as its cancellation is
   requested, not at the next heartbeat; Redis.
+- :class:`EventBusStore`: the event bus's log, subscriptions and deliveries (publish = events
+  plus one delivery job per matching subscription, atomically); all four backends.
+  :class:`EventBusTransactions` publishes inside the caller's transaction; SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -20,13 +23,21 @@ from __future__ import annotations
 from typing import Any
 
 from conveyor.backends.capabilities.cancellations import PushesCancellations
+from conveyor.backends.capabilities.events import (
+    EventBusStore,
+    EventBusTransactions,
+    SyncEventBusTransactions,
+)
 from conveyor.backends.capabilities.kv import KeyValueStore
 from conveyor.backends.capabilities.transactions import SyncTransactions, Transactions
 from conveyor.errors import ConfigurationError
 
 __all__ = [
+    "EventBusStore",
+    "EventBusTransactions",
     "KeyValueStore",
     "PushesCancellations",
+    "SyncEventBusTransactions",
     "SyncTransactions",
     "Transactions",
     "capability_names",
@@ -39,6 +50,8 @@ ALL: dict[str, type[Any]] = {
     "kv": KeyValueStore,
     "transactions": Transactions,
     "pushed_cancellations": PushesCancellations,
+    "events": EventBusStore,
+    "events_transactions": EventBusTransactions,
 }
 
 

@@ -17,6 +17,7 @@ from dataclasses import replace
 from conveyor.backends.base import Backend, BackendFactory, CancelOutcome
 from conveyor.backends.capabilities.kv import KeyValueStore
 from conveyor.backends.common import RETRYABLE_STATES, SUSPECT_STALLS, filter_matches, matches_any
+from conveyor.backends.memory.events import MemoryEvents  # event bus (issue 16)
 from conveyor.domain.job import (
     ClaimedJob,
     CountRow,
@@ -67,7 +68,7 @@ class MemoryStore:
                 self._waiters.remove(item)
 
 
-class MemoryBackend(KeyValueStore, Backend):
+class MemoryBackend(MemoryEvents, KeyValueStore, Backend):
     """A client of a :class:`MemoryStore`."""
 
     def __init__(self, store: MemoryStore) -> None:

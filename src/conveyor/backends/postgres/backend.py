@@ -28,6 +28,7 @@ from conveyor.backends.postgres.client import (
     PostgresClient,
 )
 from conveyor.backends.postgres.errors import is_transient, translate, translated
+from conveyor.backends.postgres.events import PostgresEvents  # event bus (issue 16)
 from conveyor.backends.postgres.kv import PostgresKV
 from conveyor.backends.postgres.statements import (
     claimed_from_row,
@@ -63,7 +64,7 @@ CompleteItem = tuple[str, int, bytes | None, float | None]
 EnqueueItem = tuple[list[NewJob], float | None]
 
 
-class PostgresBackend(PostgresKV, Transactions, PostgresClient, Backend):
+class PostgresBackend(PostgresEvents, PostgresKV, Transactions, PostgresClient, Backend):
     """A client of one PostgreSQL schema, made by
     :class:`~conveyor.backends.postgres.PostgresFactory`."""
 

@@ -29,6 +29,7 @@ from conveyor.backends.capabilities.transactions import SyncTransactions, Transa
 from conveyor.backends.common import redact_url
 from conveyor.backends.sqlite import ops, reads, tx
 from conveyor.backends.sqlite.engine import Engine
+from conveyor.backends.sqlite.events import SQLiteEvents, SQLiteEventsFactory  # issue 16
 from conveyor.backends.sqlite.kv import SQLiteKV
 from conveyor.backends.sqlite.notify import Effects, Notifier, Waiter
 from conveyor.backends.sqlite.queries import (
@@ -66,7 +67,7 @@ from conveyor.errors import ConfigurationError
 __all__ = ["SQLiteBackend", "SQLiteFactory"]
 
 
-class SQLiteFactory(SyncTransactions, BackendFactory):
+class SQLiteFactory(SQLiteEventsFactory, SyncTransactions, BackendFactory):
     """``sqlite:///path.db``: every client of this factory shares one writer thread.
 
     ``durability``: ``"process"`` (default; ``synchronous=NORMAL``) or ``"power"``
@@ -202,7 +203,7 @@ async def _stop(engine: Engine) -> None:
     await asyncio.wrap_future(engine.stopped)
 
 
-class SQLiteBackend(SQLiteKV, Transactions, Backend):
+class SQLiteBackend(SQLiteEvents, SQLiteKV, Transactions, Backend):
     """One client of a :class:`SQLiteFactory`; usable from any event loop."""
 
     factory: SQLiteFactory
