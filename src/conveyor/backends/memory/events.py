@@ -8,10 +8,11 @@ it never awaits, so the whole publish is one step no other client can interleave
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from conveyor.backends.capabilities.events import EventBusStore
 from conveyor.domain.events import (
@@ -26,11 +27,18 @@ from conveyor.domain.events import (
     SubscriptionRecord,
     SubscriptionSet,
 )
-from conveyor.domain.job import EnqueueResult, NewJob
+from conveyor.domain.job import EnqueueResult, JobRecord, NewJob
 from conveyor.domain.states import JobState
 
-if TYPE_CHECKING:
-    from conveyor.backends.memory.backend import MemoryStore
+
+class StoreView(Protocol):
+    """What the bus uses of :class:`~conveyor.backends.memory.MemoryStore`."""
+
+    lock: threading.RLock
+    jobs: dict[str, JobRecord]
+
+    def wake(self) -> None: ...
+
 
 #: Job states in which a delivery's job may still run its handler.
 ACTIVE_STATES = frozenset({JobState.QUEUED, JobState.SCHEDULED, JobState.RUNNING})
@@ -69,7 +77,7 @@ class BusState:
     chains: dict[tuple[str, str], _Chain] = field(default_factory=dict)
 
 
-def bus_state(store: MemoryStore) -> BusState:
+def bus_state(store: StoreView) -> BusState:
     """The bus state of ``store`` (made on first use)."""
     state = store.__dict__.get("bus")
     if state is None:
@@ -82,7 +90,9 @@ def bus_state(store: MemoryStore) -> BusState:
 class MemoryEvents(EventBusStore):
     """Mixed into :class:`~conveyor.backends.memory.MemoryBackend`."""
 
-    store: MemoryStore
+    @property
+    def _store(self) -> StoreView:
+        return cast(StoreView, self.store)  # type: ignore[attr-defined]
 
     if TYPE_CHECKING:  # provided by MemoryBackend
 
@@ -92,8 +102,8 @@ class MemoryEvents(EventBusStore):
 
     # -- subscriptions ------------------------------------------------------------------------
     async def bus_subscriptions(self) -> SubscriptionSet:
-        st = bus_state(self.store)
-        with self.store.lock:
+        st = bus_state(self._store)
+        with self._store.lock:
             subs = tuple(sorted(st.subscriptions.values(), key=lambda s: s.name))
             return SubscriptionSet(st.version, subs)
 
@@ -101,8 +111,8 @@ class MemoryEvents(EventBusStore):
         self, name: str, pattern: str, spec: dict[str, Any], now: float | None = None
     ) -> tuple[SubscriptionRecord, bool]:
         t = time.time() if now is None else now
-        st = bus_state(self.store)
-        with self.store.lock:
+        st = bus_state(self._store)
+        with self._store.lock:
             old = st.subscriptions.get(name)
             if old is not None and old.pattern == pattern and old.spec == spec:
                 return old, False
@@ -115,8 +125,8 @@ class MemoryEvents(EventBusStore):
             return record, True
 
     async def bus_unsubscribe(self, name: str) -> bool:
-        st = bus_state(self.store)
-        with self.store.lock:
+        st = bus_state(self._store)
+        with self._store.lock:
             if st.subscriptions.pop(name, None) is None:
                 return False
             st.version += 1
@@ -131,8 +141,8 @@ class MemoryEvents(EventBusStore):
         now: float | None = None,
     ) -> list[PublishResult] | None:
         t = time.time() if now is None else now
-        st = bus_state(self.store)
-        with self.store.lock:
+        st = bus_state(self._store)
+        with self._store.lock:
             if version != st.version:
                 return None
             results: list[PublishResult] = []
@@ -195,9 +205,9 @@ class MemoryEvents(EventBusStore):
         self, deliveries: Sequence[NewDelivery], *, force: bool = False, now: float | None = None
     ) -> list[str | None]:
         t = time.time() if now is None else now
-        st = bus_state(self.store)
+        st = bus_state(self._store)
         out: list[str | None] = []
-        with self.store.lock:
+        with self._store.lock:
             jobs: list[NewJob] = []
             for d in deliveries:
                 if d.event_id not in st.ids:
@@ -205,7 +215,7 @@ class MemoryEvents(EventBusStore):
                     continue
                 old = st.deliveries.get((d.event_id, d.subscription))
                 if old is not None:
-                    job = self.store.jobs.get(old.job_id)
+                    job = self._store.jobs.get(old.job_id)
                     alive = job is not None and not job.state.is_terminal
                     if old.status is DeliveryStatus.LIVE and alive:
                         out.append(None)
@@ -227,8 +237,8 @@ class MemoryEvents(EventBusStore):
         self, job_id: str, status: DeliveryStatus, now: float | None = None
     ) -> bool:
         t = time.time() if now is None else now
-        st = bus_state(self.store)
-        with self.store.lock:
+        st = bus_state(self._store)
+        with self._store.lock:
             key = st.by_job.get(job_id)
             if key is None:
                 return False
@@ -237,7 +247,7 @@ class MemoryEvents(EventBusStore):
                 return False
             d.status, d.finished_at = status, t
             self._leave_chain(st, d, t)
-        self.store.wake()
+        self._store.wake()
         return True
 
     def _leave_chain(self, st: BusState, d: _Delivery, t: float) -> int:
@@ -259,13 +269,13 @@ class MemoryEvents(EventBusStore):
         while chain is not None and chain.members:
             head_seq = min(chain.members)
             d = st.deliveries[chain.members[head_seq]]
-            job = self.store.jobs.get(d.job_id)
+            job = self._store.jobs.get(d.job_id)
             if d.status is not DeliveryStatus.LIVE:  # finished, still listed (see PostgreSQL)
                 del chain.members[head_seq]
                 continue
             if job is not None and job.state is JobState.BLOCKED:
-                self.store.jobs[job.id] = replace(job, state=JobState.QUEUED)
-                self.store.wake()
+                self._store.jobs[job.id] = replace(job, state=JobState.QUEUED)
+                self._store.wake()
                 return marked
             if job is not None and job.state in ACTIVE_STATES:
                 return marked
@@ -279,9 +289,9 @@ class MemoryEvents(EventBusStore):
 
     async def bus_settle(self, limit: int = 1000, now: float | None = None) -> int:
         t = time.time() if now is None else now
-        st = bus_state(self.store)
+        st = bus_state(self._store)
         marked = 0
-        with self.store.lock:
+        with self._store.lock:
             for chain_key in list(st.chains):
                 if marked >= limit:
                     break
@@ -290,16 +300,16 @@ class MemoryEvents(EventBusStore):
 
     # -- reading ------------------------------------------------------------------------------
     async def bus_head(self) -> int:
-        st = bus_state(self.store)
-        with self.store.lock:
+        st = bus_state(self._store)
+        with self._store.lock:
             return st.position
 
     async def bus_read(self, query: EventQuery, limit: int = 100) -> list[EventRecord]:
-        st = bus_state(self.store)
+        st = bus_state(self._store)
         out: list[EventRecord] = []
         if limit <= 0:
             return out
-        with self.store.lock:
+        with self._store.lock:
             for record in st.events.values():  # insertion order is position order
                 if query.matches(record):
                     out.append(record)
@@ -308,17 +318,17 @@ class MemoryEvents(EventBusStore):
         return out
 
     async def bus_get(self, event_ids: Sequence[str]) -> list[EventRecord]:
-        st = bus_state(self.store)
-        with self.store.lock:
+        st = bus_state(self._store)
+        with self._store.lock:
             positions = sorted({st.ids[i] for i in event_ids if i in st.ids})
             return [st.events[p] for p in positions]
 
     async def bus_deliveries(
         self, flt: DeliveryFilter, *, after: int = 0, limit: int = 100
     ) -> list[DeliveryRecord]:
-        st = bus_state(self.store)
+        st = bus_state(self._store)
         rows: list[DeliveryRecord] = []
-        with self.store.lock:
+        with self._store.lock:
             for d in st.deliveries.values():
                 if d.position <= after:
                     continue
@@ -328,7 +338,7 @@ class MemoryEvents(EventBusStore):
                     continue
                 if flt.statuses is not None and d.status not in flt.statuses:
                     continue
-                job = self.store.jobs.get(d.job_id)
+                job = self._store.jobs.get(d.job_id)
                 if flt.dead_letters and (job is None or job.state is not JobState.FAILED):
                     continue
                 rows.append(
@@ -352,9 +362,9 @@ class MemoryEvents(EventBusStore):
 
     # -- retention ----------------------------------------------------------------------------
     async def bus_prune(self, before: float, limit: int = 1000) -> int:
-        st = bus_state(self.store)
+        st = bus_state(self._store)
         deleted = 0
-        with self.store.lock:
+        with self._store.lock:
             live: set[str] = {
                 d.event_id for d in st.deliveries.values() if d.status is DeliveryStatus.LIVE
             }
