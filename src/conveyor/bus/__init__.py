@@ -6,10 +6,12 @@ from conveyor.bus.config import BusQueueConfig, EventBusConfig, EventSourcingCon
 from conveyor.bus.envelope import EventDecodeError
 from conveyor.bus.event import Delivery, Event, Published, StoredEvent
 from conveyor.bus.inspect import EventDetails, ReplayReport
+from conveyor.bus.sourcing import Aggregate, EventStore, Snapshot
 from conveyor.bus.subscriptions import Subscription
 from conveyor.domain.events import DeliveryState
 
 __all__ = [
+    "Aggregate",
     "BusQueueConfig",
     "Delivery",
     "DeliveryState",
@@ -19,8 +21,10 @@ __all__ = [
     "EventDecodeError",
     "EventDetails",
     "EventSourcingConfig",
+    "EventStore",
     "Published",
     "ReplayReport",
+    "Snapshot",
     "StoredEvent",
     "Subscription",
 ]

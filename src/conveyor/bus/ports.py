@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from conveyor.backends.base import BackendFactory
 from conveyor.backends.capabilities.events import EventBusStore
 from conveyor.bus.config import EventBusConfig
+from conveyor.bus.event import Event, Published
 from conveyor.bus.types import EventTypes
 from conveyor.core.events import EventHub
 from conveyor.core.options import QueueConfig
@@ -55,4 +56,10 @@ class BusCore(Protocol):
 
     async def store(self) -> EventBusStore:
         """The app's backend client for this loop, as an event-bus store."""
+        ...
+
+    async def publish_many(
+        self, events: Sequence[Event[Any] | object], *, connection: Any = None
+    ) -> list[Published]:
+        """Publish several events in one atomic step."""
         ...

@@ -301,3 +301,50 @@ class EventQuery:
         if self.until is not None and record.occurred_at >= self.until:
             return False
         return self.key is None or record.key == self.key
+
+
+# -- event-sourced streams -------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class NewStreamEvent:
+    """An event to append to a stream (its id is unique across all streams)."""
+
+    id: str
+    name: str
+    payload: bytes
+    headers: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRecord:
+    """A stored event of a stream; ``version`` counts the stream's events from 1."""
+
+    stream: str
+    version: int
+    id: str
+    name: str
+    payload: bytes
+    headers: dict[str, Any]
+    schema_version: int
+    recorded_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """``appended``: the events were stored (or had been, by an earlier call with the same
+    first event id); ``version``: the stream's version after the append, or its current
+    version when the expected version did not match."""
+
+    appended: bool
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    """A stream's state as of ``version`` (opaque bytes), a cache of folding its events."""
+
+    stream: str
+    version: int
+    state: bytes
+    schema_version: int
+    taken_at: float

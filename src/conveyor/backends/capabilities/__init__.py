@@ -16,6 +16,8 @@ fails with a clear message on a store without it.
 - :class:`EventBusStore`: the event bus's log, subscriptions and deliveries (publish = events
   plus one delivery job per matching subscription, atomically); all four backends.
   :class:`EventBusTransactions` publishes inside the caller's transaction; SQLite and PostgreSQL.
+- :class:`EventStreams`: event-sourced streams with expected-version appends and snapshots;
+  all four backends.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ from conveyor.backends.capabilities.events import (
     SyncEventBusTransactions,
 )
 from conveyor.backends.capabilities.kv import KeyValueStore
+from conveyor.backends.capabilities.streams import EventStreams
 from conveyor.backends.capabilities.transactions import SyncTransactions, Transactions
 from conveyor.errors import ConfigurationError
 
 __all__ = [
     "EventBusStore",
     "EventBusTransactions",
+    "EventStreams",
     "KeyValueStore",
     "PushesCancellations",
     "SyncEventBusTransactions",
@@ -52,6 +56,7 @@ ALL: dict[str, type[Any]] = {
     "pushed_cancellations": PushesCancellations,
     "events": EventBusStore,
     "events_transactions": EventBusTransactions,
+    "streams": EventStreams,
 }
 
 

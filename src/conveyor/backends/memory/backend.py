@@ -18,6 +18,7 @@ from conveyor.backends.base import Backend, BackendFactory, CancelOutcome
 from conveyor.backends.capabilities.kv import KeyValueStore
 from conveyor.backends.common import RETRYABLE_STATES, SUSPECT_STALLS, filter_matches, matches_any
 from conveyor.backends.memory.events import MemoryEvents  # event bus (issue 16)
+from conveyor.backends.memory.streams import MemoryStreams  # event sourcing (issue 16)
 from conveyor.domain.job import (
     ClaimedJob,
     CountRow,
@@ -68,7 +69,7 @@ class MemoryStore:
                 self._waiters.remove(item)
 
 
-class MemoryBackend(MemoryEvents, KeyValueStore, Backend):
+class MemoryBackend(MemoryEvents, MemoryStreams, KeyValueStore, Backend):
     """A client of a :class:`MemoryStore`."""
 
     def __init__(self, store: MemoryStore) -> None:

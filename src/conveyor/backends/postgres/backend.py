@@ -38,6 +38,7 @@ from conveyor.backends.postgres.statements import (
     like_patterns,
     stored_error,
 )
+from conveyor.backends.postgres.streams import PostgresStreams  # event sourcing (issue 16)
 from conveyor.backends.postgres.tx import complete_on, enqueue_on, run_enqueue
 from conveyor.domain.job import (
     ClaimedJob,
@@ -64,7 +65,9 @@ CompleteItem = tuple[str, int, bytes | None, float | None]
 EnqueueItem = tuple[list[NewJob], float | None]
 
 
-class PostgresBackend(PostgresEvents, PostgresKV, Transactions, PostgresClient, Backend):
+class PostgresBackend(
+    PostgresEvents, PostgresStreams, PostgresKV, Transactions, PostgresClient, Backend
+):
     """A client of one PostgreSQL schema, made by
     :class:`~conveyor.backends.postgres.PostgresFactory`."""
 

@@ -47,6 +47,7 @@ from conveyor.backends.redis.events import RedisEvents  # event bus (issue 16)
 from conveyor.backends.redis.notify import Notifier
 from conveyor.backends.redis.pipe import ScriptPipe, pipe_for
 from conveyor.backends.redis.scripts import ScriptArg, run
+from conveyor.backends.redis.streams import RedisStreams  # event sourcing (issue 16)
 from conveyor.domain.job import (
     ClaimedJob,
     CountRow,
@@ -86,7 +87,7 @@ def write_token() -> str:
     return uuid4().hex[:16]
 
 
-class RedisBackend(RedisEvents, KeyValueStore, PushesCancellations, Backend):
+class RedisBackend(RedisEvents, RedisStreams, KeyValueStore, PushesCancellations, Backend):
     """One client of the jobs stored under one key prefix of one Redis server."""
 
     def __init__(

@@ -48,6 +48,7 @@ from conveyor.backends.sqlite.schema import (
     path_from_url,
     storage_error,
 )
+from conveyor.backends.sqlite.streams import SQLiteStreams  # event sourcing (issue 16)
 from conveyor.domain.job import (
     ClaimedJob,
     CountRow,
@@ -203,7 +204,7 @@ async def _stop(engine: Engine) -> None:
     await asyncio.wrap_future(engine.stopped)
 
 
-class SQLiteBackend(SQLiteEvents, SQLiteKV, Transactions, Backend):
+class SQLiteBackend(SQLiteEvents, SQLiteStreams, SQLiteKV, Transactions, Backend):
     """One client of a :class:`SQLiteFactory`; usable from any event loop."""
 
     factory: SQLiteFactory

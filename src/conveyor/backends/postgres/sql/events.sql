@@ -191,3 +191,69 @@ gone AS (
     DELETE FROM {schema}.bus_deliveries WHERE event_id = ANY (ARRAY(SELECT id FROM doomed))
 )
 DELETE FROM {schema}.bus_events WHERE id = ANY (ARRAY(SELECT id FROM doomed))
+
+-- name: stream_lock
+-- Appends to one stream take turns (the check and the insert below see every earlier one).
+SELECT pg_advisory_xact_lock(hashtextextended('conveyor.stream:' || %(stream)s, 0))
+
+-- name: stream_append
+-- Append if the stream is at the expected version (NULL: any). An append whose first event id
+-- is already in the stream answers as it did. A stream whose events were all pruned keeps its
+-- version in its latest snapshot.
+WITH cur AS (
+    SELECT greatest(
+        coalesce((SELECT max(version) FROM {schema}.streams WHERE stream = %(stream)s), 0),
+        coalesce((SELECT max(version) FROM {schema}.stream_snapshots
+                  WHERE stream = %(stream)s), 0)) AS v
+),
+dup AS (
+    SELECT version FROM {schema}.streams WHERE id = %(first)s AND stream = %(stream)s
+),
+ins AS (
+    INSERT INTO {schema}.streams (stream, version, id, name, payload, headers, schema_version,
+        recorded_at)
+    SELECT %(stream)s, cur.v + e.ord, e.id, e.name, e.payload, e.headers::json, e.sv, {now}
+    FROM cur, unnest(%(ids)s::text[], %(names)s::text[], %(payloads)b::bytea[],
+        %(headers)s::text[], %(versions)s::int[]) WITH ORDINALITY AS e (id, name, payload,
+        headers, sv, ord)
+    WHERE NOT EXISTS (SELECT 1 FROM dup)
+      AND (%(expected)s::bigint IS NULL OR cur.v = %(expected)s::bigint)
+    RETURNING version
+)
+SELECT (SELECT v FROM cur), (SELECT version FROM dup), (SELECT max(version) FROM ins)
+
+-- name: stream_read
+SELECT version, id, name, payload, headers::text, schema_version, recorded_at
+FROM {schema}.streams WHERE stream = %(stream)s AND version > %(after)s
+ORDER BY version LIMIT %(limit)s
+
+-- name: stream_version
+SELECT greatest(
+    coalesce((SELECT max(version) FROM {schema}.streams WHERE stream = %(stream)s), 0),
+    coalesce((SELECT max(version) FROM {schema}.stream_snapshots WHERE stream = %(stream)s), 0))
+
+-- name: snapshot_save
+INSERT INTO {schema}.stream_snapshots (stream, version, state, schema_version, taken_at)
+VALUES (%(stream)s, %(version)s, %(state)s, %(sv)s, {now})
+ON CONFLICT (stream, version) DO UPDATE
+SET state = EXCLUDED.state, schema_version = EXCLUDED.schema_version, taken_at = EXCLUDED.taken_at
+
+-- name: snapshot_load
+SELECT version, state, schema_version, taken_at FROM {schema}.stream_snapshots
+WHERE stream = %(stream)s ORDER BY version DESC LIMIT 1
+
+-- name: stream_prune
+WITH latest AS (
+    SELECT stream, max(version) AS version FROM {schema}.stream_snapshots GROUP BY stream
+),
+old_snapshots AS (
+    DELETE FROM {schema}.stream_snapshots s USING latest l
+    WHERE s.stream = l.stream AND s.version < l.version
+),
+doomed AS (
+    SELECT e.stream, e.version FROM {schema}.streams e JOIN latest l ON l.stream = e.stream
+    WHERE e.version <= l.version AND e.recorded_at < %(before)s
+    LIMIT %(limit)s
+)
+DELETE FROM {schema}.streams e USING doomed d
+WHERE e.stream = d.stream AND e.version = d.version
