@@ -175,9 +175,13 @@ def _mismatch(hint: Any, value: Any) -> str | None:
     origin = get_origin(hint)
     if origin in (Union, types.UnionType):
         options = get_args(hint)
-        if any(_mismatch(o, value) is None for o in options):
+        problems = [_mismatch(o, value) for o in options]
+        if any(p is None for p in problems):
             return None
-        return f"must be {_describe(hint)}, not {value!r:.60}"
+        for option, problem in zip(options, problems, strict=True):
+            if isinstance(value, Mapping) and dataclasses.is_dataclass(option):
+                return problem  # the shape it was meant to have says most
+        return f"must be {' or '.join(_describe(o) for o in options)}, not {value!r:.60}"
     if origin is Literal:
         return None if value in get_args(hint) else f"must be one of {get_args(hint)}"
     if hint is type(None) or hint is None:
@@ -226,6 +230,8 @@ def _mismatch(hint: Any, value: Any) -> str | None:
 
 
 def _describe(hint: Any) -> str:
+    if hint is type(None):
+        return "None"
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 

@@ -256,3 +256,66 @@ async def test_publish_from_sync_code(app: Conveyor) -> None:
     events = await app.bus.read()
     assert [(e.name, e.data) for e in events] == [("sync.made", {"x": 1})]
     app.close_sync()
+
+
+async def test_job_lifecycle_events_are_published_on_the_bus(
+    backend_factory: BackendFactory,
+) -> None:
+    app = Conveyor(backend_factory=backend_factory)
+    app.bus.configure({"lifecycle": ["completed", "dead"]})
+    seen: list[tuple[str, str]] = []
+
+    @app.task
+    def work(fail: bool) -> int:
+        if fail:
+            raise RuntimeError("no")
+        return 1
+
+    @app.bus.subscribe("conveyor.job.#", name="watcher")
+    async def watcher(event: Event[dict[str, Any]]) -> None:
+        seen.append((event.name, event.data["task"]))
+
+    ok = await work.enqueue(False)
+    await work.enqueue(True)
+    await run_until_idle(app)
+    assert sorted(seen) == [
+        ("conveyor.job.completed", work.name),
+        ("conveyor.job.dead", work.name),
+    ]  # the watcher's own deliveries are not published
+    (completed,) = await app.bus.read(pattern="conveyor.job.completed")
+    assert completed.key == ok.id and completed.data["job_id"] == ok.id
+    await app.close()
+
+
+async def test_publish_inside_the_callers_transaction(
+    backend_kind: str, backend_factory: BackendFactory
+) -> None:
+    from ..capabilities.test_transactions import HAS_TRANSACTIONS, begin, native_connection
+
+    app = Conveyor(backend_factory=backend_factory)
+    got: list[str] = []
+
+    @app.bus.subscribe("order.#", name="tx")
+    async def tx(event: Event[Any]) -> None:
+        got.append(event.data["n"])
+
+    if backend_kind not in HAS_TRANSACTIONS:
+        with pytest.raises(ConfigurationError, match="needs a SQL backend"):
+            await app.bus.publish("order.made", {"n": "x"}, connection=object())
+        await app.close()
+        return
+    await app.bus.sync()
+    with native_connection(backend_kind, backend_factory) as conn:
+        begin(backend_kind, conn)
+        app.bus.publish_sync("order.made", {"n": "rolled back"}, connection=conn)
+        conn.rollback()
+        begin(backend_kind, conn)
+        app.bus.publish_many_sync(
+            [Event("order.made", {"n": "a"}), Event("order.made", {"n": "b"})], connection=conn
+        )
+        conn.commit()
+    await run_until_idle(app)
+    assert got == ["a", "b"] or sorted(got) == ["a", "b"]
+    assert [e.data["n"] for e in await app.bus.read()] == ["a", "b"]
+    app.close_sync()
+    await app.close()
