@@ -24,6 +24,7 @@ from conveyor.cli.common import (
     table,
 )
 from conveyor.cli.dlq import dlq
+from conveyor.cli.events_cmd import events
 from conveyor.cli.jobs import jobs
 from conveyor.cli.schedules_cmd import scheduler, schedules
 from conveyor.cli.worker_cmd import worker
@@ -44,6 +45,7 @@ def cli() -> None:
 cli.add_command(worker)
 cli.add_command(jobs)
 cli.add_command(dlq)
+cli.add_command(events)
 cli.add_command(schedules)
 cli.add_command(scheduler)
 
