@@ -408,7 +408,7 @@ class EventBus(BusInspection):
             prio = parse_priority(0 if priority is None else priority)
         except ValueError as exc:
             raise InvalidEventError(str(exc)) from None
-        head = check_metadata(dict(headers or {}))
+        head = check_metadata(dict(headers)) if headers else {}
         event_id = event_id or new_job_id()
         if not isinstance(event_id, str) or not event_id:
             raise InvalidEventError("an event id must be a non-empty string")
@@ -420,7 +420,7 @@ class EventBus(BusInspection):
         env = envelope(event_id, name, payload, key, prio, head, schema, at)
         new = NewEvent(event_id, name, payload_bytes, key, prio, head, schema, at)
         trace = head.get("trace_id")
-        return _Draft(new, payload, encode(self.host.serializer, env), trace)
+        return _Draft(new, payload, encode(self.host.serializer, env, payload_bytes), trace)
 
     def _deliveries(self, drafts: Sequence[_Draft], subs: SubscriptionSet) -> list[NewDelivery]:
         out: list[NewDelivery] = []

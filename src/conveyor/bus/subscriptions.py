@@ -173,7 +173,6 @@ def delivery_job(
         max_attempts=max(sub.attempts, 1),
         timeout=sub.timeout,
         trace_id=trace_id,
-        metadata={"event_id": event_id, "subscription": sub.name},
     )
 
 

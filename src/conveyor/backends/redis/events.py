@@ -41,8 +41,9 @@ if TYPE_CHECKING:
 _PAGE = 500
 
 
-def _job_args(job: NewJob) -> list[ScriptArg]:
-    """The ``JOB_ARGS`` values of ``bus_lib.lua`` for one delivery job."""
+def _job_args(job: NewJob, same_payload: bool = False) -> list[ScriptArg]:
+    """The ``JOB_ARGS`` values of ``bus_lib.lua`` for one delivery job (its payload ``''``
+    when it is the previous delivery's: an event's deliveries share one envelope)."""
     if job.run_at is None and job.delay is not None:
         run_at = "+" + num(job.delay)
     else:
@@ -51,7 +52,7 @@ def _job_args(job: NewJob) -> list[ScriptArg]:
         job.id,
         job.task,
         job.queue,
-        job.payload,
+        b"" if same_payload else b"=" + job.payload,
         str(job.priority),
         str(job.max_attempts),
         opt_num(job.timeout),
@@ -62,8 +63,14 @@ def _job_args(job: NewJob) -> list[ScriptArg]:
     ]
 
 
-def _delivery_args(d: NewDelivery) -> list[ScriptArg]:
-    return [d.event_id, d.subscription, opt_str(d.chain), *_job_args(d.job)]
+def _deliveries_args(deliveries: Sequence[NewDelivery]) -> list[ScriptArg]:
+    args: list[ScriptArg] = []
+    previous: bytes | None = None
+    for d in deliveries:
+        same = d.job.payload is previous
+        args += [d.event_id, d.subscription, opt_str(d.chain), *_job_args(d.job, same)]
+        previous = d.job.payload
+    return args
 
 
 def _event(entry_id: bytes, fields: dict[bytes, bytes]) -> EventRecord:
@@ -154,8 +161,7 @@ class RedisEvents(EventBusStore):
                 opt_num(e.occurred_at),
             ]
         args.append(str(len(deliveries)))
-        for d in deliveries:
-            args += _delivery_args(d)
+        args += _deliveries_args(deliveries)
         reply = await self._run("bus_publish", args)
         if reply == -1:
             return None
@@ -170,8 +176,7 @@ class RedisEvents(EventBusStore):
         if not deliveries:
             return []
         args: list[ScriptArg] = [opt_num(now), "1" if force else "0"]
-        for d in deliveries:
-            args += _delivery_args(d)
+        args += _deliveries_args(deliveries)
         reply = await self._run("bus_redeliver", args)
         return [r.decode() or None for r in reply]
 

@@ -11,8 +11,8 @@
 WITH t AS (SELECT {now} AS now),
 input AS (
     SELECT * FROM unnest(
-        %(ids)s::text[], %(names)s::text[], %(payloads)b::bytea[], %(keys)s::text[],
-        %(priorities)s::int[], %(headers)s::text[], %(versions)s::int[], %(occurred)s::float8[]
+        %(ids)b::text[], %(names)b::text[], %(payloads)b::bytea[], %(keys)b::text[],
+        %(priorities)b::int[], %(headers)b::text[], %(versions)b::int[], %(occurred)b::float8[]
     ) WITH ORDINALITY AS e (id, name, payload, key, priority, headers, schema_version,
         occurred_at, ord)
 ),
@@ -40,8 +40,8 @@ dl_in AS MATERIALIZED (
     SELECT d.event_id, d.subscription, d.job_id, d.chain, d.ord, ev.position,
         row_number() OVER (PARTITION BY d.subscription, d.chain ORDER BY d.ord) AS r,
         count(*) OVER (PARTITION BY d.subscription, d.chain) AS k
-    FROM unnest(%(d_events)s::text[], %(d_subs)s::text[], %(d_jobs)s::text[],
-        %(d_chains)s::text[]) WITH ORDINALITY AS d (event_id, subscription, job_id, chain, ord)
+    FROM unnest(%(d_events)b::text[], %(d_subs)b::text[], %(d_jobs)b::text[],
+        %(d_chains)b::text[]) WITH ORDINALITY AS d (event_id, subscription, job_id, chain, ord)
     JOIN ev ON ev.id = d.event_id
 ),
 ch AS (
@@ -74,10 +74,10 @@ jb AS (
             ELSE 'queued' END,
         n.payload, n.priority, coalesce(n.run_at, t.now + n.delay, t.now), n.max_attempts,
         n.timeout, n.trace_id, coalesce(n.metadata::json, '{}'::json), n.payload_version, t.now
-    FROM unnest(%(j_ids)s::text[], %(j_tasks)s::text[], %(j_queues)s::text[],
-        %(j_payloads)b::bytea[], %(j_priorities)s::int[], %(j_attempts)s::int[],
-        %(j_timeouts)s::float8[], %(j_traces)s::text[], %(j_metas)s::text[],
-        %(j_versions)s::int[], %(j_run_ats)s::float8[], %(j_delays)s::float8[])
+    FROM unnest(%(j_ids)b::text[], %(j_tasks)b::text[], %(j_queues)b::text[],
+        %(j_payloads)b::bytea[], %(j_priorities)b::int[], %(j_attempts)b::int[],
+        %(j_timeouts)b::float8[], %(j_traces)b::text[], %(j_metas)b::text[],
+        %(j_versions)b::int[], %(j_run_ats)b::float8[], %(j_delays)b::float8[])
         WITH ORDINALITY AS n (id, task, queue, payload, priority, max_attempts, timeout,
             trace_id, metadata, payload_version, run_at, delay, ord)
     JOIN plan p ON p.job_id = n.id

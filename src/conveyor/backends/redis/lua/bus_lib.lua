@@ -29,10 +29,21 @@ local function bdl_key(p) return B .. 'bdl:' .. p end
 local function bds_key(sub) return B .. 'bds:' .. escape(sub) end
 local function bcm_key(sub, chain) return B .. 'bcm:' .. escape(sub) .. ':' .. escape(chain) end
 
-local function bus_new_job(a, i, blocked, t, now)
+local LAST_PAYLOAD = nil
+
+local function bus_payload(a, i)
+  -- The payload of the delivery job whose JOB_ARGS start at a[i]: '=' .. bytes, or '' for
+  -- the previous delivery's (an event's deliveries share one envelope). Call it for every
+  -- delivery in order, skipped ones included.
+  local arg = a[i + 3]
+  if arg ~= '' then LAST_PAYLOAD = string.sub(arg, 2) end
+  return LAST_PAYLOAD
+end
+
+local function bus_new_job(a, i, payload, blocked, t, now)
   -- Store the delivery job whose JOB_ARGS arguments start at a[i] (as enqueue.lua stores one
   -- job without idempotency key, workflow or expiry). Returns its id.
-  local id, task, q, payload = a[i], a[i + 1], a[i + 2], a[i + 3]
+  local id, task, q = a[i], a[i + 1], a[i + 2]
   local prio, max_attempts, timeout, trace = a[i + 4], a[i + 5], a[i + 6], opt(a[i + 7])
   local md, pv, run_at = a[i + 8], a[i + 9], a[i + 10]
   if run_at == '' then
@@ -67,7 +78,7 @@ local function bus_new_job(a, i, blocked, t, now)
   return id
 end
 
-local function bus_add_delivery(p, ev, sub, chain, a, i, t, now)
+local function bus_add_delivery(p, ev, sub, chain, a, i, payload, t, now)
   -- A live delivery of event `ev` (at position p) to `sub`, joining its chain, and its job.
   local blocked, seq = false, 0
   if chain then
@@ -86,7 +97,7 @@ local function bus_add_delivery(p, ev, sub, chain, a, i, t, now)
   redis.call('ZADD', BDP, p, p)
   redis.call('ZADD', bds_key(sub), p, p)
   redis.call('HSET', BDJ, job, p .. ':' .. sub)
-  bus_new_job(a, i, blocked, t, now)
+  bus_new_job(a, i, payload, blocked, t, now)
 end
 
 local function bus_unblock(id)

@@ -39,9 +39,10 @@ local n = tonumber(ARGV[i])
 i = i + 1
 for _ = 1, n do
   local ev, sub, chain = ARGV[i], ARGV[i + 1], opt(ARGV[i + 2])
+  local payload = bus_payload(ARGV, i + 3)
   local p = created[ev]
   if p and redis.call('EXISTS', bd_key(p, sub)) == 0 then
-    bus_add_delivery(p, ev, sub, chain, ARGV, i + 3, t, now)
+    bus_add_delivery(p, ev, sub, chain, ARGV, i + 3, payload, t, now)
   end
   i = i + 3 + JOB_ARGS
 end

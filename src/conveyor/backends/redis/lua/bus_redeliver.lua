@@ -9,6 +9,7 @@ local out = {}
 local i = 3
 while i <= #ARGV do
   local ev, sub, chain = ARGV[i], ARGV[i + 1], opt(ARGV[i + 2])
+  local payload = bus_payload(ARGV, i + 3)
   local p = redis.call('HGET', BIDS, ev)
   local result = ''
   if p then
@@ -26,7 +27,7 @@ while i <= #ARGV do
       end
     end
     if not skip then
-      bus_add_delivery(p, ev, sub, chain, ARGV, i + 3, t, now)
+      bus_add_delivery(p, ev, sub, chain, ARGV, i + 3, payload, t, now)
       result = ARGV[i + 3]
     end
   end
