@@ -288,14 +288,14 @@ async def _postgres_floor(spec: dict[str, Any]) -> list[Entry]:
             await conn.execute(many, (rows,))
         rate = (n["bulk"] // 50) * 50 / (time.perf_counter() - t0)
         out.append(entry("insert 50 + pg_notify per transaction", rate, "events/s"))
-        out += await _postgres_latency(spec, conn)
+        out += await _postgres_latency(spec, conn, table)
     finally:
         await conn.execute(f"DROP TABLE IF EXISTS {table}")
         await conn.close()
     return out
 
 
-async def _postgres_latency(spec: dict[str, Any], conn: Any) -> list[Entry]:
+async def _postgres_latency(spec: dict[str, Any], conn: Any, table: str) -> list[Entry]:
     import psycopg
 
     n = sizes(spec)
@@ -316,10 +316,14 @@ async def _postgres_latency(spec: dict[str, Any], conn: Any) -> list[Entry]:
         wait = start + i * interval - time.perf_counter()
         if wait > 0:
             await asyncio.sleep(wait)
-        await conn.execute("SELECT pg_notify(%s, %s)", (channel, repr(time.time())))
+        await conn.execute(
+            f"WITH i AS (INSERT INTO {table} (name, payload) VALUES ('bench.latency', '') "
+            "RETURNING 1) SELECT pg_notify(%s, %s) FROM i",
+            (channel, repr(time.time())),
+        )
     await asyncio.wait_for(task, 60)
     await listener.close()
-    note = f"NOTIFY→LISTEN, {n['rate']:.0f}/s, same process"
+    note = f"insert + NOTIFY committed → LISTEN, {n['rate']:.0f}/s, same process"
     return [
         entry("publish→consume, p50", percentile(delays, 0.5), "ms", note),
         entry("publish→consume, p99", percentile(delays, 0.99), "ms", note),
