@@ -26,6 +26,9 @@ from conveyor.errors import ConfigurationError, InvalidEventError
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
+#: Payload types published as they are when no event type is declared for the name.
+_PLAIN = frozenset({dict, list, str, int, float, bool, type(None)})
+
 
 def is_model(cls: type) -> bool:
     """Whether ``cls`` is a pydantic (v2) model."""
@@ -100,6 +103,8 @@ class EventTypes:
         """The JSON-able payload for ``data`` published as ``name``, checked against the type
         declared for it (if any)."""
         entry = self.by_name.get(name)
+        if entry is None and type(data) in _PLAIN:
+            return data
         if entry is not None and isinstance(data, entry.cls):
             return dump(data)
         if entry is None:

@@ -44,8 +44,13 @@ class PatternError(ValueError):
     """An event name or subscription pattern that breaks the syntax rules."""
 
 
+_VALID_NAMES: set[str] = set()
+
+
 def check_event_name(name: object) -> str:
     """``name`` if it is a valid event name, else :class:`PatternError` saying why."""
+    if name in _VALID_NAMES:
+        return name  # type: ignore[return-value]
     if not isinstance(name, str) or not name:
         raise PatternError("an event name must be a non-empty string such as 'order.created'")
     if len(name) > _MAX_NAME:
@@ -56,6 +61,8 @@ def check_event_name(name: object) -> str:
                 f"bad event name {name!r}: write dot-separated segments of letters, digits, "
                 "'_' and '-' (e.g. 'order.created'); wildcards belong in subscription patterns"
             )
+    if len(_VALID_NAMES) < 10_000:
+        _VALID_NAMES.add(name)
     return name
 
 

@@ -381,3 +381,44 @@ async def test_concurrent_publishers_get_distinct_positions(
         assert [r.position for r in batch] == list(range(first, first + 5))
     assert len(await backend.list_jobs(JobFilter(queue="events"), limit=100)) == 40
     assert await buses[0].bus_head() == 40
+
+
+async def test_concurrent_finishes_settles_and_publishes_on_chains(
+    backend: Backend, other_backend: Backend
+) -> None:
+    """Clients advancing the same ordered chains at once (finishing heads, settling, publishing
+    into them) never deadlock, and every chain keeps exactly one runnable delivery."""
+    buses = [_bus(backend), _bus(other_backend)]
+    await buses[0].bus_subscribe("a", "#", SPEC, T)
+    version = await _version(buses[0])
+    keys = [f"k{i}" for i in range(4)]
+
+    async def publish(bus: EventBusStore, rounds: int) -> None:
+        for _ in range(rounds):
+            evs = [event(key=k) for k in keys]
+            await bus.bus_publish(evs, [delivery(e, chain=e.key) for e in evs], version, T)
+
+    async def finish_heads(bus: EventBusStore, rounds: int) -> None:
+        for _ in range(rounds):
+            for row in await bus.bus_deliveries(DeliveryFilter(statuses=(DeliveryStatus.LIVE,))):
+                if row.job_state is JobState.QUEUED:
+                    await bus.bus_finish(row.job_id, DeliveryStatus.HANDLED, T)
+
+    async def settle(bus: EventBusStore, rounds: int) -> None:
+        for _ in range(rounds):
+            await bus.bus_settle(now=T)
+
+    await publish(buses[0], 3)
+    await asyncio.gather(
+        publish(buses[0], 4),
+        finish_heads(buses[1], 6),
+        finish_heads(buses[0], 6),
+        settle(buses[1], 6),
+    )
+    live = await buses[0].bus_deliveries(DeliveryFilter(statuses=(DeliveryStatus.LIVE,)))
+    by_chain: dict[str, list[JobState | None]] = {}
+    for row in live:
+        by_chain.setdefault(row.chain or "", []).append(row.job_state)
+    for chain, states in by_chain.items():
+        assert states.count(JobState.QUEUED) == 1, (chain, states)
+        assert states.count(JobState.BLOCKED) == len(states) - 1, (chain, states)

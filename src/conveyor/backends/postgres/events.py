@@ -294,6 +294,7 @@ class PostgresEvents(EventBusStore, EventBusTransactions):
         async def op(conn: Conn) -> list[str | None]:
             out: list[str | None] = []
             async with conn.transaction():
+                await conn.execute(q["bus_lock"])  # publishes lock chains too: take turns
                 for d in items:
                     cur = await conn.execute(
                         q["bus_positions"], {"ids": [d.event_id]}, prepare=False
@@ -303,6 +304,12 @@ class PostgresEvents(EventBusStore, EventBusTransactions):
                         out.append(None)
                         continue
                     params = {"event": d.event_id, "sub": d.subscription, "now": _f(now)}
+                    cur = await conn.execute(q["bus_delivery_chain"], params)
+                    found_chain = await cur.fetchone()
+                    if found_chain is not None and found_chain[0] is not None:
+                        await conn.execute(
+                            q["bus_lock_chain"], {"sub": d.subscription, "chain": found_chain[0]}
+                        )
                     cur = await conn.execute(q["bus_delivery_for_update"], params)
                     old = await cur.fetchone()
                     if old is not None:
@@ -334,9 +341,10 @@ class PostgresEvents(EventBusStore, EventBusTransactions):
             row = await cur.fetchone()
             if row is None:
                 return False
-            event_id, subscription, _chain, in_chain = row
+            event_id, subscription, chain, in_chain = row
             if in_chain:  # a crash before this is repaired by bus_settle
                 async with conn.transaction():
+                    await conn.execute(q["bus_lock_chain"], {"sub": subscription, "chain": chain})
                     await _leave_chain(conn, q, event_id, subscription, now, channel)
             return True
 

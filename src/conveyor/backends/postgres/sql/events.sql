@@ -123,11 +123,11 @@ FROM d WHERE b.subscription = d.subscription AND b.chain = d.chain
 RETURNING b.chain
 
 -- name: bus_chain_head
+-- (Run while holding the chain's row: every change to the chain's members takes it first.)
 SELECT d.event_id, d.status, j.state, j.queue, d.job_id
 FROM {schema}.bus_deliveries d LEFT JOIN {schema}.jobs j ON j.id = d.job_id
 WHERE d.subscription = %(sub)s AND d.chain = %(chain)s AND d.in_chain
 ORDER BY d.seq LIMIT 1
-FOR UPDATE OF d
 
 -- name: bus_unblock
 WITH u AS (
@@ -152,11 +152,16 @@ FROM d WHERE b.subscription = d.subscription AND b.chain = d.chain
 DELETE FROM {schema}.bus_chains WHERE subscription = %(sub)s AND chain = %(chain)s
 
 -- name: bus_lock_chain
+-- Lock order, to never deadlock: bus_state (publish, replay), then chain rows, then
+-- deliveries, then jobs.
 SELECT pending FROM {schema}.bus_chains
 WHERE subscription = %(sub)s AND chain = %(chain)s FOR UPDATE
 
 -- name: bus_chains
 SELECT subscription, chain FROM {schema}.bus_chains ORDER BY subscription, chain LIMIT %(limit)s
+
+-- name: bus_delivery_chain
+SELECT chain FROM {schema}.bus_deliveries WHERE event_id = %(event)s AND subscription = %(sub)s
 
 -- name: bus_delivery_for_update
 SELECT d.status, j.state
