@@ -49,8 +49,8 @@ _VALID_NAMES: set[str] = set()
 
 def check_event_name(name: object) -> str:
     """``name`` if it is a valid event name, else :class:`PatternError` saying why."""
-    if name in _VALID_NAMES:
-        return name  # type: ignore[return-value]
+    if isinstance(name, str) and name in _VALID_NAMES:
+        return name
     if not isinstance(name, str) or not name:
         raise PatternError("an event name must be a non-empty string such as 'order.created'")
     if len(name) > _MAX_NAME:
