@@ -130,6 +130,13 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...] | None:
 )
 @click.option("--worker-id", help="Stable id for this worker (default host:pid:random).")
 @click.option("--no-scheduler", is_flag=True, help="Do not run the schedule loop in this worker.")
+@click.option(
+    "--metrics-port",
+    type=int,
+    help="Serve Prometheus metrics on this port (needs conveyor[web]); with --processes the "
+    "supervisor serves the sum over its processes.",
+)
+@click.option("--metrics-host", default="0.0.0.0", show_default=True, help="Metrics address.")
 def worker(
     app_path: str,
     queues: tuple[str, ...],
@@ -145,6 +152,8 @@ def worker(
     log_format: str,
     worker_id: str | None,
     no_scheduler: bool,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Run a worker for APP (module:attribute, e.g. myproject.tasks:app).
 
@@ -153,6 +162,10 @@ def worker(
     """
     setup_logging(log_level, log_format)
     if processes > 1:
+        if metrics_port is not None:  # the supervisor serves every process's metrics
+            from conveyor.cli.worker_metrics import serve_for_children
+
+            serve_for_children(metrics_port, metrics_host)
         raise SystemExit(_supervise(processes))
     app = load_app(app_path, url)
     config = WorkerConfig(
@@ -165,11 +178,21 @@ def worker(
         worker_id=worker_id,
         scheduler=not no_scheduler,
     )
-    asyncio.run(_run_worker(app, config, show_progress and burst))
+    asyncio.run(_run_worker(app, config, show_progress and burst, metrics_port, metrics_host))
 
 
-async def _run_worker(app: Conveyor, config: WorkerConfig, show_progress: bool) -> None:
+async def _run_worker(
+    app: Conveyor,
+    config: WorkerConfig,
+    show_progress: bool,
+    metrics_port: int | None = None,
+    metrics_host: str = "0.0.0.0",
+) -> None:
     w = Worker(app, config)
+    # Prometheus metrics (--metrics-port, or a supervised child of a group that serves them).
+    from conveyor.cli.worker_metrics import attach
+
+    sampler = attach(w, metrics_port, metrics_host)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, w.stop)
@@ -177,6 +200,8 @@ async def _run_worker(app: Conveyor, config: WorkerConfig, show_progress: bool) 
     try:
         await w.run()
     finally:
+        if sampler is not None:
+            sampler.cancel()
         if progress_task is not None:
             progress_task.cancel()
             try:
@@ -296,7 +321,10 @@ def _without_processes(args: list[str]) -> list[str]:
         if arg in ("--processes", "-p"):
             skip = True
             continue
-        if arg.startswith("--processes="):
+        if arg in ("--metrics-port", "--metrics-host"):  # the supervisor serves them
+            skip = True
+            continue
+        if arg.startswith(("--processes=", "--metrics-port=", "--metrics-host=")):
             continue
         out.append(arg)
     return out

@@ -18,12 +18,15 @@ fails with a clear message on a store without it.
   :class:`EventBusTransactions` publishes inside the caller's transaction; SQLite and PostgreSQL.
 - :class:`EventStreams`: event-sourced streams with expected-version appends and snapshots;
   all four backends.
+- :class:`JobBrowser`: the dashboard's reads (keyset paging, capped counts, the oldest queued
+  job) and stored per-minute throughput counters; all four backends.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from conveyor.backends.capabilities.browse import JobBrowser
 from conveyor.backends.capabilities.cancellations import PushesCancellations
 from conveyor.backends.capabilities.events import (
     EventBusStore,
@@ -39,6 +42,7 @@ __all__ = [
     "EventBusStore",
     "EventBusTransactions",
     "EventStreams",
+    "JobBrowser",
     "KeyValueStore",
     "PushesCancellations",
     "SyncEventBusTransactions",
@@ -57,6 +61,7 @@ ALL: dict[str, type[Any]] = {
     "events": EventBusStore,
     "events_transactions": EventBusTransactions,
     "streams": EventStreams,
+    "browse": JobBrowser,
 }
 
 

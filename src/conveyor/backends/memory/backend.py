@@ -17,6 +17,7 @@ from dataclasses import replace
 from conveyor.backends.base import Backend, BackendFactory, CancelOutcome
 from conveyor.backends.capabilities.kv import KeyValueStore
 from conveyor.backends.common import RETRYABLE_STATES, SUSPECT_STALLS, filter_matches, matches_any
+from conveyor.backends.memory.browse import MemoryBrowser
 from conveyor.backends.memory.events import MemoryEvents  # event bus (issue 16)
 from conveyor.backends.memory.streams import MemoryStreams  # event sourcing (issue 16)
 from conveyor.domain.job import (
@@ -45,6 +46,8 @@ class MemoryStore:
         self.keys: dict[str, str] = {}
         self.workers: dict[str, WorkerInfo] = {}
         self.kv: dict[tuple[str, str], bytes] = {}
+        # Stored throughput counters (the browse capability): (bucket, queue, task, outcome).
+        self.throughput: dict[tuple[float, str, str, str], tuple[int, float]] = {}
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
     def wake(self) -> None:
@@ -69,8 +72,10 @@ class MemoryStore:
                 self._waiters.remove(item)
 
 
-class MemoryBackend(MemoryEvents, MemoryStreams, KeyValueStore, Backend):
+class MemoryBackend(MemoryEvents, MemoryStreams, MemoryBrowser, KeyValueStore, Backend):
     """A client of a :class:`MemoryStore`."""
+
+    store: MemoryStore
 
     def __init__(self, store: MemoryStore) -> None:
         self.store = store

@@ -1,4 +1,4 @@
-"""The event bus of the PostgreSQL backend (schema: ``sql/migrations/0006_events.sql``,
+"""The event bus of the PostgreSQL backend (schema: ``sql/migrations/0004_events.sql``,
 statements: ``sql/events.sql``).
 
 A publish is one statement (``bus_publish``): it bumps the position counter row first, which

@@ -52,9 +52,8 @@ def migrations() -> tuple[Migration, ...]:
             found.append(Migration(int(match[1]), match[2], entry.read_text("utf-8")))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
-    # Numbers may have gaps (parallel branches reserve theirs), never repeats.
-    if len(set(versions)) != len(versions) or (versions and versions[0] != 1):
-        raise RuntimeError(f"PostgreSQL migrations must be numbered from 1, once each: {versions}")
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"PostgreSQL migrations must be numbered 1..n without gaps: {versions}")
     return tuple(found)
 
 

@@ -1,5 +1,5 @@
 """Event-sourced streams of the PostgreSQL backend (tables ``streams`` and
-``stream_snapshots``, migration 0006; statements in ``sql/events.sql``). Appends to one stream
+``stream_snapshots``, migration 0004; statements in ``sql/events.sql``). Appends to one stream
 take turns on a transaction-scoped advisory lock, then check the expected version and insert in
 one statement; the ``(stream, version)`` primary key is a second guard. Mirrors
 :class:`~conveyor.backends.memory.streams.MemoryStreams`."""

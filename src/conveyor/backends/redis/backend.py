@@ -20,6 +20,7 @@ from conveyor.backends.capabilities.cancellations import PushesCancellations
 from conveyor.backends.capabilities.kv import KeyValueStore
 from conveyor.backends.coalesce import Coalescer
 from conveyor.backends.common import RETRYABLE_STATES
+from conveyor.backends.redis.browse import RedisBrowser
 from conveyor.backends.redis.codec import (
     CLAIM_WIDTH,
     UnreadableJob,
@@ -87,7 +88,9 @@ def write_token() -> str:
     return uuid4().hex[:16]
 
 
-class RedisBackend(RedisEvents, RedisStreams, KeyValueStore, PushesCancellations, Backend):
+class RedisBackend(
+    RedisEvents, RedisStreams, RedisBrowser, KeyValueStore, PushesCancellations, Backend
+):
     """One client of the jobs stored under one key prefix of one Redis server."""
 
     def __init__(

@@ -28,6 +28,7 @@ from conveyor.backends.base import Backend, BackendFactory, CancelOutcome
 from conveyor.backends.capabilities.transactions import SyncTransactions, Transactions
 from conveyor.backends.common import redact_url
 from conveyor.backends.sqlite import ops, reads, tx
+from conveyor.backends.sqlite.browse import SQLiteBrowser
 from conveyor.backends.sqlite.engine import Engine
 from conveyor.backends.sqlite.events import SQLiteEvents, SQLiteEventsFactory  # issue 16
 from conveyor.backends.sqlite.kv import SQLiteKV
@@ -204,7 +205,7 @@ async def _stop(engine: Engine) -> None:
     await asyncio.wrap_future(engine.stopped)
 
 
-class SQLiteBackend(SQLiteEvents, SQLiteStreams, SQLiteKV, Transactions, Backend):
+class SQLiteBackend(SQLiteEvents, SQLiteStreams, SQLiteBrowser, SQLiteKV, Transactions, Backend):
     """One client of a :class:`SQLiteFactory`; usable from any event loop."""
 
     factory: SQLiteFactory

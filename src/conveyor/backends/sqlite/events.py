@@ -1,4 +1,4 @@
-"""The event bus of the SQLite backend (schema in ``sql/0006_events.sql``).
+"""The event bus of the SQLite backend (schema in ``sql/0004_events.sql``).
 
 Every write runs inside the writer's ``BEGIN IMMEDIATE`` transaction (or, for the outbox, the
 application's own): SQLite has one writer at a time, so the position counter bumped there

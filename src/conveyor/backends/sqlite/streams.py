@@ -1,5 +1,5 @@
 """Event-sourced streams of the SQLite backend (tables ``conveyor_streams`` and
-``conveyor_stream_snapshots``, migration 0006). Appends run in the writer's transaction, so the
+``conveyor_stream_snapshots``, migration 0004). Appends run in the writer's transaction, so the
 expected-version check and the insert are one step; ``(stream, version)`` is the primary key
 as a second guard. Mirrors :class:`~conveyor.backends.memory.streams.MemoryStreams`."""
 

@@ -1,5 +1,5 @@
 -- The statements of the PostgreSQL event bus, one per `-- name:` section (see queries.sql for
--- the placeholders). Schema: migrations/0006_events.sql.
+-- the placeholders). Schema: migrations/0004_events.sql.
 
 -- name: bus_publish
 -- One publish in one statement: check the subscription set's version and bump the position

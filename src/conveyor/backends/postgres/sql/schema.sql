@@ -116,8 +116,26 @@ CREATE TABLE {schema}.kv (
     PRIMARY KEY (namespace, key)
 ) WITH (fillfactor = 70);
 
--- The event bus and event-sourced streams (migration 0006).
--- event-sourced streams with snapshots.
+-- The dashboard's reads (migration 0003): keyset paging and capped counts per queue and per
+-- task, the dead-letter set by error code.
+CREATE INDEX jobs_queue_state_idx ON {schema}.jobs (queue, state, id);
+CREATE INDEX jobs_task_state_idx ON {schema}.jobs (task, state, id);
+CREATE INDEX jobs_dead_code_idx ON {schema}.jobs ((error ->> 'code'), id)
+    WHERE state = 'failed';
+
+-- Per-minute outcome counters that workers flush with their heartbeats.
+CREATE TABLE {schema}.throughput (
+    bucket    double precision NOT NULL,
+    queue     text COLLATE "C" NOT NULL,
+    task      text COLLATE "C" NOT NULL,
+    outcome   text COLLATE "C" NOT NULL,
+    count     bigint NOT NULL,
+    duration  double precision NOT NULL,
+    PRIMARY KEY (bucket, queue, task, outcome)
+);
+
+-- The event bus (log, subscriptions, deliveries, ordered chains) and event-sourced streams
+-- with snapshots (migration 0004).
 --
 -- Positions come from the one row of bus_state: a publish bumps it first, and the row stays
 -- locked until the publishing transaction ends, so positions are handed out in commit order

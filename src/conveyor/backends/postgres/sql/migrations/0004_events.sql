@@ -1,4 +1,4 @@
--- Migration 0006: the event bus (log, subscriptions, deliveries, ordered chains) and
+-- Migration 0004: the event bus (log, subscriptions, deliveries, ordered chains) and
 -- event-sourced streams with snapshots.
 --
 -- Positions come from the one row of bus_state: a publish bumps it first, and the row stays

@@ -1,4 +1,4 @@
--- Conveyor SQLite schema, version 6: the event bus (log, subscriptions, deliveries, chains)
+-- Conveyor SQLite schema, version 4: the event bus (log, subscriptions, deliveries, chains)
 -- and event-sourced streams with their snapshots.
 --
 -- Positions come from the one-row conveyor_bus_state, bumped inside the write transaction:
