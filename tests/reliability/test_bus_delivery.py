@@ -238,7 +238,7 @@ async def test_bus_deliveries_survive_kill_9_of_workers(
     workers = [rig.start_worker() for _ in range(3)]
     for w in workers:
         await rig.wait_registered(w)
-    for _ in range(size.pick(3, 15)):
+    for _ in range(size.pick(2, 15)):
         for _ in range(size.pick(15, 60)):
             await rig.publish_batch(rng)
         floor = len(rig.handled()) + 30

@@ -319,3 +319,25 @@ async def test_publish_inside_the_callers_transaction(
     assert [e.data["n"] for e in await app.bus.read()] == ["a", "b"]
     app.close_sync()
     await app.close()
+
+
+async def test_follow_reads_the_log_by_position_then_waits_for_new_events(app: Conveyor) -> None:
+    import asyncio
+
+    first = await app.bus.publish("tail.a", {"n": 1})
+    await app.bus.publish("other.b", {"n": 2})
+    stop = asyncio.Event()
+    seen: list[tuple[int, str]] = []
+
+    async def tail() -> None:
+        async for event in app.bus.follow(0, pattern="tail.#", poll=0.01, stop=stop):
+            seen.append((event.position, event.name))
+            if len(seen) == 2:
+                stop.set()
+
+    task = asyncio.create_task(tail())
+    late = await app.bus.publish("tail.c", {"n": 3})
+    await asyncio.wait_for(task, 30)
+    assert seen == [(first.position, "tail.a"), (late.position, "tail.c")]
+    resumed = await app.bus.read(first.position, pattern="tail.#")  # a Last-Event-ID resume
+    assert [e.position for e in resumed] == [late.position]
