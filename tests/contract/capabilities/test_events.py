@@ -422,3 +422,11 @@ async def test_concurrent_finishes_settles_and_publishes_on_chains(
     for chain, states in by_chain.items():
         assert states.count(JobState.QUEUED) == 1, (chain, states)
         assert states.count(JobState.BLOCKED) == len(states) - 1, (chain, states)
+
+
+async def test_a_pair_twice_in_one_redelivery_is_delivered_once(backend: Backend) -> None:
+    bus = _bus(backend)
+    ev = event()
+    await _publish(bus, [ev], [])
+    first, second = delivery(ev, "new"), delivery(ev, "new")
+    assert await bus.bus_redeliver([first, second], now=T) == [first.job.id, None]

@@ -208,7 +208,6 @@ class MemoryEvents(EventBusStore):
         st = bus_state(self._store)
         out: list[str | None] = []
         with self._store.lock:
-            jobs: list[NewJob] = []
             for d in deliveries:
                 if d.event_id not in st.ids:
                     out.append(None)
@@ -226,10 +225,9 @@ class MemoryEvents(EventBusStore):
                     self._leave_chain(st, old, t)
                     st.by_job.pop(old.job_id, None)
                     del st.deliveries[(d.event_id, d.subscription)]
-                jobs.append(self._add_delivery(st, d, t))
+                # Stored at once: a later delivery of the batch for the same pair sees it live.
+                await self.enqueue([self._add_delivery(st, d, t)], t)  # never awaits
                 out.append(d.job.id)
-            if jobs:
-                await self.enqueue(jobs, t)
         return out
 
     # -- outcomes -----------------------------------------------------------------------------
