@@ -31,6 +31,32 @@ local function bcm_key(sub, chain) return B .. 'bcm:' .. escape(sub) .. ':' .. e
 
 local LAST_PAYLOAD = nil
 
+-- Writes of many deliveries that need no reading back inside the script go together at the
+-- end (bus_flush): one ZADD per sorted set, one HSET per hash, one wake-up per queue.
+local ZADDS, HSETS, QUEUES = {}, {}, {}
+
+local function later(map, key, a, b)
+  local list = map[key]
+  if not list then list = {}; map[key] = list end
+  list[#list + 1] = a
+  list[#list + 1] = b
+end
+
+local function bus_flush()
+  for key, list in pairs(ZADDS) do
+    each_chunk(list, 2000, function(...) redis.call('ZADD', key, ...) end)
+  end
+  for key, list in pairs(HSETS) do
+    each_chunk(list, 2000, function(...) redis.call('HSET', key, ...) end)
+  end
+  for q in pairs(QUEUES) do
+    redis.call('SADD', B .. 'queues', q)
+    wake(q)
+  end
+  ZADDS, HSETS, QUEUES = {}, {}, {}
+  flush()
+end
+
 local function bus_payload(a, i)
   -- The payload of the delivery job whose JOB_ARGS start at a[i]: '=' .. bytes, or '' for
   -- the previous delivery's (an event's deliveries share one envelope). Call it for every
@@ -69,12 +95,12 @@ local function bus_new_job(a, i, payload, blocked, t, now)
   redis.call('SET', dkey(id), payload)
   index_add(id, q, task, state)
   if state == 'queued' then
-    make_ready(id, q, prio, run_at)
+    later(ZADDS, qkey(q, 'r:' .. prio), run_at, id)
+    later(ZADDS, qkey(q, 'p'), -tonumber(prio), prio)
   elseif state == 'scheduled' then
     schedule(id, q, run_at)
   end
-  redis.call('SADD', B .. 'queues', q)
-  wake(q)
+  QUEUES[q] = true
   return id
 end
 
@@ -93,10 +119,10 @@ local function bus_add_delivery(p, ev, sub, chain, a, i, payload, t, now)
   local fields = {'e', ev, 'j', job, 's', 'live', 'q', seq, 't', now}
   if chain then fields[#fields + 1] = 'c'; fields[#fields + 1] = chain end
   redis.call('HSET', bd_key(p, sub), unpack(fields))
-  redis.call('ZADD', bdl_key(p), 0, sub)
-  redis.call('ZADD', BDP, p, p)
-  redis.call('ZADD', bds_key(sub), p, p)
-  redis.call('HSET', BDJ, job, p .. ':' .. sub)
+  later(ZADDS, bdl_key(p), 0, sub)
+  later(ZADDS, BDP, p, p)
+  later(ZADDS, bds_key(sub), p, p)
+  later(HSETS, BDJ, job, p .. ':' .. sub)
   bus_new_job(a, i, payload, blocked, t, now)
 end
 

@@ -15,7 +15,7 @@ local out, created = {}, {}
 local i = 4
 for _ = 1, tonumber(ARGV[3]) do
   local id = ARGV[i]
-  local known = redis.call('HGET', BIDS, id)
+  local known = created[id] or redis.call('HGET', BIDS, id)
   if known then
     out[#out + 1] = id; out[#out + 1] = known; out[#out + 1] = 0
   else
@@ -28,7 +28,7 @@ for _ = 1, tonumber(ARGV[3]) do
     local key = opt(ARGV[i + 3])
     if key then fields[#fields + 1] = 'k'; fields[#fields + 1] = key end
     redis.call('XADD', BLOG, p .. '-0', unpack(fields))
-    redis.call('HSET', BIDS, id, p)
+    later(HSETS, BIDS, id, p)
     created[id] = p
     out[#out + 1] = id; out[#out + 1] = p; out[#out + 1] = 1
   end
@@ -46,5 +46,5 @@ for _ = 1, n do
   end
   i = i + 3 + JOB_ARGS
 end
-flush()
+bus_flush()
 return out

@@ -34,5 +34,5 @@ while i <= #ARGV do
   out[#out + 1] = result
   i = i + 3 + JOB_ARGS
 end
-flush()
+bus_flush()
 return out
