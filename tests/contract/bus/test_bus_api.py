@@ -341,3 +341,29 @@ async def test_follow_reads_the_log_by_position_then_waits_for_new_events(app: C
     assert seen == [(first.position, "tail.a"), (late.position, "tail.c")]
     resumed = await app.bus.read(first.position, pattern="tail.#")  # a Last-Event-ID resume
     assert [e.position for e in resumed] == [late.position]
+
+
+async def test_a_corrupt_stored_payload_is_dead_lettered_on_replay(app: Conveyor) -> None:
+    from conveyor.backends.capabilities import EventBusStore
+    from conveyor.domain.events import NewEvent
+
+    handled: list[Any] = []
+
+    @app.bus.subscribe("raw.#", name="raw")
+    async def raw(event: Event[Any]) -> None:
+        handled.append(event)
+
+    await app.bus.sync()
+    backend = await app.backend()
+    assert isinstance(backend, EventBusStore)
+    version = (await backend.bus_subscriptions()).version
+    broken = NewEvent("evt-broken", "raw.thing", b"\xff\xfe not json", occurred_at=1.0)
+    assert await backend.bus_publish([broken], [], version)  # stored without a delivery
+    (stored,) = await app.bus.read()
+    assert stored.data is None and stored.decode_error  # the log shows it, undecoded
+    report = await app.bus.replay(subscription="raw")
+    assert report.delivered == 1
+    await run_until_idle(app)
+    assert handled == []
+    (dead,) = await app.bus.dead_letters("raw")
+    assert (dead.event_id, dead.error_code, dead.attempts) == ("evt-broken", "invalid_payload", 1)
