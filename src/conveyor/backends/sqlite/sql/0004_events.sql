@@ -32,7 +32,6 @@ CREATE TABLE IF NOT EXISTS conveyor_bus_events (
     stored_at       REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS conveyor_bus_events_occurred ON conveyor_bus_events (occurred_at);
-CREATE INDEX IF NOT EXISTS conveyor_bus_events_stored ON conveyor_bus_events (stored_at);
 CREATE INDEX IF NOT EXISTS conveyor_bus_events_key ON conveyor_bus_events (key, position)
     WHERE key IS NOT NULL;
 
@@ -60,8 +59,6 @@ CREATE INDEX IF NOT EXISTS conveyor_bus_deliveries_sub
     ON conveyor_bus_deliveries (subscription, position);
 CREATE INDEX IF NOT EXISTS conveyor_bus_deliveries_chain
     ON conveyor_bus_deliveries (subscription, chain, seq) WHERE in_chain = 1;
-CREATE INDEX IF NOT EXISTS conveyor_bus_deliveries_live
-    ON conveyor_bus_deliveries (event_id) WHERE status = 'live';
 
 -- Ordered chains with deliveries in them: how many, and the last place handed out.
 CREATE TABLE IF NOT EXISTS conveyor_bus_chains (

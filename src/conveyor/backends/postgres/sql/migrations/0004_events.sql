@@ -33,7 +33,6 @@ CREATE TABLE {schema}.bus_events (
     stored_at       double precision NOT NULL
 );
 CREATE INDEX bus_events_occurred_idx ON {schema}.bus_events (occurred_at);
-CREATE INDEX bus_events_stored_idx ON {schema}.bus_events (stored_at);
 CREATE INDEX bus_events_key_idx ON {schema}.bus_events (key, position) WHERE key IS NOT NULL;
 
 -- One row per (event, subscription): the job running the handler and what became of it.
@@ -54,8 +53,6 @@ CREATE INDEX bus_deliveries_position_idx ON {schema}.bus_deliveries (position, s
 CREATE INDEX bus_deliveries_sub_idx ON {schema}.bus_deliveries (subscription, position);
 CREATE INDEX bus_deliveries_chain_idx ON {schema}.bus_deliveries (subscription, chain, seq)
     WHERE in_chain;
-CREATE INDEX bus_deliveries_live_idx ON {schema}.bus_deliveries (event_id)
-    WHERE status = 'live';
 
 -- Ordered chains with deliveries in them: how many, and the last place handed out.
 CREATE TABLE {schema}.bus_chains (
