@@ -20,6 +20,8 @@ fails with a clear message on a store without it.
   all four backends.
 - :class:`JobBrowser`: the dashboard's reads (keyset paging, capped counts, the oldest queued
   job) and stored per-minute throughput counters; all four backends.
+- :class:`Defers`: hand a running job back for later without counting the attempt (a payload
+  version newer than the worker's); all four backends.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 from conveyor.backends.capabilities.browse import JobBrowser
 from conveyor.backends.capabilities.cancellations import PushesCancellations
+from conveyor.backends.capabilities.defer import Defers
 from conveyor.backends.capabilities.events import (
     EventBusStore,
     EventBusTransactions,
@@ -39,6 +42,7 @@ from conveyor.backends.capabilities.transactions import SyncTransactions, Transa
 from conveyor.errors import ConfigurationError
 
 __all__ = [
+    "Defers",
     "EventBusStore",
     "EventBusTransactions",
     "EventStreams",
@@ -62,6 +66,7 @@ ALL: dict[str, type[Any]] = {
     "events_transactions": EventBusTransactions,
     "streams": EventStreams,
     "browse": JobBrowser,
+    "defer": Defers,
 }
 
 

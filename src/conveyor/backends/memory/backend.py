@@ -18,6 +18,7 @@ from conveyor.backends.base import Backend, BackendFactory, CancelOutcome
 from conveyor.backends.capabilities.kv import KeyValueStore
 from conveyor.backends.common import RETRYABLE_STATES, SUSPECT_STALLS, filter_matches, matches_any
 from conveyor.backends.memory.browse import MemoryBrowser
+from conveyor.backends.memory.defer import MemoryDefer
 from conveyor.backends.memory.events import MemoryEvents  # event bus (issue 16)
 from conveyor.backends.memory.streams import MemoryStreams  # event sourcing (issue 16)
 from conveyor.domain.job import (
@@ -72,7 +73,9 @@ class MemoryStore:
                 self._waiters.remove(item)
 
 
-class MemoryBackend(MemoryEvents, MemoryStreams, MemoryBrowser, KeyValueStore, Backend):
+class MemoryBackend(  # Defers: issue 19; events, streams: issue 16
+    MemoryDefer, MemoryEvents, MemoryStreams, MemoryBrowser, KeyValueStore, Backend
+):
     """A client of a :class:`MemoryStore`."""
 
     store: MemoryStore

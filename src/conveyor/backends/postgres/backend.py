@@ -28,6 +28,7 @@ from conveyor.backends.postgres.client import (
     NoReply,
     PostgresClient,
 )
+from conveyor.backends.postgres.defer import PostgresDefer
 from conveyor.backends.postgres.errors import is_transient, translate, translated
 from conveyor.backends.postgres.events import PostgresEvents  # event bus (issue 16)
 from conveyor.backends.postgres.kv import PostgresKV
@@ -67,6 +68,7 @@ EnqueueItem = tuple[list[NewJob], float | None]
 
 
 class PostgresBackend(
+    PostgresDefer,
     PostgresEvents,
     PostgresStreams,
     PostgresBrowser,

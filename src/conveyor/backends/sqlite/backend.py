@@ -29,6 +29,7 @@ from conveyor.backends.capabilities.transactions import SyncTransactions, Transa
 from conveyor.backends.common import redact_url
 from conveyor.backends.sqlite import ops, reads, tx
 from conveyor.backends.sqlite.browse import SQLiteBrowser
+from conveyor.backends.sqlite.defer import SQLiteDefer
 from conveyor.backends.sqlite.engine import Engine
 from conveyor.backends.sqlite.events import SQLiteEvents, SQLiteEventsFactory  # issue 16
 from conveyor.backends.sqlite.kv import SQLiteKV
@@ -205,7 +206,9 @@ async def _stop(engine: Engine) -> None:
     await asyncio.wrap_future(engine.stopped)
 
 
-class SQLiteBackend(SQLiteEvents, SQLiteStreams, SQLiteBrowser, SQLiteKV, Transactions, Backend):
+class SQLiteBackend(  # Defers: issue 19; events, streams: issue 16
+    SQLiteDefer, SQLiteEvents, SQLiteStreams, SQLiteBrowser, SQLiteKV, Transactions, Backend
+):
     """One client of a :class:`SQLiteFactory`; usable from any event loop."""
 
     factory: SQLiteFactory
