@@ -210,3 +210,31 @@ def test_the_seed_003_configuration() -> None:
     for data, message in bad:
         with pytest.raises(ConfigurationError, match=message):
             EventBusConfig.build(data)
+
+
+async def test_pydantic_event_types() -> None:
+    pydantic = pytest.importorskip("pydantic")
+    from conveyor.bus import Event
+    from conveyor.testing import memory_app, run_until_idle
+
+    class Paid(pydantic.BaseModel):  # type: ignore[name-defined, misc]
+        order_id: int
+        amount: float
+
+    app = memory_app()
+    app.bus.event("order.paid")(Paid)
+    got: list[object] = []
+
+    @app.bus.subscribe("order.paid", name="p", where={"order_id": 1})
+    async def handler(event: Event[Paid]) -> None:
+        got.append(event.data)
+
+    with pytest.raises(ConfigurationError, match="'colour', a field none"):
+        app.bus.subscribe("order.paid", where={"colour": 1})
+    with pytest.raises(InvalidEventError, match="amount"):
+        await app.bus.publish("order.paid", {"order_id": 1, "amount": "lots"})
+    await app.bus.publish(Paid(order_id=1, amount=2.5))
+    await app.bus.publish("order.paid", {"order_id": 2, "amount": 1})
+    await run_until_idle(app)
+    assert got == [Paid(order_id=1, amount=2.5)]
+    await app.close()
