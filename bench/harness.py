@@ -247,11 +247,17 @@ class Harness:
             if self.args.profile:
                 profiles[backend] = self.run_tool("bench.profile", backend)
                 profiles[backend]["roundtrips"] = self.run_tool("bench.roundtrips", backend)
+        integrations: dict[str, Any] = {}
+        if not self.args.no_integrations:  # webhooks, bridges, realtime (issue 17)
+            integrations = self.run_tool("bench.integrations", "none")
+            self.console.print(report.integration_lines(integrations))
         meta["finished"] = time.time()
         meta["load_average_end"] = os.getloadavg()
         meta["versions"] = self.versions
         data = summary.build(meta, self.cells, limits, profiles)
         data["bus"] = self.bus
+        if integrations:
+            data["integrations"] = integrations
         shutil.rmtree(self.tmp, ignore_errors=True)
         return data
 
@@ -324,6 +330,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-limits", action="store_true", help="skip the store limits")
     parser.add_argument("--no-floors", action="store_true", help="skip the floor rows")
     parser.add_argument("--no-bus", action="store_true", help="skip the event bus rows")
+    parser.add_argument(
+        "--no-integrations", action="store_true", help="skip webhooks, bridges and realtime"
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy profile Conveyor's worker")
     parser.add_argument("--output", default=str(RESULTS / "latest.json"))
     parser.add_argument("--markdown", help="render this Markdown file (BENCHMARKS.md)")

@@ -21,6 +21,7 @@ from conveyor.core.seed000 import from_document
 from conveyor.core.task import Task
 from conveyor.domain.durations import Duration
 from conveyor.errors import ConfigurationError
+from conveyor.integrations.webhooks.registry import Webhooks
 from conveyor.scheduler.scheduler import Schedules
 from conveyor.scheduler.spec import ScheduleSpec, build_spec
 
@@ -55,6 +56,12 @@ class Conveyor(App):
         """Declare ``fn`` as a task with ``app.task``'s ``options`` (for feature packages)."""
         task: Task[Any, Any] = self.task(**options)(fn)
         return task
+
+    @functools.cached_property
+    def webhooks(self) -> Webhooks:
+        """Webhook subscriptions and their delivery log
+        (:class:`~conveyor.integrations.webhooks.registry.Webhooks`)."""
+        return Webhooks(self)
 
     @functools.cached_property
     def schedules(self) -> Schedules:
