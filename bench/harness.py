@@ -66,6 +66,7 @@ class Harness:
         self.available: dict[str, str | None] = {}  # lib -> None (ok) or the reason
         self.versions: dict[str, str] = {}
         self.console = report.console()
+        self.bus: dict[str, Any] = {}  # backend -> the event bus rows (bench/bus.py)
 
     # -- environments -----------------------------------------------------------------------
     def python_for(self, lib: str) -> Path:
@@ -205,6 +206,9 @@ class Harness:
             if url == self.redis_url and not self.args.no_limits:
                 limits[backend] = self.run_tool("bench.limits", backend)
                 self.console.print(report.limits_lines(backend, limits[backend]))
+            if url == self.redis_url and "conveyor" in libs and not self.args.no_bus:
+                self.bus[backend] = self.run_tool("bench.bus", backend)  # the event bus
+                self.console.print(report.bus_lines(backend, self.bus[backend]))
             for row in self.rows():
                 extra = ["floor", "backend-loop"] if row.floors and "conveyor" in libs else []
                 for lib in libs + ([] if self.args.no_floors else extra):
@@ -237,6 +241,9 @@ class Harness:
                 limits[backend] = self.run_tool("bench.limits", backend)
                 self.console.print(report.limits_lines(backend, limits[backend]))
             self.run_backend(backend)
+            if "conveyor" in self.libraries(backend) and not self.args.no_bus:
+                self.bus[backend] = self.run_tool("bench.bus", backend)  # the event bus
+                self.console.print(report.bus_lines(backend, self.bus[backend]))
             if self.args.profile:
                 profiles[backend] = self.run_tool("bench.profile", backend)
                 profiles[backend]["roundtrips"] = self.run_tool("bench.roundtrips", backend)
@@ -248,6 +255,7 @@ class Harness:
         meta["load_average_end"] = os.getloadavg()
         meta["versions"] = self.versions
         data = summary.build(meta, self.cells, limits, profiles)
+        data["bus"] = self.bus
         if integrations:
             data["integrations"] = integrations
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -321,6 +329,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--redis-db", type=int, help="Redis database number (default 15, smoke 14)")
     parser.add_argument("--no-limits", action="store_true", help="skip the store limits")
     parser.add_argument("--no-floors", action="store_true", help="skip the floor rows")
+    parser.add_argument("--no-bus", action="store_true", help="skip the event bus rows")
     parser.add_argument(
         "--no-integrations", action="store_true", help="skip webhooks, bridges and realtime"
     )

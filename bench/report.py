@@ -88,6 +88,46 @@ def limits_lines(backend: str, limits: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def bus_lines(backend: str, bus: dict[str, Any]) -> str:
+    if "error" in bus:
+        return f"[red]{backend} event bus failed: {bus['error'][-500:]}[/red]"
+    lines = [f"{backend} event bus:"]
+    for entry in [*bus.get("rows", []), *bus.get("floors", [])]:
+        lines.append(f"  {entry['name']}: {fmt(entry.get('value'))} {entry.get('unit', '')}")
+    return "\n".join(lines)
+
+
+def bus_md(data: dict[str, Any]) -> str:
+    """The event bus rows next to the store's floor (issue 16)."""
+    out = []
+    for backend, bus in data.get("bus", {}).items():
+        out.append(f"**{BACKENDS[backend]}**\n")
+        if "error" in bus:
+            out.append(f"measuring failed: `{bus['error'][-300:]}`\n")
+            continue
+        rows = [
+            [kind, e["name"], f"{fmt(e.get('value'))} {e.get('unit', '')}", e.get("note", "")]
+            for kind, entries in (
+                ("Conveyor", bus.get("rows", [])),
+                ("floor", bus.get("floors", [])),
+            )
+            for e in entries
+        ]
+        out.append(md_table(["", "measurement", "value", "note"], rows) + "\n")
+        checks = [
+            [
+                t["name"],
+                f"{fmt(t['value'])} {t['unit']}",
+                t["target"],
+                "yes" if t["met"] else "**no**",
+            ]
+            for t in bus.get("targets", [])
+        ]
+        if checks:
+            out.append(md_table(["target", "measured", "wanted", "met"], checks) + "\n")
+    return "\n".join(out)
+
+
 def integration_lines(result: dict[str, Any]) -> str:
     if "error" in result:
         return f"[red]integrations failed: {result['error'][-500:]}[/red]"
@@ -475,6 +515,8 @@ def markdown(data: dict[str, Any]) -> str:
             parts += [f"**{name}**", "", md_table(*builder(data, backend, cells)), ""]
         if cells.notes:
             parts += [f"{i}. {note}" for i, note in enumerate(cells.notes, 1)] + [""]
+    if data.get("bus"):
+        parts += ["## The event bus next to the store's floor", "", bus_md(data), ""]
     if data.get("integrations"):
         parts += ["## Event integrations (webhooks, bridges, realtime)", ""]
         parts += [integrations_md(data["integrations"]), ""]

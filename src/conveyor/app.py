@@ -2,16 +2,18 @@
 
 It is the core :class:`~conveyor.core.app.App` (tasks, queues, the backend, enqueueing, events,
 middleware, inspection, dead letters) plus the feature packages built on the core: schedules
-(:mod:`conveyor.scheduler`) today. Feature packages depend on narrow protocols of the app, and
-only this module depends on all of them, so the import graph has no cycles.
+(:mod:`conveyor.scheduler`) and the event bus (:mod:`conveyor.bus`, ``app.bus``). Feature
+packages depend on narrow protocols of the app, and only this module depends on all of them,
+so the import graph has no cycles.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from conveyor.bus.bus import EventBus
 from conveyor.core.app import App
 from conveyor.core.env import APP_VARIABLES, options_from_env
 from conveyor.core.handle import JobHandle
@@ -42,6 +44,18 @@ class Conveyor(App):
         ``options`` win). Reads ``environ`` (default ``os.environ``) only when called."""
         found = options_from_env(APP_VARIABLES, environ)
         return cls(**{**found, **options})
+
+    @functools.cached_property
+    def bus(self) -> EventBus:
+        """The durable event bus (:class:`~conveyor.bus.EventBus`): typed events,
+        subscriptions, the event log, replay and event sourcing. (``app.on(...)`` and
+        ``app.events`` stay the in-process job lifecycle listeners.)"""
+        return EventBus(self)
+
+    def declare_task(self, fn: Callable[..., Any], **options: Any) -> Task[Any, Any]:
+        """Declare ``fn`` as a task with ``app.task``'s ``options`` (for feature packages)."""
+        task: Task[Any, Any] = self.task(**options)(fn)
+        return task
 
     @functools.cached_property
     def webhooks(self) -> Webhooks:

@@ -11,6 +11,7 @@ jobs, printed by the CLI and safe to match on in alerting rules. The tree::
     │   └── SchemaVersionError          schema_version
     ├── EnqueueError                    enqueue
     │   ├── InvalidArgumentsError       invalid_arguments
+    │   │   ├── InvalidEventError       invalid_event
     │   │   └── ValidationError         validation
     │   └── SerializationError          invalid_payload
     ├── JobNotFoundError                not_found
@@ -20,6 +21,7 @@ jobs, printed by the CLI and safe to match on in alerting rules. The tree::
     ├── JobFailedError                  (the job's own code)
     ├── JobCancelledError               cancelled
     ├── ResultTimeoutError              result_timeout
+    ├── VersionConflictError            version_conflict
     └── HandlerSignal                   (raised inside handlers)
         ├── Retry                       retry
         ├── Cancelled                   cancelled
@@ -112,6 +114,13 @@ class InvalidArgumentsError(EnqueueError, TypeError):
     """The arguments do not fit the task's signature, or an option has a bad value."""
 
     code = "invalid_arguments"
+
+
+class InvalidEventError(InvalidArgumentsError):
+    """An event cannot be published as given: a bad name, or a payload that does not fit the
+    event type declared for its name (the message names the field)."""
+
+    code = "invalid_event"
 
 
 class ValidationError(InvalidArgumentsError):
@@ -219,6 +228,22 @@ class ResultTimeoutError(ConveyorError, TimeoutError):
     """The job did not finish within the time the caller was willing to wait."""
 
     code = "result_timeout"
+
+
+class VersionConflictError(ConveyorError):
+    """An append to an event-sourced stream expected another version than the stream has:
+    someone else appended first. Load the aggregate again and retry the command."""
+
+    code = "version_conflict"
+
+    def __init__(self, stream: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"stream {stream!r} is at version {actual}, not the expected {expected}: another "
+            "writer appended first; reload the aggregate and retry"
+        )
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
 
 
 class HandlerSignal(Exception):

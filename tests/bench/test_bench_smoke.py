@@ -94,6 +94,11 @@ def test_smoke_run_fills_every_cell(tmp_path: Path) -> None:
         assert "error" not in limits, limits
         assert limits["entries"], backend
         assert all(e["value"] and e["value"] > 0 for e in limits["entries"]), limits
+    for backend in BACKENDS:  # the event bus rows next to the store's floor (bench/bus.py)
+        bus = data["bus"][backend]
+        assert "error" not in bus, bus
+        assert bus["rows"] and bus["floors"], bus
+        assert all(e["value"] and e["value"] > 0 for e in bus["rows"] + bus["floors"]), bus
     integrations = data["integrations"]
     assert "error" not in integrations, integrations
     names = {e["name"] for e in integrations["rows"]}

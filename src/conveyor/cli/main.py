@@ -34,6 +34,7 @@ from conveyor.cli.common import (
 )
 from conveyor.cli.dashboard_cmd import dashboard
 from conveyor.cli.dlq import dlq
+from conveyor.cli.events_cmd import events
 from conveyor.cli.jobs import jobs, print_damage
 from conveyor.cli.schedules_cmd import scheduler, schedules
 from conveyor.cli.seed000_cmd import enqueue_seed000_documents
@@ -70,6 +71,7 @@ def cli() -> None:
 cli.add_command(worker)
 cli.add_command(jobs)
 cli.add_command(dlq)
+cli.add_command(events)
 cli.add_command(schedules)
 cli.add_command(scheduler)
 cli.add_command(dashboard)

@@ -204,6 +204,10 @@ class Worker:
                     name="conveyor-cancellations",
                 )
             )
+        if self.app.bus.active:  # event bus upkeep (issue 16): store subscriptions, settle
+            helpers.append(
+                asyncio.create_task(self.app.bus.run(self._stop_event), name="conveyor-bus")
+            )
         if self.config.scheduler and not self.config.burst:
             helpers.append(
                 asyncio.create_task(

@@ -13,6 +13,11 @@ fails with a clear message on a store without it.
   PostgreSQL.
 - :class:`PushesCancellations`: a running job is interrupted as soon as its cancellation is
   requested, not at the next heartbeat; Redis.
+- :class:`EventBusStore`: the event bus's log, subscriptions and deliveries (publish = events
+  plus one delivery job per matching subscription, atomically); all four backends.
+  :class:`EventBusTransactions` publishes inside the caller's transaction; SQLite and PostgreSQL.
+- :class:`EventStreams`: event-sourced streams with expected-version appends and snapshots;
+  all four backends.
 - :class:`JobBrowser`: the dashboard's reads (keyset paging, capped counts, the oldest queued
   job) and stored per-minute throughput counters; all four backends.
 - :class:`Defers`: hand a running job back for later without counting the attempt (a payload
@@ -26,15 +31,25 @@ from typing import Any
 from conveyor.backends.capabilities.browse import JobBrowser
 from conveyor.backends.capabilities.cancellations import PushesCancellations
 from conveyor.backends.capabilities.defer import Defers
+from conveyor.backends.capabilities.events import (
+    EventBusStore,
+    EventBusTransactions,
+    SyncEventBusTransactions,
+)
 from conveyor.backends.capabilities.kv import KeyValueStore
+from conveyor.backends.capabilities.streams import EventStreams
 from conveyor.backends.capabilities.transactions import SyncTransactions, Transactions
 from conveyor.errors import ConfigurationError
 
 __all__ = [
     "Defers",
+    "EventBusStore",
+    "EventBusTransactions",
+    "EventStreams",
     "JobBrowser",
     "KeyValueStore",
     "PushesCancellations",
+    "SyncEventBusTransactions",
     "SyncTransactions",
     "Transactions",
     "capability_names",
@@ -47,6 +62,9 @@ ALL: dict[str, type[Any]] = {
     "kv": KeyValueStore,
     "transactions": Transactions,
     "pushed_cancellations": PushesCancellations,
+    "events": EventBusStore,
+    "events_transactions": EventBusTransactions,
+    "streams": EventStreams,
     "browse": JobBrowser,
     "defer": Defers,
 }

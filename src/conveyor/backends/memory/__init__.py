@@ -5,6 +5,7 @@ by the contract suite and the differential state machine; capabilities added lat
 modules of their own beside it.
 """
 
-from conveyor.backends.memory.backend import MemoryBackend, MemoryFactory, MemoryStore
+from conveyor.backends.memory.backend import MemoryBackend, MemoryFactory
+from conveyor.backends.memory.store import MemoryStore
 
 __all__ = ["MemoryBackend", "MemoryFactory", "MemoryStore"]

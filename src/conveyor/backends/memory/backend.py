@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -27,6 +26,9 @@ from conveyor.backends.common import (
 )
 from conveyor.backends.memory.browse import MemoryBrowser
 from conveyor.backends.memory.defer import MemoryDefer
+from conveyor.backends.memory.events import MemoryEvents  # event bus (issue 16)
+from conveyor.backends.memory.store import MemoryStore
+from conveyor.backends.memory.streams import MemoryStreams  # event sourcing (issue 16)
 from conveyor.domain.job import (
     ClaimedJob,
     CountRow,
@@ -45,42 +47,9 @@ from conveyor.domain.states import KEY_HOLDING_STATES, JobState
 from conveyor.errors import ErrorCode
 
 
-class MemoryStore:
-    """The shared state behind every client of one ``memory://`` factory (thread-safe)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self.jobs: dict[str, JobRecord] = {}
-        self.keys: dict[str, str] = {}
-        self.workers: dict[str, WorkerInfo] = {}
-        self.kv: dict[tuple[str, str], bytes] = {}
-        # Stored throughput counters (the browse capability): (bucket, queue, task, outcome).
-        self.throughput: dict[tuple[float, str, str, str], tuple[int, float]] = {}
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-
-    def wake(self) -> None:
-        """Wake every client blocked in ``wait_for_jobs``/``wait_for_finish`` (any loop)."""
-        with self.lock:
-            waiters = list(self._waiters)
-        for loop, event in waiters:
-            if loop.is_closed():
-                continue
-            try:
-                loop.call_soon_threadsafe(event.set)
-            except RuntimeError:
-                pass
-
-    def add_waiter(self, item: tuple[asyncio.AbstractEventLoop, asyncio.Event]) -> None:
-        with self.lock:
-            self._waiters.append(item)
-
-    def remove_waiter(self, item: tuple[asyncio.AbstractEventLoop, asyncio.Event]) -> None:
-        with self.lock:
-            if item in self._waiters:
-                self._waiters.remove(item)
-
-
-class MemoryBackend(MemoryDefer, MemoryBrowser, KeyValueStore, Backend):  # Defers: issue 19
+class MemoryBackend(  # Defers: issue 19; events, streams: issue 16
+    MemoryDefer, MemoryEvents, MemoryStreams, MemoryBrowser, KeyValueStore, Backend
+):
     """A client of a :class:`MemoryStore`."""
 
     store: MemoryStore

@@ -10,7 +10,7 @@ from conveyor.backends.capabilities.defer import Defers
 from conveyor.domain.states import JobState
 
 if TYPE_CHECKING:
-    from conveyor.backends.memory.backend import MemoryStore
+    from conveyor.backends.memory.store import MemoryStore
     from conveyor.domain.job import JobRecord
 
 

@@ -33,6 +33,7 @@ from conveyor.backends.postgres.client import (
 )
 from conveyor.backends.postgres.defer import PostgresDefer
 from conveyor.backends.postgres.errors import is_transient, translate, translated
+from conveyor.backends.postgres.events import PostgresEvents  # event bus (issue 16)
 from conveyor.backends.postgres.kv import PostgresKV
 from conveyor.backends.postgres.statements import (
     claimed_from_row,
@@ -42,6 +43,7 @@ from conveyor.backends.postgres.statements import (
     like_patterns,
     stored_error,
 )
+from conveyor.backends.postgres.streams import PostgresStreams  # event sourcing (issue 16)
 from conveyor.backends.postgres.tx import complete_on, enqueue_on, run_enqueue
 from conveyor.domain.job import (
     ClaimedJob,
@@ -72,7 +74,14 @@ EnqueueItem = tuple[list[NewJob], float | None]
 
 
 class PostgresBackend(
-    PostgresDefer, PostgresBrowser, PostgresKV, Transactions, PostgresClient, Backend
+    PostgresDefer,
+    PostgresEvents,
+    PostgresStreams,
+    PostgresBrowser,
+    PostgresKV,
+    Transactions,
+    PostgresClient,
+    Backend,
 ):
     """A client of one PostgreSQL schema, made by
     :class:`~conveyor.backends.postgres.PostgresFactory`."""

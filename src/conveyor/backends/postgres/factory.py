@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor.backends.base import BackendFactory
 from conveyor.backends.capabilities.transactions import SyncTransactions
 from conveyor.backends.common import redact_url
+from conveyor.backends.postgres.events_factory import PostgresEventsFactory  # issue 16
 from conveyor.backends.postgres.settings import PostgresSettings
 from conveyor.errors import ConfigurationError, MissingDependencyError, StorageUnavailableError
 
@@ -47,7 +48,7 @@ def require_psycopg() -> None:
         raise MissingDependencyError("psycopg", "postgres") from None
 
 
-class PostgresFactory(SyncTransactions, BackendFactory):
+class PostgresFactory(PostgresEventsFactory, SyncTransactions, BackendFactory):
     """Makes :class:`~conveyor.backends.postgres.backend.PostgresBackend` clients of one schema."""
 
     def __init__(

@@ -46,9 +46,11 @@ from conveyor.backends.redis.connect import (
     translate_errors,
 )
 from conveyor.backends.redis.defer import RedisDefer
+from conveyor.backends.redis.events import RedisEvents  # event bus (issue 16)
 from conveyor.backends.redis.notify import Notifier
 from conveyor.backends.redis.pipe import ScriptPipe, pipe_for
 from conveyor.backends.redis.scripts import ScriptArg, run
+from conveyor.backends.redis.streams import RedisStreams  # event sourcing (issue 16)
 from conveyor.domain.job import (
     ClaimedJob,
     CountRow,
@@ -90,8 +92,14 @@ def write_token() -> str:
     return uuid4().hex[:16]
 
 
-class RedisBackend(  # Defers: issue 19
-    RedisDefer, RedisBrowser, KeyValueStore, PushesCancellations, Backend
+class RedisBackend(  # Defers: issue 19; events, streams: issue 16
+    RedisDefer,
+    RedisEvents,
+    RedisStreams,
+    RedisBrowser,
+    KeyValueStore,
+    PushesCancellations,
+    Backend,
 ):
     """One client of the jobs stored under one key prefix of one Redis server."""
 

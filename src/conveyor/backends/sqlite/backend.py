@@ -32,6 +32,7 @@ from conveyor.backends.sqlite import ops, reads, tx
 from conveyor.backends.sqlite.browse import SQLiteBrowser
 from conveyor.backends.sqlite.defer import SQLiteDefer
 from conveyor.backends.sqlite.engine import Engine
+from conveyor.backends.sqlite.events import SQLiteEvents, SQLiteEventsFactory  # issue 16
 from conveyor.backends.sqlite.kv import SQLiteKV
 from conveyor.backends.sqlite.notify import Effects, Notifier, Waiter
 from conveyor.backends.sqlite.queries import (
@@ -50,6 +51,7 @@ from conveyor.backends.sqlite.schema import (
     path_from_url,
     storage_error,
 )
+from conveyor.backends.sqlite.streams import SQLiteStreams  # event sourcing (issue 16)
 from conveyor.domain.job import (
     ClaimedJob,
     CountRow,
@@ -71,7 +73,7 @@ from conveyor.errors import ConfigurationError
 __all__ = ["SQLiteBackend", "SQLiteFactory"]
 
 
-class SQLiteFactory(SyncTransactions, BackendFactory):
+class SQLiteFactory(SQLiteEventsFactory, SyncTransactions, BackendFactory):
     """``sqlite:///path.db``: every client of this factory shares one writer thread.
 
     ``durability``: ``"process"`` (default; ``synchronous=NORMAL``) or ``"power"``
@@ -256,8 +258,8 @@ async def _stop(engine: Engine) -> None:
     await asyncio.wrap_future(engine.stopped)
 
 
-class SQLiteBackend(  # Defers: issue 19
-    SQLiteDefer, SQLiteBrowser, SQLiteKV, Transactions, Backend
+class SQLiteBackend(  # Defers: issue 19; events, streams: issue 16
+    SQLiteDefer, SQLiteEvents, SQLiteStreams, SQLiteBrowser, SQLiteKV, Transactions, Backend
 ):
     """One client of a :class:`SQLiteFactory`; usable from any event loop."""
 

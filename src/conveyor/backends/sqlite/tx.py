@@ -23,10 +23,11 @@ from conveyor.backends.sqlite.schema import SCHEMA_VERSION, schema_version
 from conveyor.domain.job import EnqueueResult, NewJob
 from conveyor.errors import ConfigurationError, InvalidStateError, SchemaVersionError
 
-__all__ = ["append_logs_on_sync", "complete_on_sync", "enqueue_on_sync"]
+__all__ = ["append_logs_on_sync", "check_connection", "complete_on_sync", "enqueue_on_sync"]
 
 
-def _check(conn: sqlite3.Connection, path: str) -> None:
+def check_connection(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse a connection that is not a usable, open transaction on the queue's file."""
     if not isinstance(conn, sqlite3.Connection):
         raise ConfigurationError(
             f"connection= must be a sqlite3.Connection for the SQLite backend, not "
@@ -56,7 +57,7 @@ def enqueue_on_sync(
     conn: sqlite3.Connection, path: str, jobs: Sequence[NewJob], now: float | None = None
 ) -> list[EnqueueResult]:
     """Store ``jobs`` with the caller's connection inside its open transaction."""
-    _check(conn, path)
+    check_connection(conn, path)
     batch = list(jobs)
     encoded = [encode_job(job) for job in batch]
     return ops.enqueue(conn, Effects(), batch, encoded, now)
@@ -72,12 +73,12 @@ def complete_on_sync(
 ) -> bool:
     """Fenced completion with the caller's connection inside its open transaction, so the
     handler's own writes and the completion commit (or roll back) together."""
-    _check(conn, path)
+    check_connection(conn, path)
     # Only a held lease counts here: a repeat would commit the caller's writes a second time.
     return ops.complete(conn, Effects(), job_id, fence, result, now, repeat_ok=False)
 
 
 def append_logs_on_sync(conn: sqlite3.Connection, path: str, job_id: str, lines: str) -> None:
     """Append pre-encoded log lines with the caller's connection inside its transaction."""
-    _check(conn, path)
+    check_connection(conn, path)
     ops.append_logs(conn, Effects(), job_id, lines)
