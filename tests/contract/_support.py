@@ -3,6 +3,10 @@
 Every kind is built through :func:`conveyor.backends.factory_from_url`, isolated per test (a
 fresh SQLite file, PostgreSQL schema or Redis key prefix). A kind whose module is not importable
 yet is skipped; a kind whose server is unreachable is skipped locally and fails under ``CI``.
+
+``CONVEYOR_TEST_POSTGRES_VIA=pgbouncer`` sends the ``postgres`` kind through a private
+PgBouncer in transaction pooling mode (started once per test process in front of the shared
+server; see ``tests/integration/test_pgbouncer.py``, which runs the suite that way).
 """
 
 from __future__ import annotations
@@ -61,6 +65,25 @@ def require_kind(kind: str) -> None:
         pytest.skip(message)
 
 
+_PGBOUNCER: list[Any] = []
+
+
+def postgres_url() -> str:
+    """The URL of the ``postgres`` kind: the shared server, or a private PgBouncer in front of
+    it when ``CONVEYOR_TEST_POSTGRES_VIA=pgbouncer``."""
+    if os.environ.get("CONVEYOR_TEST_POSTGRES_VIA", "") != "pgbouncer":
+        return POSTGRES_URL
+    if not _PGBOUNCER:
+        import atexit
+
+        from tests.reliability.servers import PgBouncer
+
+        bouncer = PgBouncer(5432).start()
+        atexit.register(bouncer.stop)
+        _PGBOUNCER.append(bouncer)
+    return str(_PGBOUNCER[0].url("test"))
+
+
 def factory_spec(kind: str, directory: Path, name: str | None = None) -> tuple[str, dict[str, Any]]:
     """The URL and options of a fresh, isolated store of ``kind`` (``name`` picks the file,
     schema or key prefix; a random one by default)."""
@@ -70,7 +93,7 @@ def factory_spec(kind: str, directory: Path, name: str | None = None) -> tuple[s
     if kind == "memory":
         return "memory://", {}
     if kind == "postgres":
-        return POSTGRES_URL, {"schema": f"t_{name}"}
+        return postgres_url(), {"schema": f"t_{name}"}
     if kind == "redis":
         return REDIS_URL, {"prefix": f"t{name}"}
     raise ValueError(f"unknown backend kind {kind!r}")

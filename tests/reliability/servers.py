@@ -8,6 +8,9 @@ and :6379 (other tests use them in parallel). They start their own:
 * :class:`PgCluster`: a PostgreSQL cluster initdb'd once per test process into a template
   directory and copied per test (initdb takes ~4 s here, a copy a fraction of that), run as the
   ``postgres`` OS user on a free loopback port; ``restart("immediate")`` is a crash restart.
+* :class:`PgBouncer`: Debian's ``pgbouncer`` (installed by ``.ci/ensure-pgbouncer`` when
+  missing) on a free loopback port in front of a PostgreSQL server, transaction pooling by
+  default, run as the ``postgres`` OS user when we are root (PgBouncer refuses root).
 * :class:`TcpProxy`: a loopback TCP proxy on its own thread and event loop (so nothing the
   test does blocks it) that forwards to a server until told to ``pause()`` (hold every byte in
   both directions, like a network partition that later heals), ``reset()`` (drop every
@@ -230,6 +233,97 @@ class PgCluster:
     def log(self) -> str:
         try:
             return (self.root / "log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+# -- PgBouncer ------------------------------------------------------------------------------
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def pgbouncer_binary() -> str:
+    """The ``pgbouncer`` binary, installed first when missing (see ``.ci/ensure-pgbouncer``);
+    raises :class:`FileNotFoundError` with the reason when it cannot be had."""
+    for candidate in (shutil.which("pgbouncer"), "/usr/sbin/pgbouncer"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    done = subprocess.run(
+        [str(REPO_ROOT / ".ci" / "ensure-pgbouncer")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    path = done.stdout.strip().splitlines()[-1:] if done.returncode == 0 else []
+    if not path:
+        raise FileNotFoundError(f"pgbouncer is not installed: {done.stderr.strip()[-500:]}")
+    return path[0]
+
+
+class PgBouncer:
+    """A private PgBouncer (see the module docstring) in front of ``target_port``."""
+
+    def __init__(
+        self, target_port: int = 5432, *, pool_mode: str = "transaction", pool_size: int = 10
+    ) -> None:
+        self.binary = pgbouncer_binary()
+        self.target_port = target_port
+        self.pool_mode = pool_mode
+        self.pool_size = pool_size
+        self.root = Path(tempfile.mkdtemp(prefix="conveyor-pgbouncer-"))
+        _chown_postgres(self.root)
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, database: str = "test") -> str:
+        return f"postgresql://postgres@{LOOPBACK}:{self.port}/{database}"
+
+    def start(self) -> PgBouncer:
+        users = self.root / "users.txt"
+        users.write_text('"postgres" ""\n')
+        config = self.root / "pgbouncer.ini"
+        config.write_text(
+            "[databases]\n"
+            f"* = host={LOOPBACK} port={self.target_port}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = {LOOPBACK}\n"
+            f"listen_port = {self.port}\n"
+            "unix_socket_dir =\n"
+            "auth_type = trust\n"
+            f"auth_file = {users}\n"
+            f"pool_mode = {self.pool_mode}\n"
+            f"default_pool_size = {self.pool_size}\n"
+            "max_client_conn = 1000\n"
+            "ignore_startup_parameters = extra_float_digits\n"
+            f"logfile = {self.root / 'pgbouncer.log'}\n"
+        )
+        for path in (users, config):
+            _chown_postgres(path)
+        # PgBouncer refuses to run as root; -u makes it switch to the postgres user itself.
+        as_user = ["-u", "postgres"] if os.geteuid() == 0 else []
+        self.process = subprocess.Popen(
+            [self.binary, *as_user, str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_port(self.port, 15, self.process)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def log(self) -> str:
+        try:
+            return (self.root / "pgbouncer.log").read_text(errors="replace")
         except FileNotFoundError:
             return ""
 

@@ -28,6 +28,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool
 
+from conveyor.backends.postgres import pooling
 from conveyor.backends.postgres import schema as schema_ops
 from conveyor.backends.postgres.errors import describe_connect_error, is_transient, translate
 from conveyor.backends.postgres.statements import (
@@ -100,6 +101,8 @@ class PostgresClient:
         self._checks: set[asyncio.Task[Any]] = set()
         self._conninfo = settings.url
         self._last_reset = 0.0
+        #: Whether a transaction pooler serves the URL (known once the client is open).
+        self.pooled: bool | None = settings.pooled
         self.wake = Wakeups(
             self.jobs_channel,
             self.done_channel,
@@ -108,7 +111,14 @@ class PostgresClient:
             poll_interval=settings.poll_interval,
             notify_interval=settings.notify_interval,
             connect_timeout=settings.timeout,
+            probe_timeout=settings.listen_probe_timeout,
         )
+
+    @property
+    def prepare_threshold(self) -> int | None:
+        """psycopg's ``prepare_threshold`` for pooled connections: ``None`` (never prepare)
+        behind a transaction pooler."""
+        return None if self.pooled else self.settings.prepare_threshold
 
     # -- lifecycle ------------------------------------------------------------------------
     async def open(self) -> None:
@@ -118,7 +128,10 @@ class PostgresClient:
         try:
             conninfo = s.conninfo()
             conn = await psycopg.AsyncConnection.connect(
-                conninfo, autocommit=True, connect_timeout=max(1, int(s.timeout))
+                conninfo,
+                autocommit=True,
+                prepare_threshold=None,
+                connect_timeout=max(1, int(s.timeout)),
             )
         except psycopg.Error as exc:
             raise StorageUnavailableError(describe_connect_error(exc, s.url)) from None
@@ -128,13 +141,18 @@ class PostgresClient:
                 await schema_ops.migrate(conn, s.schema)
                 version = await schema_ops.current_version(conn, s.schema)
             schema_ops.check_version(version, s.schema)
+            pooled = s.pooled
+            if pooled is None:
+                pooled = await pooling.shares_sessions(conn, conninfo, s.timeout)
         except psycopg.Error as exc:
             raise translate(exc, s.url, s.schema) from exc
         finally:
             await conn.close()
+        self.pooled = pooled
+        pooling.report(s, pooled, detected=s.pooled is None)
         self._conninfo = conninfo
         self._pool = await self._new_pool()
-        self.wake.enable(conninfo)
+        self.wake.enable(pooling.listen_conninfo(s, pooled), s.listen_target)
 
     async def _new_pool(self) -> AsyncConnectionPool[Conn]:
         s = self.settings
@@ -143,7 +161,7 @@ class PostgresClient:
             min_size=s.pool_min,
             max_size=s.pool_max,
             open=False,
-            kwargs={"autocommit": True, "prepare_threshold": s.prepare_threshold},
+            kwargs={"autocommit": True, "prepare_threshold": self.prepare_threshold},
             timeout=s.timeout,
             name=f"conveyor:{s.schema}",
         )
@@ -359,4 +377,6 @@ class PostgresClient:
         """Counters for tests and diagnostics: notifications, LISTEN state, batching."""
         return {
             **self.wake.stats(),
+            "pooled": self.pooled,
+            "prepare_threshold": self.prepare_threshold,
         }
