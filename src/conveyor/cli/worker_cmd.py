@@ -129,6 +129,13 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...] | None:
     "--log-format", default="text", show_default=True, type=click.Choice(["text", "json"])
 )
 @click.option("--worker-id", help="Stable id for this worker (default host:pid:random).")
+@click.option(
+    "--hostname",
+    envvar="CONVEYOR_HOSTNAME",
+    metavar="NAME",
+    help="Host name this worker reports and starts its id with (default: the machine's; "
+    "or $CONVEYOR_HOSTNAME, e.g. a Kubernetes node or pod name).",
+)
 @click.option("--no-scheduler", is_flag=True, help="Do not run the schedule loop in this worker.")
 def worker(
     app_path: str,
@@ -144,6 +151,7 @@ def worker(
     log_level: str,
     log_format: str,
     worker_id: str | None,
+    hostname: str | None,
     no_scheduler: bool,
 ) -> None:
     """Run a worker for APP (module:attribute, e.g. myproject.tasks:app).
@@ -163,6 +171,7 @@ def worker(
         poll_interval=poll_interval,
         burst=burst,
         worker_id=worker_id,
+        hostname=hostname,
         scheduler=not no_scheduler,
     )
     asyncio.run(_run_worker(app, config, show_progress and burst))

@@ -46,7 +46,10 @@ class WorkerConfig:
     order of their declared priority. ``tasks``: task-name patterns with ``*`` wildcards to
     accept (``None``: all). ``concurrency``: jobs run at once. ``grace``: seconds running jobs
     get to finish on shutdown before they are handed back. ``burst``: exit once no job is
-    claimable and none is running.
+    claimable and none is running. ``hostname``: the host this worker reports (default
+    ``socket.gethostname()``); it starts the worker id (``host:pid:random``) and names the
+    host in the worker registry, so a fleet's workers can be told apart by machine (set it
+    where every container has the same hostname).
     """
 
     queues: tuple[str, ...] | None = None
@@ -61,6 +64,7 @@ class WorkerConfig:
     burst_waits_for_scheduled: bool = True
     scheduler: bool = True
     worker_id: str | None = None
+    hostname: str | None = None
 
 
 class Worker:
@@ -71,7 +75,7 @@ class Worker:
         self.config = config or WorkerConfig()
         if self.config.concurrency < 1:
             raise ValueError("worker concurrency must be >= 1")
-        host = socket.gethostname()
+        host = self.config.hostname or socket.gethostname()
         self.id = self.config.worker_id or f"{host}:{os.getpid()}:{new_job_id()[-8:]}"
         self.host = host
         self.queues = self._resolve_queues()
