@@ -25,6 +25,7 @@ from conveyor.cli.common import (
 )
 from conveyor.cli.dlq import dlq
 from conveyor.cli.jobs import jobs
+from conveyor.cli.load_cmd import load
 from conveyor.cli.schedules_cmd import scheduler, schedules
 from conveyor.cli.worker_cmd import worker
 from conveyor.domain.states import JobState
@@ -46,6 +47,7 @@ cli.add_command(jobs)
 cli.add_command(dlq)
 cli.add_command(schedules)
 cli.add_command(scheduler)
+cli.add_command(load)
 
 
 @cli.command()

@@ -13,6 +13,8 @@ fails with a clear message on a store without it.
   PostgreSQL.
 - :class:`PushesCancellations`: a running job is interrupted as soon as its cancellation is
   requested, not at the next heartbeat; Redis.
+- :class:`ReportsLoad`: per-queue ready and running jobs and the oldest ready job's age (the
+  autoscaling signals); all four backends.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from typing import Any
 
 from conveyor.backends.capabilities.cancellations import PushesCancellations
 from conveyor.backends.capabilities.kv import KeyValueStore
+from conveyor.backends.capabilities.load import QueueLoad, ReportsLoad
 from conveyor.backends.capabilities.transactions import SyncTransactions, Transactions
 from conveyor.errors import ConfigurationError
 
 __all__ = [
     "KeyValueStore",
     "PushesCancellations",
+    "QueueLoad",
+    "ReportsLoad",
     "SyncTransactions",
     "Transactions",
     "capability_names",
@@ -39,6 +44,7 @@ ALL: dict[str, type[Any]] = {
     "kv": KeyValueStore,
     "transactions": Transactions,
     "pushed_cancellations": PushesCancellations,
+    "queue_load": ReportsLoad,
 }
 
 

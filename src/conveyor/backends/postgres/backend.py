@@ -29,6 +29,7 @@ from conveyor.backends.postgres.client import (
 )
 from conveyor.backends.postgres.errors import is_transient, translate, translated
 from conveyor.backends.postgres.kv import PostgresKV
+from conveyor.backends.postgres.load import PostgresLoad
 from conveyor.backends.postgres.statements import (
     claimed_from_row,
     distinct,
@@ -63,7 +64,7 @@ CompleteItem = tuple[str, int, bytes | None, float | None]
 EnqueueItem = tuple[list[NewJob], float | None]
 
 
-class PostgresBackend(PostgresKV, Transactions, PostgresClient, Backend):
+class PostgresBackend(PostgresKV, PostgresLoad, Transactions, PostgresClient, Backend):
     """A client of one PostgreSQL schema, made by
     :class:`~conveyor.backends.postgres.PostgresFactory`."""
 

@@ -43,6 +43,7 @@ from conveyor.backends.redis.connect import (
     check_server,
     translate_errors,
 )
+from conveyor.backends.redis.load import RedisLoad
 from conveyor.backends.redis.notify import Notifier
 from conveyor.backends.redis.pipe import ScriptPipe, pipe_for
 from conveyor.backends.redis.scripts import ScriptArg, run
@@ -85,7 +86,7 @@ def write_token() -> str:
     return uuid4().hex[:16]
 
 
-class RedisBackend(KeyValueStore, PushesCancellations, Backend):
+class RedisBackend(KeyValueStore, RedisLoad, PushesCancellations, Backend):
     """One client of the jobs stored under one key prefix of one Redis server."""
 
     def __init__(

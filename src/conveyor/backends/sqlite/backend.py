@@ -30,6 +30,7 @@ from conveyor.backends.common import redact_url
 from conveyor.backends.sqlite import ops, reads, tx
 from conveyor.backends.sqlite.engine import Engine
 from conveyor.backends.sqlite.kv import SQLiteKV
+from conveyor.backends.sqlite.load import SQLiteLoad
 from conveyor.backends.sqlite.notify import Effects, Notifier, Waiter
 from conveyor.backends.sqlite.queries import (
     Q,
@@ -202,7 +203,7 @@ async def _stop(engine: Engine) -> None:
     await asyncio.wrap_future(engine.stopped)
 
 
-class SQLiteBackend(SQLiteKV, Transactions, Backend):
+class SQLiteBackend(SQLiteKV, SQLiteLoad, Transactions, Backend):
     """One client of a :class:`SQLiteFactory`; usable from any event loop."""
 
     factory: SQLiteFactory
