@@ -24,6 +24,7 @@ from conveyor.core.middleware import EnqueueCall, ExecuteCall, Middleware
 from conveyor.core.options import QueueConfig, Retention
 from conveyor.core.serialization import JSONSerializer, Serializer
 from conveyor.core.task import JobSpec, Task
+from conveyor.domain.autoscale import AutoscalePolicy
 from conveyor.domain.job import ErrorInfo, LogEntry
 from conveyor.domain.retry import RetryPolicy
 from conveyor.domain.states import JobState
@@ -47,6 +48,7 @@ from conveyor.worker.worker import Worker, WorkerConfig
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoscalePolicy",
     "CancelOutcome",
     "Cancelled",
     "ConfigurationError",

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from conveyor.core.serialization import check_metadata
+from conveyor.domain.autoscale import AutoscalePolicy
 from conveyor.domain.clock import to_timestamp
 from conveyor.domain.durations import Duration, optional_duration
 from conveyor.domain.priority import parse_priority
@@ -61,7 +62,9 @@ class QueueConfig:
     limit). ``priority``: precedence among the queues one worker consumes — higher is drained
     first. ``retry``: default policy for tasks of this queue that set none. ``dead_letter``:
     label stored on jobs of this queue when they fail permanently, so operators can list them
-    as one dead-letter queue.
+    as one dead-letter queue. ``autoscale``: how ``conveyor worker --autoscale`` sizes a group
+    of worker processes consuming this queue (seed 000's ``autoScale``; see
+    :mod:`conveyor.domain.autoscale`).
     """
 
     name: str
@@ -69,6 +72,7 @@ class QueueConfig:
     priority: int = 0
     retry: RetryPolicy | None = None
     dead_letter: str | None = None
+    autoscale: AutoscalePolicy | None = None
 
     def to_seed000(self) -> dict[str, Any]:
         """Render as seed 000's ``QueueConfig`` (whose priority is "lower = higher")."""
@@ -81,6 +85,8 @@ class QueueConfig:
             out["defaultRetryPolicy"] = self.retry.to_seed000()
         if self.dead_letter is not None:
             out["deadLetterQueue"] = self.dead_letter
+        if self.autoscale is not None:
+            out["autoScale"] = self.autoscale.to_seed000()
         return out
 
 

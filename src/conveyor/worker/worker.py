@@ -86,6 +86,8 @@ class Worker:
         self.runner = JobRunner(self)
         self._stopping = False
         self._forced = False
+        self._retiring = False  # stopping without a grace limit (see retire())
+        self._retirement_ended = asyncio.Event()
         self._stop_event: asyncio.Event | None = None
         self._slot_freed: asyncio.Event | None = None
         # Fusing a completion with the next claim (``Backend.complete_and_claim``): set at
@@ -116,7 +118,14 @@ class Worker:
         return self._stopping
 
     def stop(self, *, force: bool = False) -> None:
-        """Stop claiming; with ``force`` (or a second call) hand running jobs back at once."""
+        """Stop claiming; with ``force`` (or a second call) hand running jobs back at once.
+
+        During a :meth:`retire`, the first call turns it into this normal shutdown (running
+        jobs get the grace period from now on)."""
+        if self._retiring and not force:
+            self._retiring = False
+            self._retirement_ended.set()
+            return
         if self._stopping:
             force = True
         self._stopping = True
@@ -126,6 +135,20 @@ class Worker:
         if self._forced:
             for active in list(self.active.values()):
                 self.runner.interrupt(active, "shutdown")
+
+    def retire(self) -> None:
+        """Stop claiming and let every running job finish, however long it takes, then
+        return from :meth:`run` (SIGUSR2): how an autoscaler shrinks a group of worker
+        processes without interrupting a job. A later :meth:`stop` applies the grace period
+        as usual; nothing happens when the worker is already stopping."""
+        if self._stopping:
+            return
+        self.stop()
+        self._retiring = True
+
+    @property
+    def retiring(self) -> bool:
+        return self._retiring
 
     @property
     def backend(self) -> Backend:
@@ -482,7 +505,14 @@ class Worker:
         if not self.active:
             return
         pending = [a.task for a in self.active.values() if a.task is not None]
-        if not self._forced:
+        if self._retiring and pending:
+            log.info(
+                "retiring: finishing %d running job(s) with no time limit",
+                len(pending),
+                extra={"worker_id": self.id},
+            )
+            pending = await self._finish_while_retiring(pending)
+        if not self._forced and pending:
             log.info(
                 "draining %d running job(s) for up to %.0fs",
                 len(pending),
@@ -495,6 +525,20 @@ class Worker:
         remaining = [a.task for a in self.active.values() if a.task is not None]
         if remaining:
             await asyncio.wait(remaining, timeout=10)
+
+    async def _finish_while_retiring(
+        self, pending: list[asyncio.Task[Any]]
+    ) -> list[asyncio.Task[Any]]:
+        """Wait for ``pending`` until all are done or the retirement ends (a stop signal);
+        the ones still running."""
+        ended = asyncio.ensure_future(self._retirement_ended.wait())
+        try:
+            while pending and self._retiring:
+                await asyncio.wait([*pending, ended], return_when=asyncio.FIRST_COMPLETED)
+                pending = [t for t in pending if not t.done()]
+        finally:
+            ended.cancel()
+        return pending
 
     # -- background loops ---------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
