@@ -449,6 +449,9 @@ def markdown(data: dict[str, Any]) -> str:
             parts += [f"**{name}**", "", md_table(*builder(data, backend, cells)), ""]
         if cells.notes:
             parts += [f"{i}. {note}" for i, note in enumerate(cells.notes, 1)] + [""]
+    from bench import scaleout
+
+    parts += scaleout.markdown(data)
     parts += ["## The store's own limits (context)", "", limits_md(data), ""]
     if data.get("profiles"):
         parts += [
