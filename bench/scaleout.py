@@ -6,6 +6,7 @@
 * **PgBouncer**: on PostgreSQL, the same workload (2 processes) and single enqueues, direct and
   through a private PgBouncer in transaction pooling mode in front of the same server (the
   client detects the pooler: no prepared statements, waiting workers poll).
+* **Redis Cluster**: 1, 2 and 3 shards (:mod:`bench.cluster`).
 
 The harness calls :func:`measure` after its own rows (``--no-scaleout`` skips it); smoke runs
 measure one cell of each kind at smoke sizes, so the code path never rots. The numbers land in
@@ -94,7 +95,13 @@ def pgbouncer(harness: Harness) -> dict[str, Any]:
 
 
 def measure(harness: Harness) -> dict[str, Any]:
-    return {"processes": processes(harness), "pgbouncer": pgbouncer(harness)}
+    from bench import cluster
+
+    return {
+        "processes": processes(harness),
+        "pgbouncer": pgbouncer(harness),
+        "cluster": cluster.measure(harness),
+    }
 
 
 def _fmt(entry: dict[str, Any] | None) -> str:
@@ -109,6 +116,7 @@ def _fmt(entry: dict[str, Any] | None) -> str:
 
 def markdown(data: dict[str, Any]) -> list[str]:
     """The ``Scale-out`` section of BENCHMARKS.md (empty when nothing was measured)."""
+    from bench import cluster
     from bench.report import md_table
 
     scale = data.get("scaleout")
@@ -149,6 +157,7 @@ def markdown(data: dict[str, Any]) -> list[str]:
             md_table(["row", "direct", "through PgBouncer"], body),
             "",
         ]
+    parts += cluster.markdown(scale.get("cluster") or {})
     return parts
 
 

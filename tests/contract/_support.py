@@ -7,6 +7,9 @@ yet is skipped; a kind whose server is unreachable is skipped locally and fails 
 ``CONVEYOR_TEST_POSTGRES_VIA=pgbouncer`` sends the ``postgres`` kind through a private
 PgBouncer in transaction pooling mode (started once per test process in front of the shared
 server; see ``tests/integration/test_pgbouncer.py``, which runs the suite that way).
+``CONVEYOR_TEST_REDIS_VIA=cluster`` runs the ``redis`` kind on a private Redis Cluster (three
+masters, one replica each, started once per test process; see
+``tests/integration/test_redis_cluster.py``).
 """
 
 from __future__ import annotations
@@ -84,6 +87,27 @@ def postgres_url() -> str:
     return str(_PGBOUNCER[0].url("test"))
 
 
+_CLUSTER: list[Any] = []
+
+
+def redis_url() -> str:
+    """The URL of the ``redis`` kind: the shared server, or a private Redis Cluster when
+    ``CONVEYOR_TEST_REDIS_VIA=cluster``."""
+    if os.environ.get("CONVEYOR_TEST_REDIS_VIA", "") != "cluster":
+        return REDIS_URL
+    if not _CLUSTER:
+        import atexit
+        import tempfile
+
+        from tests.reliability.servers import RedisCluster
+
+        directory = Path(tempfile.mkdtemp(prefix="conveyor-cluster-"))
+        cluster = RedisCluster(directory, 3, 1).start()
+        atexit.register(cluster.stop)
+        _CLUSTER.append(cluster)
+    return str(_CLUSTER[0].url)
+
+
 def factory_spec(kind: str, directory: Path, name: str | None = None) -> tuple[str, dict[str, Any]]:
     """The URL and options of a fresh, isolated store of ``kind`` (``name`` picks the file,
     schema or key prefix; a random one by default)."""
@@ -95,7 +119,7 @@ def factory_spec(kind: str, directory: Path, name: str | None = None) -> tuple[s
     if kind == "postgres":
         return postgres_url(), {"schema": f"t_{name}"}
     if kind == "redis":
-        return REDIS_URL, {"prefix": f"t{name}"}
+        return redis_url(), {"prefix": f"t{name}"}
     raise ValueError(f"unknown backend kind {kind!r}")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -176,4 +177,4 @@ def test_the_postgres_contract_suite_passes_through_pgbouncer() -> None:
     )  # fmt: skip
     tail = done.stdout[-3000:] + done.stderr[-2000:]
     assert done.returncode == 0, tail
-    assert " passed" in tail and "failed" not in tail, tail
+    assert " passed" in tail and not re.search(r"\b\d+ failed", tail), tail

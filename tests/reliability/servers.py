@@ -11,6 +11,10 @@ and :6379 (other tests use them in parallel). They start their own:
 * :class:`PgBouncer`: Debian's ``pgbouncer`` (installed by ``.ci/ensure-pgbouncer`` when
   missing) on a free loopback port in front of a PostgreSQL server, transaction pooling by
   default, run as the ``postgres`` OS user when we are root (PgBouncer refuses root).
+* :class:`RedisCluster`: a Redis Cluster of ``masters`` shards with ``replicas`` replicas each,
+  every node a ``redis-server`` on a free loopback port, slots assigned and nodes introduced
+  with ``CLUSTER`` commands (so 1 or 2 shards work too, which ``redis-cli --cluster create``
+  refuses); ``kill(port)`` is ``kill -9``, after which a replica is promoted.
 * :class:`TcpProxy`: a loopback TCP proxy on its own thread and event loop (so nothing the
   test does blocks it) that forwards to a server until told to ``pause()`` (hold every byte in
   both directions, like a network partition that later heals), ``reset()`` (drop every
@@ -134,6 +138,191 @@ class RedisServer:
             return int(client.info("clients")["connected_clients"]) - 1
         finally:
             client.close()
+
+
+# -- Redis Cluster --------------------------------------------------------------------------
+class RedisCluster:
+    """A private Redis Cluster (see the module docstring).
+
+    ``node_timeout`` (ms) is how long a silent master takes to be declared failed before a
+    replica is promoted. Persistence is off: the cluster lives as long as the test session.
+    """
+
+    def __init__(
+        self, directory: Path, masters: int = 3, replicas: int = 1, *, node_timeout: int = 1000
+    ) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FileNotFoundError("redis-server is not installed")
+        self.binary = binary
+        self.directory = directory
+        self.masters = masters
+        self.replicas = replicas
+        self.node_timeout = node_timeout
+        self.ports = [free_port() for _ in range(masters * (1 + replicas))]
+        #: Each node's cluster bus port (chosen, not port + 10000, which may exceed 65535).
+        self.bus_ports = {port: free_port() for port in self.ports}
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        """The ``redis+cluster://`` URL naming every node as a start-up node."""
+        first, *rest = self.ports
+        hosts = ",".join(f"{LOOPBACK}:{p}" for p in rest)
+        return f"redis+cluster://{LOOPBACK}:{first}/" + (f"?nodes={hosts}" if hosts else "")
+
+    def client(self, port: int) -> Any:
+        import redis
+
+        return redis.Redis(host=LOOPBACK, port=port, socket_timeout=10, decode_responses=True)
+
+    def _start_node(self, port: int) -> None:
+        node_dir = self.directory / str(port)
+        node_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            self.binary,
+            "--port", str(port),
+            "--bind", LOOPBACK,
+            "--dir", str(node_dir),
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-port", str(self.bus_ports[port]),
+            "--cluster-node-timeout", str(self.node_timeout),
+            "--cluster-replica-validity-factor", "0",
+            "--repl-diskless-sync-delay", "0",
+            "--save", "",
+            "--appendonly", "no",
+            "--protected-mode", "no",
+            "--daemonize", "no",
+        ]  # fmt: skip
+        log = open(node_dir / "redis.log", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.processes[port] = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, cwd=node_dir
+            )
+        finally:
+            log.close()
+
+    def start(self, timeout: float = 60) -> RedisCluster:
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> RedisCluster:
+        for port in self.ports:
+            self._start_node(port)
+        for port in self.ports:
+            wait_port(port, 15, self.processes[port])
+        masters = self.ports[: self.masters]
+        per = 16384 // self.masters
+        for i, port in enumerate(masters):
+            first = i * per
+            last = 16383 if i == self.masters - 1 else first + per - 1
+            self.client(port).execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+        for port in self.ports[1:]:
+            first = self.ports[0]
+            self.client(port).execute_command(
+                "CLUSTER", "MEET", LOOPBACK, first, self.bus_ports[first]
+            )
+        ids = {port: self.client(port).execute_command("CLUSTER", "MYID") for port in masters}
+        deadline = time.monotonic() + timeout
+        for j, port in enumerate(self.ports[self.masters :]):
+            master = masters[j % self.masters]
+            while True:  # the replica must have learnt of its master through the gossip first
+                try:
+                    self.client(port).execute_command("CLUSTER", "REPLICATE", ids[master])
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)  # a poll interval; the deadline bounds it
+        self.wait_ok(deadline - time.monotonic())
+        return self
+
+    def wait_ok(self, timeout: float = 60) -> None:
+        """Until every live node says the cluster is ok and sees every master with its
+        replicas, and every replica is in sync with its master (a poll with a deadline)."""
+        deadline = time.monotonic() + timeout
+        want = self.masters * (1 + self.replicas)
+        while True:
+            try:
+                if all(self._ok(port, want) for port in self.live_ports()):
+                    return
+            except Exception:  # noqa: BLE001 - a node still starting
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the Redis Cluster on {self.ports} is not ok after {timeout}s")
+            time.sleep(0.05)  # a poll interval; the deadline bounds it
+
+    def _ok(self, port: int, want: int) -> bool:
+        replication = self.client(port).info("replication")
+        if replication.get("role") == "slave" and replication.get("master_link_status") != "up":
+            return False  # a replica still loading its master's data is no replica yet
+        info = self.client(port).execute_command("CLUSTER", "INFO")
+        text = info if isinstance(info, str) else info.decode()
+        fields = dict(line.split(":", 1) for line in text.split() if ":" in line)
+        nodes = self.client(port).execute_command("CLUSTER", "NODES")
+        alive = [line for line in str(nodes).splitlines() if "fail" not in line.split()[2]]
+        return (
+            fields.get("cluster_state") == "ok"
+            and fields.get("cluster_slots_ok") == "16384"
+            and len(alive) >= want - len(set(self.ports) - set(self.live_ports()))
+        )
+
+    def live_ports(self) -> list[int]:
+        return [p for p, proc in self.processes.items() if proc.poll() is None]
+
+    def master_ports(self) -> list[int]:
+        """Ports of the live masters, as the cluster sees it now."""
+        out = []
+        for port in self.live_ports():
+            role = self.client(port).execute_command("ROLE")
+            if role[0] == "master":
+                out.append(port)
+        return out
+
+    def port_of_slot(self, slot: int) -> int:
+        """The port of the master that serves ``slot`` now."""
+        for port in self.live_ports():
+            for first, last, master, *_ in self.client(port).execute_command("CLUSTER", "SLOTS"):
+                if first <= slot <= last:
+                    return int(master[1])
+        raise LookupError(slot)
+
+    def kill(self, port: int) -> None:
+        """``kill -9`` one node."""
+        proc = self.processes.get(port)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def wait_promoted(self, dead: int, timeout: float = 60) -> int:
+        """Until a replica took over every slot ``dead`` served; the new master's port."""
+        deadline = time.monotonic() + timeout
+        while True:
+            masters = [p for p in self.master_ports() if p != dead]
+            try:
+                covered = all(self._ok(port, 0) for port in self.live_ports())
+            except Exception:  # noqa: BLE001 - topology changing
+                covered = False
+            if covered and len(masters) >= self.masters:
+                new = [p for p in masters if p in self.ports[self.masters :]]
+                if new:
+                    return new[0]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no replica took over from {dead} within {timeout}s")
+            time.sleep(0.05)  # a poll interval; the deadline bounds it
+
+    def stop(self) -> None:
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+        for proc in self.processes.values():
+            with contextlib.suppress(Exception):
+                proc.wait(timeout=10)
+        self.processes.clear()
 
 
 # -- PostgreSQL -----------------------------------------------------------------------------

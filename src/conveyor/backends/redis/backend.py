@@ -133,9 +133,16 @@ class RedisBackend(KeyValueStore, RedisLoad, PushesCancellations, Backend):
             with contextlib.suppress(RedisError, OSError):
                 await self.client.aclose()
 
-    async def _run(self, name: str, args: Sequence[ScriptArg]) -> Any:
+    async def _run(self, name: str, args: Sequence[ScriptArg], base: str | None = None) -> Any:
+        """Run script ``name`` with ``KEYS[1]`` = ``base`` (default: the key base of
+        everything; Redis Cluster passes a queue's own, see ``cluster.py``)."""
         with translate_errors(self.url, self.prefix):
-            return await run(self.client, name, self.base, args, self.pipe)
+            return await run(self.client, name, base or self.base, args, self.pipe)
+
+    def _queue_base(self, queue: str) -> str:
+        """The key base of ``queue``'s keys: the one base of every key here (one hash tag);
+        a queue's own tag on Redis Cluster (``cluster.py``)."""
+        return self.base
 
     # -- producer ---------------------------------------------------------------------------
     async def enqueue(
@@ -369,6 +376,10 @@ class RedisBackend(KeyValueStore, RedisLoad, PushesCancellations, Backend):
             with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
                 await pop
 
+    async def _done_base(self, job_id: str) -> str | None:
+        """The key base job ``job_id``'s "done" channel is under (``None``: :attr:`base`)."""
+        return None
+
     def _notify(self) -> Notifier:
         if self._notifier is None:
             self._notifier = Notifier(self.client, self.base)
@@ -381,7 +392,7 @@ class RedisBackend(KeyValueStore, RedisLoad, PushesCancellations, Backend):
         deadline = loop.time() + timeout
         recheck = FINISH_RECHECK[0]
         with translate_errors(self.url, self.prefix):
-            async with self._notify().watch(job_id) as event:
+            async with self._notify().watch(job_id, await self._done_base(job_id)) as event:
                 while True:
                     event.clear()
                     record = await self.get_job(job_id)
@@ -432,7 +443,7 @@ class RedisBackend(KeyValueStore, RedisLoad, PushesCancellations, Backend):
         if not states or limit <= 0:
             return 0
         args = [str(limit), str(SCAN_BUDGET), *encode_filter(flt, states)]
-        return int(await self._run("delete", args))
+        return len(await self._run("delete", args))
 
     # -- reading ----------------------------------------------------------------------------
     async def get_job(self, job_id: str) -> JobRecord | None:

@@ -30,7 +30,11 @@ class RedisLoad(ReportsLoad):
 
     if TYPE_CHECKING:  # provided by RedisBackend
 
-        async def _run(self, name: str, args: Sequence[ScriptArg]) -> Any: ...
+        async def _run(
+            self, name: str, args: Sequence[ScriptArg], base: str | None = None
+        ) -> Any: ...
+
+        def _queue_base(self, queue: str) -> str: ...
 
     async def queue_load(
         self, queues: Sequence[str] | None = None, now: float | None = None
@@ -41,7 +45,9 @@ class RedisLoad(ReportsLoad):
             names = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
         else:
             names = list(dict.fromkeys(queues))
-        replies = await asyncio.gather(*(self._run("load", [q, opt_num(now)]) for q in names))
+        replies = await asyncio.gather(
+            *(self._run("load", [q, opt_num(now)], self._queue_base(q)) for q in names)
+        )
         out = []
         for q, (ready, running, age) in zip(names, replies, strict=True):
             load = QueueLoad(q, int(ready), int(running), float(age) if age else None)
