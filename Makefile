@@ -49,6 +49,7 @@ layers: $(STAMP)
 	$(BIN)/lint-imports
 
 test: $(STAMP) check  ## Static checks, then the whole test suite (unit, contract, acceptance)
+	@test -x /usr/bin/chromium || bash .ci/install-chromium
 	$(BIN)/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 unit: $(STAMP)

@@ -23,6 +23,7 @@ from conveyor.cli.common import (
     run,
     table,
 )
+from conveyor.cli.dashboard_cmd import dashboard
 from conveyor.cli.dlq import dlq
 from conveyor.cli.jobs import jobs
 from conveyor.cli.load_cmd import load
@@ -48,6 +49,7 @@ cli.add_command(dlq)
 cli.add_command(schedules)
 cli.add_command(scheduler)
 cli.add_command(load)
+cli.add_command(dashboard)
 
 
 @cli.command()

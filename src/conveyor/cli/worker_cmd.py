@@ -144,6 +144,13 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...] | None:
     "or $CONVEYOR_HOSTNAME, e.g. a Kubernetes node or pod name).",
 )
 @click.option("--no-scheduler", is_flag=True, help="Do not run the schedule loop in this worker.")
+@click.option(
+    "--metrics-port",
+    type=int,
+    help="Serve Prometheus metrics on this port (needs conveyor[web]); with --processes the "
+    "supervisor serves the sum over its processes.",
+)
+@click.option("--metrics-host", default="0.0.0.0", show_default=True, help="Metrics address.")
 def worker(
     app_path: str,
     queues: tuple[str, ...],
@@ -161,6 +168,8 @@ def worker(
     worker_id: str | None,
     hostname: str | None,
     no_scheduler: bool,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Run a worker for APP (module:attribute, e.g. myproject.tasks:app).
 
@@ -175,8 +184,16 @@ def worker(
             raise click.UsageError("--autoscale and --burst exclude each other")
         app = load_app(app_path, url)
         scaling = _autoscaling(app, autoscale, _split(queues), concurrency)
+        if metrics_port is not None:  # the supervisor serves every process's metrics
+            from conveyor.cli.worker_metrics import serve_for_children
+
+            serve_for_children(metrics_port, metrics_host)
         raise SystemExit(asyncio.run(_supervise(Supervisor(_child_argv(), autoscaling=scaling))))
     if processes > 1:
+        if metrics_port is not None:  # the supervisor serves every process's metrics
+            from conveyor.cli.worker_metrics import serve_for_children
+
+            serve_for_children(metrics_port, metrics_host)
         supervisor = Supervisor(_child_argv(), processes, burst=burst)
         raise SystemExit(asyncio.run(_supervise(supervisor)))
     app = load_app(app_path, url)
@@ -191,11 +208,21 @@ def worker(
         hostname=hostname,
         scheduler=not no_scheduler,
     )
-    asyncio.run(_run_worker(app, config, show_progress and burst))
+    asyncio.run(_run_worker(app, config, show_progress and burst, metrics_port, metrics_host))
 
 
-async def _run_worker(app: Conveyor, config: WorkerConfig, show_progress: bool) -> None:
+async def _run_worker(
+    app: Conveyor,
+    config: WorkerConfig,
+    show_progress: bool,
+    metrics_port: int | None = None,
+    metrics_host: str = "0.0.0.0",
+) -> None:
     w = Worker(app, config)
+    # Prometheus metrics (--metrics-port, or a supervised child of a group that serves them).
+    from conveyor.cli.worker_metrics import attach
+
+    sampler = attach(w, metrics_port, metrics_host)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, w.stop)
@@ -204,6 +231,8 @@ async def _run_worker(app: Conveyor, config: WorkerConfig, show_progress: bool) 
     try:
         await w.run()
     finally:
+        if sampler is not None:
+            sampler.cancel()
         if progress_task is not None:
             progress_task.cancel()
             try:
@@ -299,7 +328,10 @@ def _without_processes(args: list[str]) -> list[str]:
         if arg in ("--processes", "-p", "--autoscale"):
             skip = True
             continue
-        if arg.startswith(("--processes=", "--autoscale=")):
+        if arg in ("--metrics-port", "--metrics-host"):  # the supervisor serves them
+            skip = True
+            continue
+        if arg.startswith(("--processes=", "--autoscale=", "--metrics-port=", "--metrics-host=")):
             continue
         out.append(arg)
     return out

@@ -29,7 +29,7 @@ from conveyor.worker.active import ActiveJob
 from conveyor.worker.cancellations import listen_for_cancellations
 from conveyor.worker.deadlines import within
 from conveyor.worker.runner import JobRunner
-from conveyor.worker.stats import WorkerStatsCollector
+from conveyor.worker.stats import WorkerStatsCollector, flush_throughput
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -209,6 +209,7 @@ class Worker:
             self.runner.shutdown()
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5.0):
+                    await flush_throughput(self.backend, self.stats)
                     await self.backend.unregister_worker(self.id)
             log.info(
                 "worker %s stopped: processed=%d succeeded=%d failed=%d",
@@ -610,6 +611,8 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - keep beating; leases cover the gap
             log.warning("heartbeat failed: %s", exc, extra={"worker_id": self.id})
             return False
+        # Stored throughput counters for the dashboard (never fails the beat).
+        await flush_throughput(self.backend, self.stats)
         return True
 
     async def _maintenance_loop(self) -> None:

@@ -15,12 +15,15 @@ fails with a clear message on a store without it.
   requested, not at the next heartbeat; Redis.
 - :class:`ReportsLoad`: per-queue ready and running jobs and the oldest ready job's age (the
   autoscaling signals); all four backends.
+- :class:`JobBrowser`: the dashboard's reads (keyset paging, capped counts, the oldest queued
+  job) and stored per-minute throughput counters; all four backends.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from conveyor.backends.capabilities.browse import JobBrowser
 from conveyor.backends.capabilities.cancellations import PushesCancellations
 from conveyor.backends.capabilities.kv import KeyValueStore
 from conveyor.backends.capabilities.load import QueueLoad, ReportsLoad
@@ -28,6 +31,7 @@ from conveyor.backends.capabilities.transactions import SyncTransactions, Transa
 from conveyor.errors import ConfigurationError
 
 __all__ = [
+    "JobBrowser",
     "KeyValueStore",
     "PushesCancellations",
     "QueueLoad",
@@ -45,6 +49,7 @@ ALL: dict[str, type[Any]] = {
     "transactions": Transactions,
     "pushed_cancellations": PushesCancellations,
     "queue_load": ReportsLoad,
+    "browse": JobBrowser,
 }
 
 

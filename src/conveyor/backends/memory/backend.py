@@ -18,6 +18,7 @@ from conveyor.backends.base import Backend, BackendFactory, CancelOutcome
 from conveyor.backends.capabilities.kv import KeyValueStore
 from conveyor.backends.capabilities.load import QueueLoad, ReportsLoad
 from conveyor.backends.common import RETRYABLE_STATES, SUSPECT_STALLS, filter_matches, matches_any
+from conveyor.backends.memory.browse import MemoryBrowser
 from conveyor.domain.job import (
     ClaimedJob,
     CountRow,
@@ -44,6 +45,8 @@ class MemoryStore:
         self.keys: dict[str, str] = {}
         self.workers: dict[str, WorkerInfo] = {}
         self.kv: dict[tuple[str, str], bytes] = {}
+        # Stored throughput counters (the browse capability): (bucket, queue, task, outcome).
+        self.throughput: dict[tuple[float, str, str, str], tuple[int, float]] = {}
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
     def wake(self) -> None:
@@ -68,8 +71,10 @@ class MemoryStore:
                 self._waiters.remove(item)
 
 
-class MemoryBackend(KeyValueStore, ReportsLoad, Backend):
+class MemoryBackend(MemoryBrowser, KeyValueStore, ReportsLoad, Backend):
     """A client of a :class:`MemoryStore`."""
+
+    store: MemoryStore
 
     def __init__(self, store: MemoryStore) -> None:
         self.store = store

@@ -19,6 +19,7 @@ from psycopg.types.json import Json
 from conveyor.backends.base import Backend, CancelOutcome
 from conveyor.backends.capabilities.transactions import Transactions
 from conveyor.backends.coalesce import Coalescer
+from conveyor.backends.postgres.browse import PostgresBrowser
 from conveyor.backends.postgres.client import (
     READ,
     RETRY_DELAYS,
@@ -64,7 +65,9 @@ CompleteItem = tuple[str, int, bytes | None, float | None]
 EnqueueItem = tuple[list[NewJob], float | None]
 
 
-class PostgresBackend(PostgresKV, PostgresLoad, Transactions, PostgresClient, Backend):
+class PostgresBackend(
+    PostgresBrowser, PostgresKV, PostgresLoad, Transactions, PostgresClient, Backend
+):
     """A client of one PostgreSQL schema, made by
     :class:`~conveyor.backends.postgres.PostgresFactory`."""
 

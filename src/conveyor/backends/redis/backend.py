@@ -20,6 +20,7 @@ from conveyor.backends.capabilities.cancellations import PushesCancellations
 from conveyor.backends.capabilities.kv import KeyValueStore
 from conveyor.backends.coalesce import Coalescer
 from conveyor.backends.common import RETRYABLE_STATES
+from conveyor.backends.redis.browse import RedisBrowser
 from conveyor.backends.redis.codec import (
     CLAIM_WIDTH,
     UnreadableJob,
@@ -86,7 +87,7 @@ def write_token() -> str:
     return uuid4().hex[:16]
 
 
-class RedisBackend(KeyValueStore, RedisLoad, PushesCancellations, Backend):
+class RedisBackend(RedisBrowser, KeyValueStore, RedisLoad, PushesCancellations, Backend):
     """One client of the jobs stored under one key prefix of one Redis server."""
 
     def __init__(

@@ -49,6 +49,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from conveyor.backends.base import CancelOutcome
+from conveyor.backends.capabilities.browse import BrowseQuery, StateCount
 from conveyor.backends.common import RETRYABLE_STATES
 from conveyor.backends.redis.backend import (
     COMPLETE_BATCH,
@@ -591,6 +592,58 @@ class RedisClusterBackend(RedisBackend):
             for field, value in cast(dict[bytes, bytes], counts).items():
                 merged[field] = str(int(merged.get(field, b"0")) + int(value)).encode()
         return decode_counts(merged)
+
+    # -- the browse capability (dashboard reads): per queue, merged ---------------------------
+    async def browse_jobs(self, query: BrowseQuery) -> list[JobRecord]:
+        """Each queue's page from the cursor, merged by id: the same page as one index."""
+        queues = [query.queue] if query.queue is not None else await self.known_queues()
+        pages = await asyncio.gather(*(self._browse_queue(replace(query, queue=q)) for q in queues))
+        found = [r for page in pages for r in page]
+        newer_page = query.after is not None and query.before is None
+        found.sort(key=lambda r: r.id.encode(), reverse=not newer_page)
+        found = found[: max(query.limit, 0)]
+        if newer_page:
+            found.reverse()
+        return found
+
+    async def _browse_queue(self, query: BrowseQuery) -> list[JobRecord]:
+        assert query.queue is not None  # so RedisBrowser runs its script under the queue's base
+        return await super().browse_jobs(query)
+
+    async def count_states(self, cap: int = 10_000) -> list[StateCount]:
+        totals: dict[tuple[str, str], int] = {}
+        for row in await self.count_jobs():
+            key = (row.queue, row.state.value)
+            totals[key] = totals.get(key, 0) + row.count
+        return [
+            StateCount(q, JobState(s), min(n, cap), n <= cap)
+            for (q, s), n in sorted(totals.items())
+            if n > 0
+        ]
+
+    async def oldest_queued(self) -> dict[str, float]:
+        queues = await self.known_queues()
+        replies = await asyncio.gather(
+            *(self._run("browse", ["oldest"], self._queue_base(q)) for q in queues)
+        )
+        return {
+            reply[i].decode(): float(reply[i + 1])
+            for reply in replies
+            for i in range(0, len(reply), 2)
+        }
+
+    async def job_for_key(self, key: str) -> str | None:
+        """Idempotency keys are per queue on a cluster: the first queue (by name) holding it."""
+        queues = await self.known_queues()
+        with translate_errors(self.url, self.prefix):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for q in queues:
+                    pipe.hget(self._queue_base(q) + "idem", key)
+                found = await pipe.execute()
+        for value in found:
+            if value is not None:
+                return value.decode() if isinstance(value, bytes) else str(value)
+        return None
 
     async def key_slots(self, queues: Sequence[str]) -> dict[str, int]:
         """The hash slot of each queue's keys (diagnostics, benchmarks)."""

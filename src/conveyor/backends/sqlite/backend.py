@@ -28,6 +28,7 @@ from conveyor.backends.base import Backend, BackendFactory, CancelOutcome
 from conveyor.backends.capabilities.transactions import SyncTransactions, Transactions
 from conveyor.backends.common import redact_url
 from conveyor.backends.sqlite import ops, reads, tx
+from conveyor.backends.sqlite.browse import SQLiteBrowser
 from conveyor.backends.sqlite.engine import Engine
 from conveyor.backends.sqlite.kv import SQLiteKV
 from conveyor.backends.sqlite.load import SQLiteLoad
@@ -203,7 +204,7 @@ async def _stop(engine: Engine) -> None:
     await asyncio.wrap_future(engine.stopped)
 
 
-class SQLiteBackend(SQLiteKV, SQLiteLoad, Transactions, Backend):
+class SQLiteBackend(SQLiteBrowser, SQLiteKV, SQLiteLoad, Transactions, Backend):
     """One client of a :class:`SQLiteFactory`; usable from any event loop."""
 
     factory: SQLiteFactory

@@ -52,8 +52,9 @@ local function passes(id, flt, check_index)
   return true
 end
 
-local function select_ids(flt, desc, offset, limit, budget)
-  -- Ids of matching jobs in id order (descending when desc), after skipping `offset`.
+local function select_ids(flt, desc, offset, limit, budget, start)
+  -- Ids of matching jobs in id order (descending when desc), after skipping `offset`;
+  -- `start` (optional) is an exclusive keyset cursor (browse.lua).
   local out, skipped, seen = {}, 0, 0
   if limit <= 0 then return out end
   local function keep(id)
@@ -81,7 +82,7 @@ local function select_ids(flt, desc, offset, limit, budget)
   local cursors = {}
   for _, q in ipairs(queues) do
     for _, s in ipairs(flt.states) do
-      cursors[#cursors + 1] = {key = qkey(q, 'x:' .. s), buf = {}, pos = 1, done = false}
+      cursors[#cursors + 1] = {key = qkey(q, 'x:' .. s), buf = {}, pos = 1, done = false, last = start}
     end
   end
   local chunk = 128
