@@ -29,7 +29,8 @@ import pytest
 from conveyor import Conveyor, JobState
 from conveyor.backends import factory_from_url
 from conveyor.backends.capabilities import ReportsLoad
-from conveyor.backends.redis.cluster import RedisClusterBackend, queue_base, where_key
+from conveyor.backends.redis.cluster import RedisClusterBackend
+from conveyor.backends.redis.cluster_layout import queue_base, where_key
 from conveyor.backends.redis.factory import RedisFactory
 from conveyor.errors import ConfigurationError, ConveyorError
 from conveyor.worker import Worker, WorkerConfig

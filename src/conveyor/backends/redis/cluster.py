@@ -37,34 +37,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import Any, cast
+from typing import Any
 from uuid import uuid4
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from conveyor.backends.base import CancelOutcome
-from conveyor.backends.capabilities.browse import BrowseQuery, StateCount
-from conveyor.backends.common import RETRYABLE_STATES
 from conveyor.backends.redis.backend import (
     COMPLETE_BATCH,
-    SCAN_BUDGET,
     RedisBackend,
     _claim_args,
     write_token,
 )
+from conveyor.backends.redis.cluster_layout import glob_escape, prefix_tag, queue_base, where_key
+from conveyor.backends.redis.cluster_reads import ClusterReads
 from conveyor.backends.redis.codec import (
-    decode_counts,
-    decode_record,
     dumps,
-    encode_filter,
     encode_new_job,
-    escape_queue,
     num,
     opt_num,
     opt_str,
@@ -75,55 +67,21 @@ from conveyor.backends.redis.notify import Notifier
 from conveyor.backends.redis.scripts import ScriptArg
 from conveyor.domain.job import (
     ClaimedJob,
-    CountRow,
     EnqueueResult,
     ErrorInfo,
-    JobFilter,
-    JobRecord,
     LeaseStatus,
     LogEntry,
     NewJob,
     RecoveredJob,
 )
-from conveyor.domain.states import TERMINAL_STATES, JobState
+from conveyor.domain.states import JobState
 from conveyor.errors import ConveyorError
 
-#: Hashes of the where map (job id -> queue).
-WHERE_BUCKETS = 64
 #: Job ids whose queue one client keeps in memory (most recent first out last).
 REMEMBERED = 100_000
 
-_PREFIX_ESCAPE = re.compile(r"[%{}]")
 
-
-def _pct(match: re.Match[str]) -> str:
-    return "".join(f"%{b:02X}" for b in match.group().encode())
-
-
-def _tag(prefix: str) -> str:
-    return _PREFIX_ESCAPE.sub(_pct, prefix)
-
-
-def queue_base(prefix: str, queue: str) -> str:
-    """``{<prefix>:<queue>}:``: the key base of one queue's keys (its own hash tag)."""
-    return "{" + _tag(prefix) + ":" + escape_queue(queue) + "}:"
-
-
-def where_bucket(prefix: str, bucket: int) -> str:
-    """One of the :data:`WHERE_BUCKETS` hashes of the where map (its own hash tag)."""
-    return "{" + _tag(prefix) + f":w:{bucket:02d}" + "}"
-
-
-def where_key(prefix: str, job_id: str) -> str:
-    """The where-map hash holding job ``job_id``'s queue."""
-    return where_bucket(prefix, zlib.crc32(job_id.encode("utf-8")) % WHERE_BUCKETS)
-
-
-def _glob(text: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
-
-
-class RedisClusterBackend(RedisBackend):
+class RedisClusterBackend(ClusterReads, RedisBackend):
     """A client of the jobs stored under one key prefix of a Redis Cluster."""
 
     client: RedisCluster  # type: ignore[assignment]
@@ -211,7 +169,7 @@ class RedisClusterBackend(RedisBackend):
 
     def _notify(self) -> Notifier:
         if self._notifier is None:
-            pattern = "{" + _glob(_tag(self.prefix)) + ":*}:cancel"
+            pattern = "{" + glob_escape(prefix_tag(self.prefix)) + ":*}:cancel"
             self._notifier = Notifier(self.client, self.base, cancel_pattern=pattern)  # type: ignore[arg-type]
         return self._notifier
 
@@ -489,161 +447,6 @@ class RedisClusterBackend(RedisBackend):
         base = await self._job_base(job_id)
         outcome = await self._run("cancel", [job_id, opt_str(reason), opt_num(now)], base)
         return CancelOutcome(outcome.decode())
-
-    async def _per_queue(self, flt: JobFilter) -> list[tuple[str, JobFilter]]:
-        """The queues a filter can match, each with the filter narrowed to it (and, for an
-        id filter, to the ids that live there)."""
-        if flt.ids is not None:
-            ids = list(dict.fromkeys(flt.ids))
-            groups = await self._group(ids)
-            return [
-                (q, replace(flt, queue=q, ids=tuple(ids[i] for i in positions)))
-                for q, positions in groups.items()
-                if q is not None and (flt.queue is None or flt.queue == q)
-            ]
-        queues = [flt.queue] if flt.queue is not None else await self.known_queues()
-        return [(q, replace(flt, queue=q)) for q in queues]
-
-    async def retry_jobs(
-        self,
-        flt: JobFilter,
-        *,
-        reset_attempts: bool = False,
-        now: float | None = None,
-        limit: int = 1000,
-    ) -> list[str]:
-        states = [s for s in RETRYABLE_STATES if flt.states is None or s in flt.states]
-        if not states or limit <= 0:
-            return []
-        out: list[str] = []
-        for queue, part in await self._per_queue(flt):
-            if len(out) >= limit:
-                break
-            args: list[ScriptArg] = [opt_num(now), "1" if reset_attempts else "0"]
-            args += [str(limit - len(out)), str(SCAN_BUDGET), *encode_filter(part, states)]
-            reply = await self._run("retry", args, self._queue_base(queue))
-            out += [job_id.decode() for job_id in reply]
-        return out
-
-    async def delete_jobs(self, flt: JobFilter, *, limit: int = 1000) -> int:
-        states = [s for s in JobState if s in TERMINAL_STATES]
-        states = [s for s in states if flt.states is None or s in flt.states]
-        if not states or limit <= 0:
-            return 0
-        deleted: list[str] = []
-        for queue, part in await self._per_queue(flt):
-            if len(deleted) >= limit:
-                break
-            args = [str(limit - len(deleted)), str(SCAN_BUDGET), *encode_filter(part, states)]
-            reply = await self._run("delete", args, self._queue_base(queue))
-            deleted += [job_id.decode() for job_id in reply]
-        if deleted:
-            with translate_errors(self.url, self.prefix):
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for job_id in deleted:
-                        pipe.hdel(where_key(self.prefix, job_id), job_id)
-                        self._where.pop(job_id, None)
-                    await pipe.execute()
-        return len(deleted)
-
-    # -- reading ----------------------------------------------------------------------------
-    async def get_job(self, job_id: str) -> JobRecord | None:
-        queue = await self._queue_of(job_id)
-        if queue is None:
-            return None
-        flat, payload = await self._run("get", [job_id], self._queue_base(queue))
-        if not flat:
-            return None
-        return decode_record(job_id, dict(zip(flat[::2], flat[1::2], strict=True)), payload)
-
-    async def list_jobs(
-        self, flt: JobFilter, *, limit: int = 50, offset: int = 0
-    ) -> list[JobRecord]:
-        """Newest first over every queue: each queue's first ``offset + limit`` matches,
-        merged by id."""
-        states = list(JobState) if flt.states is None else list(dict.fromkeys(flt.states))
-        if not states or limit <= 0:
-            return []
-        offset = max(offset, 0)
-
-        async def one(queue: str, part: JobFilter) -> list[JobRecord]:
-            args = ["0", str(offset + limit), str(SCAN_BUDGET), *encode_filter(part, states)]
-            reply = await self._run("list", args, self._queue_base(queue))
-            records = []
-            for i in range(0, len(reply), 3):
-                flat = reply[i + 1]
-                fields = dict(zip(flat[::2], flat[1::2], strict=True))
-                records.append(decode_record(reply[i].decode(), fields, reply[i + 2]))
-            return records
-
-        parts = await self._per_queue(flt)
-        found = [r for rs in await asyncio.gather(*(one(q, p) for q, p in parts)) for r in rs]
-        found.sort(key=lambda r: r.id.encode(), reverse=True)
-        return found[offset : offset + limit]
-
-    async def count_jobs(self) -> list[CountRow]:
-        queues = await self.known_queues()
-        with translate_errors(self.url, self.prefix):
-            maps = await asyncio.gather(
-                *(self.client.hgetall(self._queue_base(q) + "counts") for q in queues)
-            )
-        merged: dict[bytes, bytes] = {}
-        for counts in maps:
-            for field, value in cast(dict[bytes, bytes], counts).items():
-                merged[field] = str(int(merged.get(field, b"0")) + int(value)).encode()
-        return decode_counts(merged)
-
-    # -- the browse capability (dashboard reads): per queue, merged ---------------------------
-    async def browse_jobs(self, query: BrowseQuery) -> list[JobRecord]:
-        """Each queue's page from the cursor, merged by id: the same page as one index."""
-        queues = [query.queue] if query.queue is not None else await self.known_queues()
-        pages = await asyncio.gather(*(self._browse_queue(replace(query, queue=q)) for q in queues))
-        found = [r for page in pages for r in page]
-        newer_page = query.after is not None and query.before is None
-        found.sort(key=lambda r: r.id.encode(), reverse=not newer_page)
-        found = found[: max(query.limit, 0)]
-        if newer_page:
-            found.reverse()
-        return found
-
-    async def _browse_queue(self, query: BrowseQuery) -> list[JobRecord]:
-        assert query.queue is not None  # so RedisBrowser runs its script under the queue's base
-        return await super().browse_jobs(query)
-
-    async def count_states(self, cap: int = 10_000) -> list[StateCount]:
-        totals: dict[tuple[str, str], int] = {}
-        for row in await self.count_jobs():
-            key = (row.queue, row.state.value)
-            totals[key] = totals.get(key, 0) + row.count
-        return [
-            StateCount(q, JobState(s), min(n, cap), n <= cap)
-            for (q, s), n in sorted(totals.items())
-            if n > 0
-        ]
-
-    async def oldest_queued(self) -> dict[str, float]:
-        queues = await self.known_queues()
-        replies = await asyncio.gather(
-            *(self._run("browse", ["oldest"], self._queue_base(q)) for q in queues)
-        )
-        return {
-            reply[i].decode(): float(reply[i + 1])
-            for reply in replies
-            for i in range(0, len(reply), 2)
-        }
-
-    async def job_for_key(self, key: str) -> str | None:
-        """Idempotency keys are per queue on a cluster: the first queue (by name) holding it."""
-        queues = await self.known_queues()
-        with translate_errors(self.url, self.prefix):
-            async with self.client.pipeline(transaction=False) as pipe:
-                for q in queues:
-                    pipe.hget(self._queue_base(q) + "idem", key)
-                found = await pipe.execute()
-        for value in found:
-            if value is not None:
-                return value.decode() if isinstance(value, bytes) else str(value)
-        return None
 
     async def key_slots(self, queues: Sequence[str]) -> dict[str, int]:
         """The hash slot of each queue's keys (diagnostics, benchmarks)."""

@@ -128,7 +128,7 @@ class RedisFactory(BackendFactory):
 
     async def _destroy_cluster(self) -> None:
         """Every key of every queue under the prefix, the where map and the prefix's own."""
-        from conveyor.backends.redis.cluster import WHERE_BUCKETS, queue_base, where_bucket
+        from conveyor.backends.redis.cluster_layout import WHERE_BUCKETS, queue_base, where_bucket
         from conveyor.backends.redis.codec import scan_pattern
         from conveyor.backends.redis.connect import make_cluster_client, translate_errors
 
