@@ -37,14 +37,13 @@ SHARDS = (1, 2, 3)
 
 async def _enqueue(url: str, ns: str, n: int) -> tuple[float, dict[str, Any]]:
     """Enqueue ``n`` jobs over the queues; (jobs/s, key spread)."""
-    os.environ.update({"BENCH_URL": url, "BENCH_NS": ns, "BENCH_QUEUES": str(QUEUES)})
     from bench.apps import cluster_app
 
-    app = cluster_app.app
-    tasks = list(cluster_app.TASKS.values())
+    app, by_queue = cluster_app.build(url, ns, QUEUES)
+    tasks = list(by_queue.values())
     per_queue = max(n // len(tasks), 1)
     try:
-        await app.backend()
+        backend = await app.backend()
         t0 = time.perf_counter()
 
         async def fill(task: Any) -> None:
@@ -53,9 +52,8 @@ async def _enqueue(url: str, ns: str, n: int) -> tuple[float, dict[str, Any]]:
 
         await asyncio.gather(*(fill(t) for t in tasks))
         elapsed = time.perf_counter() - t0
-        backend = await app.backend()
         client = backend.client  # type: ignore[attr-defined]
-        slots = await backend.key_slots(cluster_app.QUEUES)  # type: ignore[attr-defined]
+        slots = await backend.key_slots(list(by_queue))  # type: ignore[attr-defined]
         spread: dict[str, Any] = {}
         for node in client.get_primaries():
             size = await client.execute_command("DBSIZE", target_nodes=node)
@@ -77,7 +75,7 @@ def _process(url: str, ns: str, records: str, n: int, deadline: float) -> float:
         "BENCH_RECORD_DIR": records,
     }
     queues = ",".join(f"q{i}" for i in range(QUEUES))
-    argv = [sys.executable, "-m", "conveyor", "worker", "bench.apps.cluster_app:app", "-Q",
+    argv = [sys.executable, "-m", "conveyor", "worker", "bench.apps.cluster_app:from_env", "-Q",
             queues, "-p", "2", "-c", "50", "--log-level", "critical", "--no-scheduler"]  # fmt: skip
     worker = WorkerProcess(WorkerSpec(argv, "conveyor worker -p 2 -c 50"), env, records + ".log")
     try:
@@ -165,3 +163,22 @@ def markdown(data: dict[str, Any]) -> list[str]:
         md_table(["cluster", "enqueue (batches of 50)", "process", "keys per master"], body),
         "",
     ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.cluster [harness options]``: only the Redis Cluster rows; prints them
+    and writes ``bench/results/cluster.json``."""
+    import json
+
+    from bench.harness import RESULTS, Harness, parse
+
+    harness = Harness(parse(sys.argv[1:] if argv is None else argv))
+    data = measure(harness)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "cluster.json").write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    print("\n".join(markdown(data)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
