@@ -149,7 +149,10 @@ def markdown(data: dict[str, Any]) -> list[str]:
     body = []
     for s, row in data.get("shards", {}).items():
         spread = data.get("spread", {}).get(s, {})
-        keys = ", ".join(f"{v['keys']:,} keys ({len(v['queues'])} queues)" for v in spread.values())
+        keys = ", ".join(
+            f"{v['keys']:,} keys ({len(v['queues'])} queue{'s' if len(v['queues']) != 1 else ''})"
+            for v in spread.values()
+        )
         body.append([
             f"{s} shard{'s' if s != '1' else ''}",
             f"{row['enqueue']['median']:,.0f}" if "enqueue" in row else "–",
