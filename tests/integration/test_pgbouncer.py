@@ -159,6 +159,37 @@ async def test_listen_url_wakes_waiters_behind_the_pooler(pooled_factory: Postgr
         await backend.close()
 
 
+async def test_a_pooler_the_start_up_check_missed_is_found_by_a_lost_statement(
+    pooled_factory: PostgresFactory, bouncer: PgBouncer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Told there is no pooler, a client prepares its statements; once another client holds
+    the server session they were prepared on, the next run lands on a session without them.
+    The client must switch to pooled mode, say so and retry: the call succeeds."""
+    import psycopg
+
+    backend = client(
+        pooled_factory, pooled=False, prepare_threshold=0, pool_min=1, pool_max=1, listen=False
+    )
+    await backend.open()
+    holder = await psycopg.AsyncConnection.connect(bouncer.url(), autocommit=True)
+    try:
+        assert await backend.count_jobs() == []  # prepared on the session it ran on
+        await holder.execute("BEGIN")
+        await holder.execute("SELECT 1")  # takes that session (the most recently released)
+        with caplog.at_level(logging.WARNING, "conveyor.backends.postgres"):
+            assert await backend.count_jobs() == []  # another session: the statement is lost
+        await holder.execute("COMMIT")
+        assert backend.stats()["pooled"] is True
+        assert backend.stats()["prepare_threshold"] is None
+        assert "serves this URL although the start-up check did not see it" in caplog.text
+        await backend.enqueue([job() for _ in range(5)])
+        assert len(await backend.claim("w:1:x", ["default"], 5, 30.0)) == 5
+    finally:
+        await holder.close()
+        await backend.close()
+
+
+@pytest.mark.timeout(1200)
 def test_the_postgres_contract_suite_passes_through_pgbouncer() -> None:
     """``tests/contract -k postgres`` with the ``postgres`` kind behind a private PgBouncer in
     transaction mode (``CONVEYOR_TEST_POSTGRES_VIA=pgbouncer``), in a child pytest."""

@@ -159,6 +159,7 @@ async def test_a_redis_url_at_a_cluster_node_says_what_to_use(cluster: RedisClus
         factory_from_url(f"redis+cluster://127.0.0.1:{cluster.ports[0]}/3").create()
 
 
+@pytest.mark.timeout(1500)
 def test_the_contract_suite_passes_on_a_cluster() -> None:
     """``tests/contract -k redis`` with the ``redis`` kind on a private cluster
     (``CONVEYOR_TEST_REDIS_VIA=cluster``), in a child pytest: the transitions, fencing,
@@ -186,6 +187,7 @@ def test_the_contract_suite_passes_on_a_cluster() -> None:
     assert " passed" in tail and not re.search(r"\b\d+ failed", tail), tail
 
 
+@pytest.mark.timeout(600)
 async def test_failover_under_load_loses_no_acknowledged_job(
     cluster: RedisCluster, factory: RedisFactory
 ) -> None:

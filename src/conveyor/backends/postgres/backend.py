@@ -27,6 +27,7 @@ from conveyor.backends.postgres.client import (
     Conn,
     NoReply,
     PostgresClient,
+    statement_lost,
 )
 from conveyor.backends.postgres.errors import is_transient, translate, translated
 from conveyor.backends.postgres.kv import PostgresKV
@@ -171,6 +172,8 @@ class PostgresBackend(
                 if attempts >= len(RETRY_DELAYS):
                     raise self._no_reply_error(exc.seconds) from None
             except psycopg.Error as exc:
+                if statement_lost(exc) and await self.found_pooler(pool, exc):
+                    continue  # nothing was stored; again without preparing
                 if not is_transient(exc) or attempts >= len(RETRY_DELAYS):
                     raise translate(exc, self.settings.url, self.schema) from exc
                 self._purge_stale(pool)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import time
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[Any]
+log = logging.getLogger("conveyor.backends.postgres")
 
 READ = "read"  # idempotent: retry on any connection failure
 STALE = "stale"  # retry only when the server closed the connection before running it
@@ -79,6 +81,15 @@ def _sever(conn: Conn) -> None:
         pass
     finally:
         sock.close()
+
+
+def statement_lost(exc: BaseException) -> bool:
+    """A server-side prepared statement was not there (or was already there): the symptom of
+    a transaction pooler handing out server sessions (see :mod:`.pooling`)."""
+    if isinstance(exc, pg_errors.InvalidSqlStatementName | pg_errors.DuplicatePreparedStatement):
+        return True
+    # Another client's statement under the same name: the parameters do not fit.
+    return isinstance(exc, pg_errors.ProtocolViolation) and "prepared statement" in str(exc)
 
 
 def _stale(exc: BaseException) -> bool:
@@ -205,6 +216,8 @@ class PostgresClient:
                     continue
                 raise self._no_reply_error(exc.seconds) from None
             except psycopg.Error as exc:
+                if statement_lost(exc) and await self.found_pooler(pool, exc):
+                    continue  # the statement did not run; again without preparing
                 if is_transient(exc):
                     self._purge_stale(pool)
                     again = retry == READ or (retry == STALE and _stale(exc))
@@ -245,6 +258,33 @@ class PostgresClient:
                 raise
             finally:
                 timer.cancel()
+
+    async def found_pooler(self, pool: AsyncConnectionPool[Conn], exc: psycopg.Error) -> bool:
+        """A prepared statement vanished or collided: a transaction pooler serves the URL
+        although the start-up check did not see it (it can miss behind a busy pool). From now
+        on prepare nothing (a fresh pool) and do not LISTEN through it; whether the caller
+        should retry (the failed statement did not run)."""
+        if self.pooled:
+            return False
+        self.pooled = True
+        s = self.settings
+        log.warning(
+            "PostgreSQL at %s answered %r: a transaction pooler (PgBouncer pool_mode = "
+            "transaction) serves this URL although the start-up check did not see it; "
+            "server-side prepared statements are off from now on (pass pooled=True to say so "
+            "up front)",
+            s.url_target,
+            str(exc).strip(),
+        )
+        fresh = await self._new_pool()
+        if self._pool is pool:
+            self._pool = fresh
+            self._background(pool.close(timeout=1.0))
+        else:
+            await fresh.close()
+        self.wake.enable(pooling.listen_conninfo(s, True), s.listen_target)
+        await self.wake.reconnect()
+        return True
 
     def _no_reply_error(self, seconds: float) -> StorageUnavailableError:
         return StorageUnavailableError(

@@ -22,10 +22,12 @@ session-mode pooler, they are two sessions with two pids; behind a transaction-m
 the second connection is served by the session the first one just released (PgBouncer
 reuses the most recently released server connection), so both report the same pid. That
 answer is certain when it says "pooled"; it can miss a pooler that hands out sessions round
-robin or a busy pool, so the LISTEN connection checks itself too: it sends itself a
-notification through the pool and falls back to polling, with a warning, when the
-notification does not arrive within ``listen_probe_timeout`` (see
-:class:`~conveyor.backends.postgres.listen.Listener`).
+robin or a busy pool (another client takes the released session first; three rounds make that
+unlikely), so two later checks catch a miss: a statement failing with "prepared statement does
+not exist" (or "already exists") switches the client to pooled mode, logs it and retries the
+statement, which had not run; and the LISTEN connection sends itself a notification through
+the pool and falls back to polling, with a warning, when it does not arrive within
+``listen_probe_timeout`` (see :class:`~conveyor.backends.postgres.listen.Listener`).
 """
 
 from __future__ import annotations
@@ -60,7 +62,12 @@ async def shares_sessions(first: Conn, conninfo: str, connect_timeout: float) ->
         connect_timeout=max(1, int(connect_timeout)),
     )
     try:
-        return await _backend_pid(first) == await _backend_pid(second)
+        # Another client can take the released session in between; a few rounds make a miss
+        # unlikely, and a miss is caught later anyway (``PostgresClient.found_pooler``).
+        for _ in range(3):
+            if await _backend_pid(first) == await _backend_pid(second):
+                return True
+        return False
     finally:
         await second.close()
 
