@@ -6,7 +6,7 @@ LOCK    = requirements/lock.txt
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install lock demo test check lint typecheck layers unit contract acceptance bench bench-smoke reliability test-latest test-oldest clean
+.PHONY: install lock demo test check lint typecheck layers docs unit contract acceptance bench bench-smoke reliability test-latest test-oldest clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,7 +48,10 @@ typecheck: $(STAMP)
 layers: $(STAMP)
 	$(BIN)/lint-imports
 
-test: $(STAMP) check  ## Static checks, then the whole test suite (unit, contract, acceptance)
+docs: $(STAMP)  ## Build the documentation site (mkdocs-material) into build/site; warnings are errors
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+test: $(STAMP) check docs  ## Static checks, the docs build, then the whole test suite
 	@test -x /usr/bin/chromium || bash .ci/install-chromium
 	$(BIN)/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 

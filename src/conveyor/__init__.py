@@ -18,6 +18,7 @@ Declare tasks on an app, enqueue jobs from async or sync code, run workers::
 from conveyor.app import Conveyor
 from conveyor.backends.base import CancelOutcome
 from conveyor.core.context import JobContext, current_job
+from conveyor.core.contract import TaskContract, contract
 from conveyor.core.events import JobEvent
 from conveyor.core.handle import JobHandle, JobInfo
 from conveyor.core.middleware import EnqueueCall, ExecuteCall, Middleware
@@ -42,6 +43,7 @@ from conveyor.errors import (
     ResultTimeoutError,
     Retry,
     SerializationError,
+    ValidationError,
 )
 from conveyor.worker.worker import Worker, WorkerConfig
 
@@ -81,8 +83,11 @@ __all__ = [
     "SerializationError",
     "Serializer",
     "Task",
+    "TaskContract",
+    "ValidationError",
     "Worker",
     "WorkerConfig",
     "__version__",
+    "contract",
     "current_job",
 ]

@@ -11,6 +11,7 @@ jobs, printed by the CLI and safe to match on in alerting rules. The tree::
     │   └── SchemaVersionError          schema_version
     ├── EnqueueError                    enqueue
     │   ├── InvalidArgumentsError       invalid_arguments
+    │   │   └── ValidationError         validation
     │   └── SerializationError          invalid_payload
     ├── JobNotFoundError                not_found
     ├── InvalidStateError               invalid_state
@@ -24,12 +25,15 @@ jobs, printed by the CLI and safe to match on in alerting rules. The tree::
 Codes stored on failed jobs (see :class:`ErrorCode`): ``error`` (the handler raised),
 ``timeout``, ``poison_message`` (stalled too many times), ``unknown_task``,
 ``invalid_payload``, ``cancelled``, ``expired``, ``lease_lost``, ``process_died`` (a process-mode
-child exited without answering).
+child exited without answering), ``validation`` (the arguments or the result do not fit the
+task's annotations), ``version_unsupported`` (the payload is older than the task's oldest
+supported version), ``migration_failed`` (a payload migration raised).
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 
 class ErrorCode(StrEnum):
@@ -44,6 +48,9 @@ class ErrorCode(StrEnum):
     EXPIRED = "expired"
     LEASE_LOST = "lease_lost"
     PROCESS_DIED = "process_died"
+    VALIDATION = "validation"
+    VERSION_UNSUPPORTED = "version_unsupported"
+    MIGRATION_FAILED = "migration_failed"
 
 
 class ConveyorError(Exception):
@@ -99,6 +106,36 @@ class InvalidArgumentsError(EnqueueError, TypeError):
     """The arguments do not fit the task's signature, or an option has a bad value."""
 
     code = "invalid_arguments"
+
+
+class ValidationError(InvalidArgumentsError):
+    """A call's arguments (or a job's result) do not fit the task's annotations.
+
+    ``task`` and ``argument`` (``"return"`` for the result, ``None`` for the call as a whole)
+    name where; ``issues`` lists each problem as ``{"loc": [...], "msg": ..., "type": ...}``.
+    Raised at enqueue; in the worker the job is dead-lettered with code ``validation``.
+    """
+
+    code = "validation"
+    failure_code = "validation"
+    failure_type = "ValidationError"
+    failure_permanent = True
+    failure_traceback = ""
+
+    def __init__(self, task: str, argument: str | None, issues: list[dict[str, Any]]) -> None:
+        self.task = task
+        self.argument = argument
+        self.issues = issues
+        where = (
+            "the call"
+            if argument is None
+            else ("the result" if argument == "return" else f"argument {argument!r}")
+        )
+        details = "; ".join(
+            (".".join(i["loc"]) + ": " if i.get("loc") else "") + str(i.get("msg", ""))
+            for i in issues
+        )
+        super().__init__(f"task {task}: {where} is invalid: {details}")
 
 
 class SerializationError(EnqueueError, ValueError):

@@ -34,6 +34,7 @@ from hypothesis.stateful import (
 )
 
 from conveyor.backends import Backend, BackendFactory
+from conveyor.backends.capabilities import Defers
 from conveyor.backends.memory import MemoryFactory
 from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import ErrorInfo, JobFilter, JobRecord, LogEntry, NewJob
@@ -421,6 +422,21 @@ class BackendAgreement(RuleBasedStateMachine):
         job_id = self.pick_claimed(data)
         claim, current = self.pick_fence(data, job_id)
         if self.fenced(job_id, claim, current, lambda b, f: b.release(job_id, f, now=self.now)):
+            self.may_lower_attempts.add(job_id)
+
+    @precondition(lambda self: bool(self.claims))
+    @rule(data=st.data(), delay=st.sampled_from((0.0, 2.0, 10.0)))
+    def defer(self, data: st.DataObject, delay: float) -> None:
+        """The Defers capability (a payload version newer than the worker's): like release,
+        but the job waits ``delay`` seconds."""
+        job_id = self.pick_claimed(data)
+        claim, current = self.pick_fence(data, job_id)
+
+        def call(b: Backend, f: int) -> Coroutine[Any, Any, object]:
+            assert isinstance(b, Defers)
+            return b.defer(job_id, f, delay, now=self.now)
+
+        if self.fenced(job_id, claim, current, call):
             self.may_lower_attempts.add(job_id)
 
     @precondition(lambda self: bool(self.claims))

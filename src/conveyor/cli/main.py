@@ -28,12 +28,21 @@ from conveyor.cli.dlq import dlq
 from conveyor.cli.jobs import jobs
 from conveyor.cli.load_cmd import load
 from conveyor.cli.schedules_cmd import scheduler, schedules
+from conveyor.cli.seed000_cmd import enqueue_seed000_documents
+from conveyor.cli.versions_cmd import versions
 from conveyor.cli.worker_cmd import worker
 from conveyor.domain.states import JobState
 from conveyor.errors import ConveyorError, InvalidArgumentsError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        "max_content_width": 100,
+        # Every option can also come from CONVEYOR_<COMMAND>_<OPTION> (docs/cli.md).
+        "auto_envvar_prefix": "CONVEYOR",
+    }
+)
 @click.version_option(package_name="conveyor")
 def cli() -> None:
     """Conveyor: background jobs for Python.
@@ -50,10 +59,18 @@ cli.add_command(schedules)
 cli.add_command(scheduler)
 cli.add_command(load)
 cli.add_command(dashboard)
+cli.add_command(versions)
 
 
 @cli.command()
-@click.argument("task_name", metavar="TASK")
+@click.argument("task_name", metavar="TASK", required=False)
+@click.option(
+    "--seed000",
+    "seed000_file",
+    metavar="FILE|-",
+    type=click.File("r"),
+    help="Enqueue the seed-000 Task document(s) in FILE (- reads stdin) instead of TASK.",
+)
 @click.option(
     "--args", "args_json", metavar="JSON", help="Positional arguments, e.g. '[1, \"x\"]'."
 )
@@ -75,7 +92,8 @@ cli.add_command(dashboard)
 @click.option("--wait", "wait_for", type=float, metavar="SECONDS", help="Wait for the result.")
 @app_options
 def enqueue(
-    task_name: str,
+    task_name: str | None,
+    seed000_file: Any,
     args_json: str | None,
     kwargs_json: str | None,
     delay: str | None,
@@ -91,8 +109,19 @@ def enqueue(
     url: str | None,
     as_json: bool,
 ) -> None:
-    """Enqueue one job of TASK (needs --app so the task and its defaults are known)."""
+    """Enqueue one job of TASK (needs --app so the task and its defaults are known).
+
+    With --seed000 FILE (or - for stdin), enqueue seed-000 Task documents instead: one object
+    or a list of them (mapping: docs/seed000.md).
+    """
     app = load_app(app_path, url)
+    if seed000_file is not None:
+        if task_name is not None or args_json is not None or kwargs_json is not None:
+            raise click.UsageError("--seed000 takes no TASK, --args or --kwargs")
+        enqueue_seed000_documents(app, seed000_file.read(), as_json)
+        return
+    if task_name is None:
+        raise click.UsageError("give TASK (or --seed000 FILE)")
     task = app.tasks.get(task_name)
     if task is None:
         known = ", ".join(sorted(app.tasks)) or "(none)"

@@ -19,6 +19,10 @@ from typing import Any, ParamSpec, Self, TypeVar, overload
 from conveyor.backends import DEFAULT_URL, factory_from_url
 from conveyor.backends.base import Backend, BackendFactory, CancelOutcome
 from conveyor.backends.capabilities import SyncTransactions, Transactions
+from conveyor.core.contract import TaskContract
+from conveyor.core.contract import contract as make_contract
+from conveyor.core.contract import implement as implement_contract
+from conveyor.core.contract import register as register_contract
 from conveyor.core.events import EventHub, JobEvent, Listener
 from conveyor.core.handle import JobHandle
 from conveyor.core.inspect import DeadLetters, Inspector
@@ -31,8 +35,10 @@ from conveyor.core.options import (
     coerce_retry,
 )
 from conveyor.core.portal import Portal
-from conveyor.core.serialization import JSONSerializer, Serializer, encode_call
+from conveyor.core.serialization import Serializer, encode_call
+from conveyor.core.serializers import recorded
 from conveyor.core.task import JobSpec, Task, TaskConfig, spec_list
+from conveyor.core.versions import Migration, PayloadVersions
 from conveyor.domain.autoscale import AutoscalePolicy
 from conveyor.domain.clock import Clock
 from conveyor.domain.durations import Duration, optional_duration, parse_duration
@@ -61,7 +67,8 @@ class App:
 
     ``url`` picks the store: ``sqlite:///jobs.db`` (the default when ``None``),
     ``postgresql://…``, ``redis://…`` or ``memory://``. The App never reads environment
-    variables; the CLI passes ``CONVEYOR_URL`` in when it is set.
+    variables; the CLI passes ``CONVEYOR_URL`` in when it is set. ``serializer``: ``"json"``
+    (default), ``"orjson"``, ``"msgpack"`` or your own object (``docs/serializers.md``).
     """
 
     def __init__(
@@ -75,7 +82,8 @@ class App:
         heartbeat_interval: Duration = 1.0,
         max_stalls: int = 3,
         retention: Retention | None = None,
-        serializer: Serializer | None = None,
+        serializer: Serializer | str | None = None,
+        serializers: Sequence[Serializer] = (),
         clock: Clock | None = None,
         backend_options: dict[str, Any] | None = None,
         backend_factory: BackendFactory | None = None,
@@ -98,7 +106,9 @@ class App:
             raise ConfigurationError("max_stalls must be >= 0")
         self.max_stalls = max_stalls
         self.retention = retention or Retention()
-        self.serializer: Serializer = serializer or JSONSerializer()
+        # issue 19: ``json`` (default), ``orjson``, ``msgpack`` or an object; the stored bytes
+        # record which one wrote them, and ``serializers`` are extra readers.
+        self.serializer: Serializer = recorded(serializer, serializers)
         self.clock = clock
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.queues: dict[str, QueueConfig] = {}
@@ -146,6 +156,12 @@ class App:
         metadata: dict[str, Any] | None = None,
         middleware: Sequence[Middleware] = (),
         schedule: dict[str, Any] | None = None,
+        validate: bool | None = None,
+        version: int | None = None,
+        since: int | None = None,
+        migrate: Mapping[int, Migration] | None = None,
+        on_cancel: Callable[..., Any] | None = None,
+        max_stalls: int | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(  # type: ignore[misc]
@@ -164,6 +180,12 @@ class App:
         metadata: dict[str, Any] | None = None,
         middleware: Sequence[Middleware] = (),
         schedule: dict[str, Any] | None = None,
+        validate: bool | None = None,
+        version: int | None = None,
+        since: int | None = None,
+        migrate: Mapping[int, Migration] | None = None,
+        on_cancel: Callable[..., Any] | None = None,
+        max_stalls: int | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Declare a task (decorator, with or without options).
 
@@ -172,6 +194,14 @@ class App:
         timeout). ``concurrency``: most jobs of this task one worker runs at once.
         ``schedule``: an inline schedule named after the task, e.g.
         ``{"cron": "0 3 * * *", "timezone": "Europe/Paris"}`` (see :meth:`schedule`).
+        ``validate``: check arguments and result against the annotations (``None``: when one
+        holds a pydantic model, dataclass or TypedDict; see ``docs/validation.md``).
+        ``version``, ``since``, ``migrate``: the payload version jobs are stamped with, the
+        oldest one a worker still runs, and the migrations between (``docs/versioning.md``).
+        ``on_cancel``: cleanup called as ``on_cancel(ctx, *args, **kwargs)`` after a running
+        job was cancelled and its handler stopped, before it is stored as cancelled.
+        ``max_stalls``: this task's stall limit (the app's ``max_stalls`` otherwise): a job
+        whose worker died more often is dead-lettered with code ``poison_message``.
         """
 
         def decorate(func: Callable[P, R]) -> Task[P, R]:
@@ -189,6 +219,8 @@ class App:
                 raise ConfigurationError("executor='process' needs a plain (def) function")
             if concurrency is not None and concurrency < 1:
                 raise ConfigurationError("task concurrency must be >= 1")
+            if max_stalls is not None and (not isinstance(max_stalls, int) or max_stalls < 0):
+                raise ConfigurationError("task max_stalls must be an int >= 0")
             try:
                 prio = parse_priority(priority)
                 config = TaskConfig(
@@ -202,6 +234,12 @@ class App:
                     executor=chosen,
                     metadata=dict(metadata or {}),
                     middleware=tuple(middleware),
+                    validate=validate,
+                    versions=PayloadVersions.build(
+                        name or default_task_name(func), version, since, migrate
+                    ),
+                    on_cancel=on_cancel,
+                    max_stalls=max_stalls,
                 )
             except (ValueError, InvalidArgumentsError) as exc:
                 raise ConfigurationError(f"task {func.__qualname__}: {exc}") from None
@@ -214,6 +252,61 @@ class App:
             return task
 
         return decorate(fn) if fn is not None else decorate
+
+    # -- contracts (issue 19; see core/contract.py) ----------------------------------------
+    @overload
+    def contract(self, spec: TaskContract[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def contract(self, *, name: str, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def contract(  # type: ignore[misc]
+        self, spec: TaskContract[P, R] | None = None, /, *, name: str = "", **options: Any
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a task by its contract, without its implementation: producers enqueue
+        typed jobs of it; a worker must :meth:`implement` it. ``app.contract(spec)`` with a
+        :func:`conveyor.contract` object, or ``@app.contract(name=..., ...)`` on a stub."""
+        if spec is not None:
+            return register_contract(self, self.tasks, spec)
+
+        def declare(stub: Callable[P, R]) -> Task[P, R]:
+            spec = make_contract(name=name or default_task_name(stub), **options)(stub)
+            return register_contract(self, self.tasks, spec)
+
+        return declare
+
+    def implement(
+        self,
+        spec: TaskContract[P, R] | Task[P, R],
+        *,
+        executor: Executor | None = None,
+        concurrency: int | None = None,
+        middleware: Sequence[Middleware] = (),
+        since: int | None = None,
+        migrate: Mapping[int, Migration] | None = None,
+        on_cancel: Callable[..., Any] | None = None,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]:
+        """Decorator: ``fn`` implements the contract (its signature must match; checked now)."""
+        found = spec.contract if isinstance(spec, Task) else spec
+        if not isinstance(found, TaskContract):
+            raise ConfigurationError(f"{spec!r} is not a contract")
+        chosen: TaskContract[P, R] = found
+
+        def decorate(fn: Callable[P, R]) -> Task[P, R]:
+            return implement_contract(
+                self,
+                self.tasks,
+                chosen,
+                fn,
+                executor=executor,
+                concurrency=concurrency,
+                middleware=middleware,
+                since=since,
+                migrate=migrate,
+                on_cancel=on_cancel,
+            )
+
+        return decorate
 
     def queue(
         self,
@@ -350,11 +443,15 @@ class App:
                 run_at = now + options.delay
         start = run_at if run_at is not None else now + (delay or 0.0)
         ttl = options.ttl if options.ttl is not None else cfg.ttl
+        args, kwargs = task.encode_arguments(
+            spec.args, spec.kwargs, validate=options.validate is not False
+        )
         return NewJob(
             id=options.job_id or new_job_id(),
             task=task.name,
             queue=queue,
-            payload=encode_call(self.serializer, spec.args, spec.kwargs),
+            payload=encode_call(self.serializer, tuple(args), kwargs),
+            payload_version=cfg.versions.version,
             priority=options.priority if options.priority is not None else cfg.priority,
             run_at=run_at,
             max_attempts=options.max_attempts or retry.attempts,
@@ -394,7 +491,10 @@ class App:
                 results = await backend.enqueue(jobs, self.backend_now())
             handles: list[JobHandle[Any]] = []
             for job, res in zip(jobs, results, strict=True):
-                handles.append(JobHandle(self, res.id, job.task, created=res.created))
+                decode = by_name[job.task].decode_result
+                handles.append(
+                    JobHandle(self, res.id, job.task, created=res.created, decode=decode)
+                )
                 if res.created and self.events.has_listeners("enqueued", job.task):
                     await self.events.emit(
                         JobEvent(
@@ -421,8 +521,8 @@ class App:
         jobs = [self.build_job(s, s.options, now) for s in items]
         results = self.factory.enqueue_on_sync(connection, jobs, self.backend_now())
         return [
-            JobHandle(self, r.id, j.task, created=r.created)
-            for j, r in zip(jobs, results, strict=True)
+            JobHandle(self, r.id, j.task, created=r.created, decode=s.task.decode_result)
+            for s, j, r in zip(items, jobs, results, strict=True)
         ]
 
     def _no_transactions(self) -> ConfigurationError:

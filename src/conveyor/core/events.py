@@ -25,6 +25,9 @@ EventKind = Literal[
     "cancelled",
     "stalled",
     "dead",
+    "worker:ready",
+    "worker:closing",
+    "worker:error",
 ]
 EVENT_KINDS: tuple[str, ...] = (
     "enqueued",
@@ -36,6 +39,11 @@ EVENT_KINDS: tuple[str, ...] = (
     "cancelled",
     "stalled",
     "dead",
+    # App-level worker events (issue 19): ``job_id``/``task``/``queue`` are empty,
+    # ``worker_id`` says which worker; ``worker:error`` carries ``error_message``/``error_type``.
+    "worker:ready",
+    "worker:closing",
+    "worker:error",
 )
 
 log = logging.getLogger("conveyor.events")

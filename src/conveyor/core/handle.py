@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -160,10 +161,20 @@ class JobHandle(Generic[R]):
     Every coroutine method has a blocking ``*_sync`` twin for synchronous code.
     """
 
-    def __init__(self, app: AppPort, job_id: str, task: str, *, created: bool = True) -> None:
+    def __init__(
+        self,
+        app: AppPort,
+        job_id: str,
+        task: str,
+        *,
+        created: bool = True,
+        decode: Callable[[Any], Any] | None = None,
+    ) -> None:
         self.app = app
         self.id = job_id
         self.task = task
+        #: Turns the stored result into the task's return type (typed tasks).
+        self._decode = decode
         #: False when an idempotency key matched an existing job (this handle points to it).
         self.created = created
 
@@ -206,6 +217,8 @@ class JobHandle(Generic[R]):
             value: R = (
                 self.app.serializer.loads(record.result) if record.result is not None else None  # type: ignore[assignment]
             )
+            if self._decode is not None:
+                value = self._decode(value)
             return value
         if record.state is JobState.FAILED:
             err = record.error or ErrorInfo("error", "Error", "failed")

@@ -19,6 +19,7 @@ from conveyor.backends.common import RETRYABLE_STATES
 from conveyor.core.handle import JobInfo, decode_record
 from conveyor.core.options import QueueConfig
 from conveyor.core.ports import AppPort
+from conveyor.core.versions import PayloadVersions, VersionStatus, version_status
 from conveyor.domain.job import JobFilter, JobRecord, WorkerInfo
 from conveyor.domain.priority import priority_name
 from conveyor.domain.states import SEED000_STATUS, JobState
@@ -178,6 +179,14 @@ class Inspector:
             entry["p95"] = percentile(durations, 95)
             entry["p99"] = percentile(durations, 99)
         return metrics
+
+    async def versions(self, task: str) -> VersionStatus:
+        """Unfinished jobs of ``task`` by state and payload version (issue 19): when no job
+        older than some version waits any more, ``since`` can be raised to it and the older
+        migrations deleted (``status.safe_since``)."""
+        known = self.app.tasks.get(task)
+        versions = known.config.versions if known is not None else PayloadVersions()
+        return await version_status(await self.app.backend(), task, versions)
 
     # -- seed 000 protocol shapes ------------------------------------------------------------
     def as_seed000_task(self, info: JobInfo) -> dict[str, Any]:

@@ -92,15 +92,29 @@ class QueueConfig:
 
 @dataclass(frozen=True, slots=True)
 class Retention:
-    """How long finished jobs are kept before pruning (``None`` = forever).
+    """How long finished jobs are kept before pruning (``None`` = forever), and how many.
 
     Failed jobs (the dead-letter set) are kept forever unless ``failed`` is set explicitly.
+    ``*_max_items`` (issue 19): keep at most that many jobs in the state, the most recently
+    created ones, whatever their age (``None``: no count limit).
     """
 
     completed: float | None = 24 * 3600.0
     cancelled: float | None = 7 * 24 * 3600.0
     expired: float | None = 7 * 24 * 3600.0
     failed: float | None = None
+    completed_max_items: int | None = None
+    cancelled_max_items: int | None = None
+    expired_max_items: int | None = None
+    failed_max_items: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("completed", "cancelled", "expired", "failed"):
+            limit = getattr(self, f"{name}_max_items")
+            if limit is not None and (
+                not isinstance(limit, int) or isinstance(limit, bool) or limit < 0
+            ):
+                raise InvalidArgumentsError(f"retention {name}_max_items must be an int >= 0")
 
     @classmethod
     def build(
@@ -109,12 +123,21 @@ class Retention:
         cancelled: Duration | None = timedelta(days=7),
         expired: Duration | None = timedelta(days=7),
         failed: Duration | None = None,
+        *,
+        completed_max_items: int | None = None,
+        cancelled_max_items: int | None = None,
+        expired_max_items: int | None = None,
+        failed_max_items: int | None = None,
     ) -> Retention:
         return cls(
             completed=optional_duration(completed, field="retention completed"),
             cancelled=optional_duration(cancelled, field="retention cancelled"),
             expired=optional_duration(expired, field="retention expired"),
             failed=optional_duration(failed, field="retention failed"),
+            completed_max_items=completed_max_items,
+            cancelled_max_items=cancelled_max_items,
+            expired_max_items=expired_max_items,
+            failed_max_items=failed_max_items,
         )
 
 
@@ -134,6 +157,7 @@ class EnqueueOptions:
     metadata: dict[str, Any] = field(default_factory=dict)
     job_id: str | None = None
     connection: Any = None
+    validate: bool | None = None  # issue 19: False skips the producer-side validation
 
     @classmethod
     def build(
@@ -151,6 +175,7 @@ class EnqueueOptions:
         metadata: dict[str, Any] | None = None,
         job_id: str | None = None,
         connection: Any = None,
+        validate: bool | None = None,
     ) -> EnqueueOptions:
         """Validate and normalise; raises :class:`InvalidArgumentsError` naming the option."""
         try:
@@ -184,6 +209,8 @@ class EnqueueOptions:
         ):
             if value is not None:
                 check_name(name, value)
+        if validate is not None and not isinstance(validate, bool):
+            raise InvalidArgumentsError("validate must be True or False")
         if metadata is not None:
             if not isinstance(metadata, dict):
                 raise InvalidArgumentsError("metadata must be a dict")
@@ -201,6 +228,7 @@ class EnqueueOptions:
             metadata=dict(metadata or {}),
             job_id=job_id,
             connection=connection,
+            validate=validate,
         )
 
     def merged(self, other: EnqueueOptions) -> EnqueueOptions:

@@ -6,13 +6,15 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
 
 from conveyor.core.events import EventHub, Listener
 from conveyor.core.middleware import Middleware
 from conveyor.core.options import EnqueueOptions, Executor, check_name
+from conveyor.core.schema import CallSchema
 from conveyor.core.serialization import check_metadata
+from conveyor.core.versions import PayloadVersions
 from conveyor.domain.retry import RetryPolicy
 from conveyor.errors import InvalidArgumentsError
 
@@ -57,6 +59,11 @@ class TaskConfig:
     executor: Executor
     metadata: dict[str, Any]
     middleware: tuple[Middleware, ...]
+    # -- issue 19: typed payloads and payload versions (see core/schema.py, core/versions.py)
+    validate: bool | None = None
+    versions: PayloadVersions = field(default_factory=PayloadVersions)
+    on_cancel: Callable[..., Any] | None = None  # cleanup after a cancellation
+    max_stalls: int | None = None  # this task's stall limit (None: the app's)
 
     def __post_init__(self) -> None:
         check_name("task name", self.name)
@@ -106,7 +113,24 @@ class Task(Generic[P, R]):
         self._signature = _signature(fn)
         self._positional = _positional_range(self._signature)
         self.is_async = inspect.iscoroutinefunction(fn)
+        #: Validation of arguments and result against the annotations (``None``: untyped).
+        self.schema = CallSchema.build(config.name, fn, config.validate)
+        #: False for a contract declared without its implementation (``app.contract``).
+        self.implemented = True
+        #: The :class:`~conveyor.core.contract.TaskContract` this task was declared from.
+        self.contract: Any = None
         functools.update_wrapper(self, fn)
+
+    def bind_implementation(self, fn: Callable[P, R], config: TaskConfig) -> None:
+        """Make ``fn`` the handler of a task registered from a contract (in place, so the
+        handles producers already hold keep working)."""
+        self.fn = fn
+        self.config = config
+        self._signature = _signature(fn)
+        self._positional = _positional_range(self._signature)
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.schema = CallSchema.build(config.name, fn, config.validate)
+        self.implemented = True
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
@@ -125,6 +149,31 @@ class Task(Generic[P, R]):
         except TypeError as exc:
             raise InvalidArgumentsError(f"{self.name}{self._signature}: {exc}") from None
 
+    # -- typed payloads (issue 19) ----------------------------------------------------------
+    def encode_arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], *, validate: bool = True
+    ) -> tuple[list[Any] | tuple[Any, ...], dict[str, Any]]:
+        """The call as stored: validated and dumped to plain data when the task is typed."""
+        if self.schema is None:
+            return args, kwargs
+        return self.schema.encode_arguments(args, kwargs, validate=validate)
+
+    def decode_arguments(
+        self, args: list[Any], kwargs: dict[str, Any]
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """A stored call as the handler takes it (instances of the annotations)."""
+        if self.schema is None:
+            return args, kwargs
+        return self.schema.validate_arguments(args, kwargs)
+
+    def encode_result(self, value: Any) -> Any:
+        """The handler's result as stored (validated and dumped when the task is typed)."""
+        return value if self.schema is None else self.schema.encode_result(value)
+
+    def decode_result(self, value: Any) -> Any:
+        """A stored result as the caller gets it (an instance of the return annotation)."""
+        return value if self.schema is None else self.schema.decode_result(value)
+
     # -- building calls -----------------------------------------------------------------------
     def call(self, *args: P.args, **kwargs: P.kwargs) -> JobSpec[R]:
         """A checked call for :meth:`Conveyor.enqueue_many`."""
@@ -134,7 +183,9 @@ class Task(Generic[P, R]):
     def options(self, **options: Any) -> TaskCall[P, R]:
         """Per-call options: ``delay``, ``run_at``, ``priority``, ``queue``,
         ``idempotency_key``, ``max_attempts``, ``timeout``, ``ttl``, ``trace_id``,
-        ``metadata``, ``job_id``, ``connection`` (enqueue inside that DB transaction)."""
+        ``metadata``, ``job_id``, ``connection`` (enqueue inside that DB transaction),
+        ``validate`` (``False`` skips the producer-side check of a typed task; the worker
+        always validates)."""
         try:
             opts = EnqueueOptions.build(**options)
         except TypeError as exc:

@@ -15,7 +15,6 @@ from conveyor.backends.capabilities import Transactions
 from conveyor.core.context import JobContext, reset_current, set_current
 from conveyor.core.events import JobEvent
 from conveyor.core.middleware import ExecuteCall, ExecuteNext, compose_execute
-from conveyor.core.serialization import decode_call
 from conveyor.domain.failure import decide_failure
 from conveyor.domain.job import ErrorInfo, RecoveredJob
 from conveyor.domain.states import JobState
@@ -25,8 +24,11 @@ from conveyor.errors import (
     ErrorCode,
     JobTimeout,
     SerializationError,
+    ValidationError,
 )
 from conveyor.worker.deadlines import within_coarse
+from conveyor.worker.hooks import run_on_cancel
+from conveyor.worker.payloads import NEWER_PAYLOAD_DELAY, NewerPayload, defer_job, prepare_call
 from conveyor.worker.processes import ProcessPool
 from conveyor.worker.threads import DaemonThreadPool
 
@@ -325,6 +327,8 @@ class JobRunner:
                     await self._settle_progress(job.id)
         except _Interrupted as exc:
             await self._interrupted(active, exc.reason, time.monotonic() - started)
+        except NewerPayload as exc:  # issue 19: hand it back for a newer worker
+            await self._wait_for_newer(active, exc)
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
@@ -339,6 +343,21 @@ class JobRunner:
                 await self._interrupted(active, "cancel", time.monotonic() - started)
             else:
                 await self._succeeded(active, result, time.monotonic() - started)
+
+    async def _wait_for_newer(self, active: ActiveJob, exc: NewerPayload) -> None:
+        """Hand a job of a newer payload version back (issue 19): scheduled again a little
+        later with the attempt not counted, so this worker does not claim it in a hot loop
+        while a newer one can take it."""
+        job, backend = active.job, self.worker.backend
+        await self._flush_logs(active)
+        log.info("%s", exc, extra=self._fields(active))
+        ok = await self._store(
+            lambda: defer_job(
+                backend, job.id, job.fence, NEWER_PAYLOAD_DELAY, self.app.backend_now()
+            )
+        )
+        if ok is False:
+            self._lease_lost(active)
 
     def _install_thread_hook(self, active: ActiveJob, ctx: JobContext) -> None:
         worker = self.worker
@@ -365,11 +384,9 @@ class JobRunner:
                 f"no task named {job.task!r} is registered in this worker; deploy the code that "
                 "declares it, then retry the job from the dead-letter set",
             )
-        try:
-            args, kwargs = decode_call(self.app.serializer, job.payload)
-            task.check_arguments(tuple(args), kwargs)
-        except (SerializationError, TypeError) as exc:
-            raise _Permanent(ErrorCode.INVALID_PAYLOAD, str(exc)) from None
+        # issue 19: payload version, migrations, validation (worker/payloads.py)
+        args, kwargs = prepare_call(task, job, self.app.serializer, self.app.max_stalls)
+        active.extra["call"] = (args, kwargs)  # for the on_cancel hook (worker/hooks.py)
         if active.stop_reason is not None:  # interrupted before it started
             raise _Interrupted(active.stop_reason)
         me = asyncio.current_task()
@@ -417,10 +434,12 @@ class JobRunner:
 
     async def _succeeded(self, active: ActiveJob, result: Any, duration: float) -> None:
         job = active.job
+        task = self.app.tasks.get(job.task)
         try:
-            data = None if result is None else self.app.serializer.dumps(result)
-        except SerializationError as exc:
-            await self._failed(active, self.app.tasks.get(job.task), exc, duration, permanent=True)
+            stored = result if task is None else task.encode_result(result)  # issue 19
+            data = None if stored is None else self.app.serializer.dumps(stored)
+        except (SerializationError, ValidationError) as exc:
+            await self._failed(active, task, exc, duration, permanent=True)
             return
         await self._flush_logs(active)
         ok: bool | None
@@ -550,6 +569,7 @@ class JobRunner:
                 "job %s handed back to the queue at shutdown", job.id, extra=self._fields(active)
             )
             return
+        await run_on_cancel(self.app.tasks.get(job.task), active, max(self.app.lease / 2, 1.0))
         error = ErrorInfo(
             ErrorCode.CANCELLED,
             "Cancelled",

@@ -17,17 +17,24 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from conveyor.backends.capabilities import PushesCancellations
+from conveyor.backends.common import matches_any
+from conveyor.core.contract import unimplemented
+from conveyor.core.env import WORKER_VARIABLES, options_from_env
+from conveyor.core.events import JobEvent
 from conveyor.domain.ids import new_job_id
 from conveyor.domain.job import ClaimedJob, JobFilter, WorkerInfo
 from conveyor.domain.states import JobState
+from conveyor.errors import ConfigurationError
 from conveyor.worker.active import ActiveJob
 from conveyor.worker.cancellations import listen_for_cancellations
 from conveyor.worker.deadlines import within
+from conveyor.worker.payloads import recovery_stall_limit
+from conveyor.worker.retention import prune_by_count
 from conveyor.worker.runner import JobRunner
 from conveyor.worker.stats import WorkerStatsCollector, flush_throughput
 
@@ -65,6 +72,14 @@ class WorkerConfig:
     scheduler: bool = True
     worker_id: str | None = None
     hostname: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> WorkerConfig:
+        """A config from the ``CONVEYOR_WORKER_*`` variables ``conveyor worker`` reads too
+        (``QUEUES``, ``TASKS``, ``CONCURRENCY``, ``GRACE``, ``POLL_INTERVAL``, ``BURST``,
+        ``WORKER_ID``, ``NO_SCHEDULER``); ``options`` win. Reads ``environ`` (default
+        ``os.environ``) only when called."""
+        return cls(**{**options_from_env(WORKER_VARIABLES, environ), **options})
 
 
 class Worker:
@@ -169,6 +184,19 @@ class Worker:
 
     async def run(self) -> None:
         """Run until :meth:`stop` (or, in burst mode, until idle)."""
+        # issue 19: a contract this worker would run must be implemented here.
+        missing = unimplemented(
+            self.app.tasks,
+            self.queues,
+            self.app.default_queue,
+            lambda name: matches_any(name, self.config.tasks),
+        )
+        if missing:
+            raise ConfigurationError(
+                f"this worker would run {', '.join(missing)} but only has the contract; "
+                "implement it with @app.implement(...) in the worker's code, or leave it out "
+                "with --tasks/--queues"
+            )
         self._stop_event = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._backend = await self.app.backend()
@@ -201,8 +229,10 @@ class Worker:
                     self.app.schedules.run(self._stop_event), name="conveyor-scheduler"
                 )
             )
+        await self.emit_worker_event("worker:ready")  # issue 19: app-level worker events
         try:
             await self._claim_loop()
+            await self.emit_worker_event("worker:closing")
             await self._drain()
         finally:
             await self._stop_helpers(helpers)
@@ -219,6 +249,24 @@ class Worker:
                 self.stats.failed,
                 extra={"worker_id": self.id},
             )
+
+    async def emit_worker_event(self, kind: str, exc: BaseException | None = None) -> None:
+        """``worker:ready``, ``worker:closing`` or ``worker:error`` to the app's listeners."""
+        if not self.app.events.has_listeners(kind, ""):
+            return
+        await self.app.events.emit(
+            JobEvent(
+                kind,
+                "",
+                "",
+                "",
+                at=self.app.now(),
+                worker_id=self.id,
+                error_type=None if exc is None else type(exc).__name__,
+                error_message=None if exc is None else str(exc),
+                extra={"queues": list(self.queues), "concurrency": self.config.concurrency},
+            )
+        )
 
     @staticmethod
     async def _stop_helpers(helpers: list[asyncio.Task[Any]]) -> None:
@@ -373,6 +421,7 @@ class Worker:
                     jobs = await within(max(self.app.lease, 5.0), self._claim(queues, free))
                 except Exception as exc:  # noqa: BLE001 - the store is down: back off, retry
                     log.warning("claim failed (%r); retrying", exc, extra={"worker_id": self.id})
+                    await self.emit_worker_event("worker:error", exc)
                     await self._wait_any(
                         self._stop_event.wait(), min(self.config.poll_interval, 1.0)
                     )
@@ -610,6 +659,7 @@ class Worker:
             await self.backend.register_worker(self.info())
         except Exception as exc:  # noqa: BLE001 - keep beating; leases cover the gap
             log.warning("heartbeat failed: %s", exc, extra={"worker_id": self.id})
+            await self.emit_worker_event("worker:error", exc)
             return False
         # Stored throughput counters for the dashboard (never fails the beat).
         await flush_throughput(self.backend, self.stats)
@@ -632,7 +682,8 @@ class Worker:
         """Recover jobs whose lease expired (their worker died); returns how many."""
         try:
             recovered = await self.backend.recover_expired(
-                self.app.max_stalls, self.app.backend_now()
+                recovery_stall_limit(self.app.tasks, self.app.max_stalls),  # issue 19
+                self.app.backend_now(),
             )
         except Exception as exc:  # noqa: BLE001
             log.warning("stall recovery failed: %s", exc, extra={"worker_id": self.id})
@@ -680,6 +731,10 @@ class Worker:
             except Exception as exc:  # noqa: BLE001
                 log.warning("retention pruning failed: %s", exc, extra={"worker_id": self.id})
                 break
+        try:  # issue 19: count limits (worker/retention.py)
+            total += await prune_by_count(self.backend, retention)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("retention pruning failed: %s", exc, extra={"worker_id": self.id})
         with contextlib.suppress(Exception):
             await self.backend.prune_workers(now - 10 * self.app.lease)
         return total

@@ -17,6 +17,8 @@ fails with a clear message on a store without it.
   autoscaling signals); all four backends.
 - :class:`JobBrowser`: the dashboard's reads (keyset paging, capped counts, the oldest queued
   job) and stored per-minute throughput counters; all four backends.
+- :class:`Defers`: hand a running job back for later without counting the attempt (a payload
+  version newer than the worker's); all four backends.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from typing import Any
 
 from conveyor.backends.capabilities.browse import JobBrowser
 from conveyor.backends.capabilities.cancellations import PushesCancellations
+from conveyor.backends.capabilities.defer import Defers
 from conveyor.backends.capabilities.kv import KeyValueStore
 from conveyor.backends.capabilities.load import QueueLoad, ReportsLoad
 from conveyor.backends.capabilities.transactions import SyncTransactions, Transactions
 from conveyor.errors import ConfigurationError
 
 __all__ = [
+    "Defers",
     "JobBrowser",
     "KeyValueStore",
     "PushesCancellations",
@@ -50,6 +54,7 @@ ALL: dict[str, type[Any]] = {
     "pushed_cancellations": PushesCancellations,
     "queue_load": ReportsLoad,
     "browse": JobBrowser,
+    "defer": Defers,
 }
 
 

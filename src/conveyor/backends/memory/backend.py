@@ -19,6 +19,7 @@ from conveyor.backends.capabilities.kv import KeyValueStore
 from conveyor.backends.capabilities.load import QueueLoad, ReportsLoad
 from conveyor.backends.common import RETRYABLE_STATES, SUSPECT_STALLS, filter_matches, matches_any
 from conveyor.backends.memory.browse import MemoryBrowser
+from conveyor.backends.memory.defer import MemoryDefer
 from conveyor.domain.job import (
     ClaimedJob,
     CountRow,
@@ -71,7 +72,9 @@ class MemoryStore:
                 self._waiters.remove(item)
 
 
-class MemoryBackend(MemoryBrowser, KeyValueStore, ReportsLoad, Backend):
+class MemoryBackend(
+    MemoryDefer, MemoryBrowser, KeyValueStore, ReportsLoad, Backend
+):  # Defers: issue 19
     """A client of a :class:`MemoryStore`."""
 
     store: MemoryStore

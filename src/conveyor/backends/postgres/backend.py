@@ -29,6 +29,7 @@ from conveyor.backends.postgres.client import (
     PostgresClient,
     statement_lost,
 )
+from conveyor.backends.postgres.defer import PostgresDefer
 from conveyor.backends.postgres.errors import is_transient, translate, translated
 from conveyor.backends.postgres.kv import PostgresKV
 from conveyor.backends.postgres.load import PostgresLoad
@@ -67,7 +68,7 @@ EnqueueItem = tuple[list[NewJob], float | None]
 
 
 class PostgresBackend(
-    PostgresBrowser, PostgresKV, PostgresLoad, Transactions, PostgresClient, Backend
+    PostgresDefer, PostgresBrowser, PostgresKV, PostgresLoad, Transactions, PostgresClient, Backend
 ):
     """A client of one PostgreSQL schema, made by
     :class:`~conveyor.backends.postgres.PostgresFactory`."""

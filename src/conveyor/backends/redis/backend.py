@@ -44,6 +44,7 @@ from conveyor.backends.redis.connect import (
     check_server,
     translate_errors,
 )
+from conveyor.backends.redis.defer import RedisDefer
 from conveyor.backends.redis.load import RedisLoad
 from conveyor.backends.redis.notify import Notifier
 from conveyor.backends.redis.pipe import ScriptPipe, pipe_for
@@ -87,7 +88,9 @@ def write_token() -> str:
     return uuid4().hex[:16]
 
 
-class RedisBackend(RedisBrowser, KeyValueStore, RedisLoad, PushesCancellations, Backend):
+class RedisBackend(  # Defers: issue 19
+    RedisDefer, RedisBrowser, KeyValueStore, RedisLoad, PushesCancellations, Backend
+):
     """One client of the jobs stored under one key prefix of one Redis server."""
 
     def __init__(

@@ -322,6 +322,11 @@ class RedisClusterBackend(ClusterReads, RedisBackend):
         state = await self._run("fail", args, await self._job_base(job_id))
         return None if state is None else JobState(state.decode())
 
+    async def defer(self, job_id: str, fence: int, delay: float, now: float | None = None) -> bool:
+        args: list[ScriptArg] = [job_id, str(fence), repr(float(delay)), opt_num(now)]
+        args.append(write_token())
+        return bool(await self._run("defer", args, await self._job_base(job_id)))
+
     async def release(self, job_id: str, fence: int, now: float | None = None) -> bool:
         base = await self._job_base(job_id)
         return bool(await self._run("release", [job_id, str(fence), write_token()], base))

@@ -29,6 +29,7 @@ from conveyor.backends.capabilities.transactions import SyncTransactions, Transa
 from conveyor.backends.common import redact_url
 from conveyor.backends.sqlite import ops, reads, tx
 from conveyor.backends.sqlite.browse import SQLiteBrowser
+from conveyor.backends.sqlite.defer import SQLiteDefer
 from conveyor.backends.sqlite.engine import Engine
 from conveyor.backends.sqlite.kv import SQLiteKV
 from conveyor.backends.sqlite.load import SQLiteLoad
@@ -204,7 +205,9 @@ async def _stop(engine: Engine) -> None:
     await asyncio.wrap_future(engine.stopped)
 
 
-class SQLiteBackend(SQLiteBrowser, SQLiteKV, SQLiteLoad, Transactions, Backend):
+class SQLiteBackend(  # Defers: issue 19
+    SQLiteDefer, SQLiteBrowser, SQLiteKV, SQLiteLoad, Transactions, Backend
+):
     """One client of a :class:`SQLiteFactory`; usable from any event loop."""
 
     factory: SQLiteFactory
