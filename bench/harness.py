@@ -247,12 +247,18 @@ class Harness:
                 profiles[backend]["roundtrips"] = self.run_tool("bench.roundtrips", backend)
         skip = self.args.no_scaleout or "conveyor" not in self.libraries("sqlite")
         scale = None if skip else scaleout.measure(self)
+        integrations: dict[str, Any] = {}
+        if not self.args.no_integrations:  # webhooks, bridges, realtime (issue 17)
+            integrations = self.run_tool("bench.integrations", "none")
+            self.console.print(report.integration_lines(integrations))
         meta["finished"] = time.time()
         meta["load_average_end"] = os.getloadavg()
         meta["versions"] = self.versions
         data = summary.build(meta, self.cells, limits, profiles)
         if scale is not None:
             data["scaleout"] = scale
+        if integrations:
+            data["integrations"] = integrations
         shutil.rmtree(self.tmp, ignore_errors=True)
         return data
 
@@ -324,6 +330,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--redis-db", type=int, help="Redis database number (default 15, smoke 14)")
     parser.add_argument("--no-limits", action="store_true", help="skip the store limits")
     parser.add_argument("--no-floors", action="store_true", help="skip the floor rows")
+    parser.add_argument(
+        "--no-integrations", action="store_true", help="skip webhooks, bridges and realtime"
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy profile Conveyor's worker")
     parser.add_argument(
         "--no-scaleout", action="store_true", help="skip the scale-out rows (bench/scaleout.py)"

@@ -88,6 +88,32 @@ def limits_lines(backend: str, limits: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def integration_lines(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return f"[red]integrations failed: {result['error'][-500:]}[/red]"
+    lines = ["integrations:"]
+    for e in result.get("rows", []):
+        value = e.get("reason") or f"{fmt(e.get('value'))} {e.get('unit', '')}"
+        lines.append(f"  {e['name']}: {value}")
+    return "\n".join(lines)
+
+
+def integrations_md(result: dict[str, Any]) -> str:
+    """Webhooks, bridges and realtime next to the client's own rate (issue 17)."""
+    if "error" in result:
+        return f"measuring failed: `{result['error'][-300:]}`\n"
+    body = [
+        [
+            e["group"],
+            e["name"],
+            e.get("reason") or f"{fmt(e.get('value'))} {e.get('unit', '')}",
+            e.get("note", ""),
+        ]
+        for e in result.get("rows", [])
+    ]
+    return md_table(["", "measurement", "value", "note"], body) + "\n"
+
+
 class Cells:
     """Cell texts with footnotes for the cells that have no number."""
 
@@ -449,6 +475,9 @@ def markdown(data: dict[str, Any]) -> str:
             parts += [f"**{name}**", "", md_table(*builder(data, backend, cells)), ""]
         if cells.notes:
             parts += [f"{i}. {note}" for i, note in enumerate(cells.notes, 1)] + [""]
+    if data.get("integrations"):
+        parts += ["## Event integrations (webhooks, bridges, realtime)", ""]
+        parts += [integrations_md(data["integrations"]), ""]
     from bench import scaleout
 
     parts += scaleout.markdown(data)

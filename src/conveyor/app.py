@@ -19,6 +19,7 @@ from conveyor.core.seed000 import from_document
 from conveyor.core.task import Task
 from conveyor.domain.durations import Duration
 from conveyor.errors import ConfigurationError
+from conveyor.integrations.webhooks.registry import Webhooks
 from conveyor.scheduler.scheduler import Schedules
 from conveyor.scheduler.spec import ScheduleSpec, build_spec
 
@@ -41,6 +42,12 @@ class Conveyor(App):
         ``options`` win). Reads ``environ`` (default ``os.environ``) only when called."""
         found = options_from_env(APP_VARIABLES, environ)
         return cls(**{**found, **options})
+
+    @functools.cached_property
+    def webhooks(self) -> Webhooks:
+        """Webhook subscriptions and their delivery log
+        (:class:`~conveyor.integrations.webhooks.registry.Webhooks`)."""
+        return Webhooks(self)
 
     @functools.cached_property
     def schedules(self) -> Schedules:

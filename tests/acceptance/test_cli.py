@@ -274,7 +274,8 @@ async def test_cli_stats_queues_and_live_workers(make_store: MakeStore) -> None:
         ("stats",), ("queues",), ("jobs", "show", again["id"])
     )
     assert shown["idempotency_key"] == "k1" and shown["args"] == [20, 22]
-    assert set(stats) == {"queues", "tasks", "total", "metrics"}
+    assert set(stats) == {"queues", "tasks", "total", "metrics", "bridges"}
+    assert stats["bridges"] == []
     assert stats["total"]["completed"] == 4 and stats["total"]["failed"] == 1
     assert stats["total"]["running"] == 1
     assert stats["queues"]["billing"]["failed"] == 1

@@ -96,6 +96,13 @@ def test_smoke_run_fills_every_cell(tmp_path: Path) -> None:
         assert "error" not in limits, limits
         assert limits["entries"], backend
         assert all(e["value"] and e["value"] > 0 for e in limits["entries"]), limits
+    integrations = data["integrations"]
+    assert "error" not in integrations, integrations
+    names = {e["name"] for e in integrations["rows"]}
+    assert "webhook deliveries (signed, SSRF-guarded, logged)" in names
+    assert any(n.startswith("SSE fan-out to 100 clients") for n in names)
+    for e in integrations["rows"]:  # a number, or a marked reason (a broker not reachable)
+        assert e.get("reason") or (e["value"] and e["value"] > 0), e
     rows = {(c["backend"], c["row"]) for c in data["comparisons"]}
     assert {(b, "process_high") for b in BACKENDS} <= rows
     assert data["meta"]["machine"]["cores"]

@@ -30,6 +30,7 @@ from conveyor.cli.load_cmd import load
 from conveyor.cli.schedules_cmd import scheduler, schedules
 from conveyor.cli.seed000_cmd import enqueue_seed000_documents
 from conveyor.cli.versions_cmd import versions
+from conveyor.cli.webhooks_cmd import webhooks
 from conveyor.cli.worker_cmd import worker
 from conveyor.domain.states import JobState
 from conveyor.errors import ConveyorError, InvalidArgumentsError
@@ -60,6 +61,7 @@ cli.add_command(scheduler)
 cli.add_command(load)
 cli.add_command(dashboard)
 cli.add_command(versions)
+cli.add_command(webhooks)
 
 
 @cli.command()
@@ -184,12 +186,15 @@ def stats(app_path: str | None, url: str | None, as_json: bool) -> None:
     """Job counts per queue and per task, with per-task outcome counters and durations."""
     app = load_app(app_path, url)
 
-    async def go() -> tuple[Any, Any]:
-        return await app.inspect.counts(), await app.inspect.task_metrics()
+    async def go() -> tuple[Any, Any, Any]:
+        from conveyor.integrations.bridges.board import read_statuses
 
-    counts, metrics = run(app, go)
+        bridges = await read_statuses(await app.backend())
+        return await app.inspect.counts(), await app.inspect.task_metrics(), bridges
+
+    counts, metrics, bridges = run(app, go)
     if as_json:
-        emit_json({**counts.to_dict(), "metrics": metrics})
+        emit_json({**counts.to_dict(), "metrics": metrics, "bridges": bridges})
         return
     states = [s.value for s in JobState]
     shown = [s for s in states if counts.total.get(s) or s in ("queued", "running", "failed")]
@@ -214,6 +219,42 @@ def stats(app_path: str | None, url: str | None, as_json: bool) -> None:
         )
     console.print(table("Tasks", ["task", *shown, "p50", "p95", "p99"], rows))
     console.print("total: " + ", ".join(f"{s} {counts.total.get(s, 0)}" for s in shown))
+    if bridges:
+        console.print(bridge_table(bridges))
+
+
+def bridge_table(bridges: list[dict[str, Any]]) -> Any:
+    """The broker bridges' reported status (URLs with passwords redacted)."""
+    rows = [
+        [
+            b["name"],
+            b["role"],
+            b["broker"],
+            b["url"],
+            "up" if b["connected"] else "down",
+            b["published"],
+            b["acked"],
+            b["retries"],
+            b["reconnects"],
+            fmt_age(time.time() - b["age"]),
+            (b.get("last_error") or "-")[:60],
+        ]
+        for b in bridges
+    ]
+    columns = [
+        "bridge",
+        "role",
+        "broker",
+        "url",
+        "state",
+        "published",
+        "acked",
+        "retries",
+        "reconnects",
+        "reported",
+        "last error",
+    ]
+    return table("Bridges", columns, rows)
 
 
 @cli.command()
