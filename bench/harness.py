@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench import adapters, machine, report, summary
+from bench import adapters, machine, report, scaleout, summary
 from bench.plan import FULL, ROWS, SMOKE, Row, Sizes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -105,7 +105,11 @@ class Harness:
         iteration: int,
         variant: str | None = None,
         redis_url: str | None = None,
+        *,
+        record: bool = True,
+        pg_url: str | None = None,
     ) -> dict[str, Any]:
+        """Run one cell; ``record=False`` keeps it out of the main tables (scale-out rows)."""
         number = next(self.counter)
         ns = f"b{self.run_id}_{number}"
         cell_dir = self.tmp / "cells" / f"{number:04d}-{backend}-{row.key}-{lib}"
@@ -115,7 +119,7 @@ class Harness:
             "backend": backend,
             "ns": ns,
             "redis_url": redis_url or self.redis_url,
-            "pg_url": self.pg_url,
+            "pg_url": pg_url or self.pg_url,
             "sqlite_dir": str(self.tmp / "sqlite"),
             "cell_dir": str(cell_dir),
             "variant": variant,
@@ -130,7 +134,8 @@ class Harness:
         cell = {"backend": backend, "row": row.key, "lib": lib, "iteration": iteration, **result}
         if variant:
             cell["variant"] = variant
-        self.cells.append(cell)
+        if record:
+            self.cells.append(cell)
         self.console.print(report.progress_line(cell, row))
         if "error" not in result:
             shutil.rmtree(cell_dir, ignore_errors=True)
@@ -247,6 +252,8 @@ class Harness:
             if self.args.profile:
                 profiles[backend] = self.run_tool("bench.profile", backend)
                 profiles[backend]["roundtrips"] = self.run_tool("bench.roundtrips", backend)
+        skip = self.args.no_scaleout or "conveyor" not in self.libraries("sqlite")
+        scale = None if skip else scaleout.measure(self)
         integrations: dict[str, Any] = {}
         if not self.args.no_integrations:  # webhooks, bridges, realtime (issue 17)
             integrations = self.run_tool("bench.integrations", "none")
@@ -256,6 +263,8 @@ class Harness:
         meta["versions"] = self.versions
         data = summary.build(meta, self.cells, limits, profiles)
         data["bus"] = self.bus
+        if scale is not None:
+            data["scaleout"] = scale
         if integrations:
             data["integrations"] = integrations
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -334,6 +343,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--no-integrations", action="store_true", help="skip webhooks, bridges and realtime"
     )
     parser.add_argument("--profile", action="store_true", help="py-spy profile Conveyor's worker")
+    parser.add_argument(
+        "--no-scaleout", action="store_true", help="skip the scale-out rows (bench/scaleout.py)"
+    )
     parser.add_argument("--output", default=str(RESULTS / "latest.json"))
     parser.add_argument("--markdown", help="render this Markdown file (BENCHMARKS.md)")
     parser.add_argument("--quiet", action="store_true", help="no tables at the end")

@@ -520,6 +520,9 @@ def markdown(data: dict[str, Any]) -> str:
     if data.get("integrations"):
         parts += ["## Event integrations (webhooks, bridges, realtime)", ""]
         parts += [integrations_md(data["integrations"]), ""]
+    from bench import scaleout
+
+    parts += scaleout.markdown(data)
     parts += ["## The store's own limits (context)", "", limits_md(data), ""]
     if data.get("profiles"):
         parts += [

@@ -19,6 +19,9 @@ VARIANTS = {
     "p2c50": ["-p", "2", "-c", "50"],
     "p2c100": ["-p", "2", "-c", "100"],
     "p4c25": ["-p", "4", "-c", "25"],
+    # bench.scaleout: the process scaling curve at a fixed 50 slots per process (with p2c50).
+    "p1c50": ["-c", "50"],
+    "p4c50": ["-p", "4", "-c", "50"],
 }
 DEFAULTS = {"c1": "c1", "high": "c100"}
 

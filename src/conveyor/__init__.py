@@ -25,6 +25,7 @@ from conveyor.core.middleware import EnqueueCall, ExecuteCall, Middleware
 from conveyor.core.options import QueueConfig, Retention
 from conveyor.core.serialization import JSONSerializer, Serializer
 from conveyor.core.task import AsyncTask, JobSpec, Task
+from conveyor.domain.autoscale import AutoscalePolicy
 from conveyor.domain.job import ErrorInfo, LogEntry
 from conveyor.domain.retry import RetryPolicy
 from conveyor.domain.states import JobState
@@ -53,6 +54,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncTask",
+    "AutoscalePolicy",
     "CancelOutcome",
     "Cancelled",
     "ConfigurationError",

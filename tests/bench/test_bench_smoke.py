@@ -109,3 +109,12 @@ def test_smoke_run_fills_every_cell(tmp_path: Path) -> None:
     rows = {(c["backend"], c["row"]) for c in data["comparisons"]}
     assert {(b, "process_high") for b in BACKENDS} <= rows
     assert data["meta"]["machine"]["cores"]
+
+    # The scale-out rows (bench/scaleout.py): one cell of each kind at smoke sizes.
+    scale = data["scaleout"]
+    assert [v["median"] for r in scale["processes"].values() for v in r.values()], scale
+    bouncer = scale["pgbouncer"]
+    if "reason" in bouncer and not in_ci():
+        return
+    entry = bouncer["process_high"]
+    assert entry["direct"]["median"] > 0 and entry["pgbouncer"]["median"] > 0, bouncer

@@ -3,11 +3,19 @@
 Every kind is built through :func:`conveyor.backends.factory_from_url`, isolated per test (a
 fresh SQLite file, PostgreSQL schema or Redis key prefix). A kind whose module is not importable
 yet is skipped; a kind whose server is unreachable is skipped locally and fails under ``CI``.
+
+``CONVEYOR_TEST_POSTGRES_VIA=pgbouncer`` sends the ``postgres`` kind through a private
+PgBouncer in transaction pooling mode (started once per test process in front of the shared
+server; see ``tests/integration/test_pgbouncer.py``, which runs the suite that way).
+``CONVEYOR_TEST_REDIS_VIA=cluster`` runs the ``redis`` kind on a private Redis Cluster (three
+masters, one replica each, started once per test process; see
+``tests/integration/test_redis_cluster.py``).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +52,46 @@ def require_kind(kind: str) -> None:
         pytest.skip(message)
 
 
+_PGBOUNCER: list[Any] = []
+
+
+def postgres_url() -> str:
+    """The URL of the ``postgres`` kind: the shared server, or a private PgBouncer in front of
+    it when ``CONVEYOR_TEST_POSTGRES_VIA=pgbouncer``."""
+    if os.environ.get("CONVEYOR_TEST_POSTGRES_VIA", "") != "pgbouncer":
+        return POSTGRES_URL
+    if not _PGBOUNCER:
+        import atexit
+
+        from tests.reliability.servers import PgBouncer
+
+        bouncer = PgBouncer(5432).start()
+        atexit.register(bouncer.stop)
+        _PGBOUNCER.append(bouncer)
+    return str(_PGBOUNCER[0].url("test"))
+
+
+_CLUSTER: list[Any] = []
+
+
+def redis_url() -> str:
+    """The URL of the ``redis`` kind: the shared server, or a private Redis Cluster when
+    ``CONVEYOR_TEST_REDIS_VIA=cluster``."""
+    if os.environ.get("CONVEYOR_TEST_REDIS_VIA", "") != "cluster":
+        return REDIS_URL
+    if not _CLUSTER:
+        import atexit
+        import tempfile
+
+        from tests.reliability.servers import RedisCluster
+
+        directory = Path(tempfile.mkdtemp(prefix="conveyor-cluster-"))
+        cluster = RedisCluster(directory, 3, 1).start()
+        atexit.register(cluster.stop)
+        _CLUSTER.append(cluster)
+    return str(_CLUSTER[0].url)
+
+
 def factory_spec(kind: str, directory: Path, name: str | None = None) -> tuple[str, dict[str, Any]]:
     """The URL and options of a fresh, isolated store of ``kind`` (``name`` picks the file,
     schema or key prefix; a random one by default)."""
@@ -53,9 +101,9 @@ def factory_spec(kind: str, directory: Path, name: str | None = None) -> tuple[s
     if kind == "memory":
         return "memory://", {}
     if kind == "postgres":
-        return POSTGRES_URL, {"schema": f"t_{name}"}
+        return postgres_url(), {"schema": f"t_{name}"}
     if kind == "redis":
-        return REDIS_URL, {"prefix": f"t{name}"}
+        return redis_url(), {"prefix": f"t{name}"}
     raise ValueError(f"unknown backend kind {kind!r}")
 
 

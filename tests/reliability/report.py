@@ -57,6 +57,13 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "Every open connection of a worker stops carrying bytes without FIN or RST (a NAT "
         "that forgot its state); new connections work. The worker must notice and go on.",
     ),
+    "fleet": (
+        "4d. A fleet of hosts, two cut off",
+        "Four worker processes stand for four hosts (own host name, own loopback TCP proxy as "
+        "their network). Healthy, every job runs once; then one host's link is held and "
+        "another's reset while they hold jobs: the other hosts recover those jobs, the cut "
+        "hosts' late outcomes are refused and they work again once their network returns.",
+    ),
     "lost_reply": (
         "4d. Lost replies of fenced writes",
         "The store applies complete / fail / release but the reply is lost; the repeated call "

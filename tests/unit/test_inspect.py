@@ -10,7 +10,14 @@ from typing import Any
 import jsonschema
 import pytest
 
-from conveyor import InvalidStateError, JobNotFoundError, JobState, RetryPolicy
+from conveyor import (
+    AutoscalePolicy,
+    ConfigurationError,
+    InvalidStateError,
+    JobNotFoundError,
+    JobState,
+    RetryPolicy,
+)
 from conveyor.testing import memory_app, run_until_idle
 from conveyor.worker import Worker, WorkerConfig
 
@@ -57,6 +64,12 @@ async def test_seed000_shapes_validate() -> None:
     unlimited = app.queue_config("other").to_seed000()
     validate(unlimited, "queue_config.json")
     assert unlimited["concurrency"] is None  # no limit of its own, not "0"
+    scaled = app.queue("bulk", autoscale={"minWorkers": 1, "maxWorkers": 6, "targetWaitMs": 5000})
+    validate(scaled.to_seed000(), "queue_config.json")
+    assert scaled.autoscale == AutoscalePolicy(1, 6, target_wait=5.0)
+    assert scaled.to_seed000()["autoScale"]["maxWorkers"] == 6
+    with pytest.raises(ConfigurationError, match="queue bulk: autoscale bounds"):
+        app.queue("bulk", autoscale={"minWorkers": 3, "maxWorkers": 2})
     backend = await app.backend()
     await backend.register_worker(worker.info())
     (info,) = await app.inspect.workers()

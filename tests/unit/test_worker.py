@@ -518,6 +518,49 @@ async def test_graceful_stop_hands_back_unfinished_jobs() -> None:
     assert info.record.lease_owner is None
 
 
+async def test_retire_finishes_running_jobs_past_the_grace_period() -> None:
+    """SIGUSR2 (the autoscaler shrinking the group): no more claims, and the running job is
+    never interrupted, however long it takes; a stop during the retirement applies the grace
+    period from then on."""
+    app = memory_app()
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @app.task
+    async def slow() -> str:
+        started.set()
+        await release.wait()
+        return "done"
+
+    first = await slow.enqueue()
+    worker = Worker(app, WorkerConfig(grace=0.01, poll_interval=0.05, concurrency=1))
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 5)
+    second = await slow.enqueue()
+    worker.retire()
+    assert worker.retiring and worker.stopping
+    await asyncio.sleep(0.05)  # many grace periods pass: a duration, not a wait for something
+    assert not task.done()
+    release.set()
+    await asyncio.wait_for(task, 5)
+    assert await first.result(1) == "done"
+    info = await second.info()
+    assert info.state is JobState.QUEUED and info.record.attempts == 0  # never claimed
+
+    # A stop while retiring: the normal shutdown (the grace period, then a hand-back).
+    started.clear()
+    release.clear()
+    third = await slow.enqueue()
+    worker = Worker(app, WorkerConfig(grace=0.05, poll_interval=0.05, concurrency=1))
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 5)
+    worker.retire()
+    worker.stop()
+    assert not worker.retiring
+    await asyncio.wait_for(task, 5)
+    states = {(await h.info()).state for h in (second, third)}
+    assert states == {JobState.QUEUED}
+
+
 def test_sync_facade_enqueue_and_result() -> None:
     app = memory_app()
 

@@ -2,7 +2,8 @@
 
 ``memory://`` (in-process reference), ``sqlite:///path.db`` (the embedded default),
 ``postgresql://…`` (``pip install 'conveyor[postgres]'``) and ``redis://…`` / ``rediss://…``
-(``pip install 'conveyor[redis]'``). Imports are lazy so the core install stays light.
+or ``redis+cluster://…`` for a Redis Cluster (``pip install 'conveyor[redis]'``). Imports are
+lazy so the core install stays light.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ def factory_from_url(url: str, **options: object) -> BackendFactory:
         from conveyor.backends.postgres import PostgresFactory
 
         return PostgresFactory(url, **options)  # type: ignore[arg-type]
-    if scheme in ("redis", "rediss", "valkey", "valkeys"):
+    if scheme in ("redis", "rediss", "valkey", "valkeys") or scheme.endswith("+cluster"):
         from conveyor.backends.redis import RedisFactory
 
         return RedisFactory(url, **options)  # type: ignore[arg-type]
     raise ConfigurationError(
         f"unsupported backend URL {url!r}; use memory://, sqlite:///path/to/jobs.db, "
-        "postgresql://user@host/db or redis://host:6379/0"
+        "postgresql://user@host/db, redis://host:6379/0 or redis+cluster://host:7000"
     )

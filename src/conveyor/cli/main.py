@@ -36,6 +36,7 @@ from conveyor.cli.dashboard_cmd import dashboard
 from conveyor.cli.dlq import dlq
 from conveyor.cli.events_cmd import events
 from conveyor.cli.jobs import jobs, print_damage
+from conveyor.cli.load_cmd import load
 from conveyor.cli.schedules_cmd import scheduler, schedules
 from conveyor.cli.seed000_cmd import enqueue_seed000_documents
 from conveyor.cli.versions_cmd import versions
@@ -74,6 +75,7 @@ cli.add_command(dlq)
 cli.add_command(events)
 cli.add_command(schedules)
 cli.add_command(scheduler)
+cli.add_command(load)
 cli.add_command(dashboard)
 cli.add_command(versions)
 cli.add_command(webhooks)

@@ -5,19 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
-import subprocess
 import sys
-import time
+from dataclasses import replace
 from typing import Any
 
 import click
 
 from conveyor.app import Conveyor
 from conveyor.cli.common import console, load_app
+from conveyor.domain.autoscale import AutoscalePolicy
 from conveyor.domain.durations import format_duration
 from conveyor.domain.states import JobState
+from conveyor.worker.supervisor import Autoscaling, Supervisor
 from conveyor.worker.worker import Worker, WorkerConfig
 
 JOB_FIELDS = (
@@ -139,6 +139,13 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...] | None:
     help="Worker processes to run (supervised; crashed ones are restarted).",
 )
 @click.option(
+    "--autoscale",
+    metavar="MIN:MAX|queues",
+    help="Grow and shrink supervised worker processes between MIN and MAX with the queues' "
+    "load (ready jobs, oldest wait); 'queues' takes the bounds from the queues' autoscale "
+    "settings. Shrinking never interrupts a running job.",
+)
+@click.option(
     "--grace",
     default=30.0,
     show_default=True,
@@ -171,6 +178,13 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...] | None:
     "(512MB, 2GB; a plain number is MB).",
 )
 @click.option("--worker-id", help="Stable id for this worker (default host:pid:random).")
+@click.option(
+    "--hostname",
+    envvar="CONVEYOR_HOSTNAME",
+    metavar="NAME",
+    help="Host name this worker reports and starts its id with (default: the machine's; "
+    "or $CONVEYOR_HOSTNAME, e.g. a Kubernetes node or pod name).",
+)
 @click.option("--no-scheduler", is_flag=True, help="Do not run the schedule loop in this worker.")
 @click.option(
     "--metrics-port",
@@ -185,6 +199,7 @@ def worker(
     tasks: tuple[str, ...],
     concurrency: int,
     processes: int,
+    autoscale: str | None,
     grace: float,
     burst: bool,
     show_progress: bool,
@@ -195,6 +210,7 @@ def worker(
     max_jobs_per_child: int | None,
     max_memory_per_child: str | None,
     worker_id: str | None,
+    hostname: str | None,
     no_scheduler: bool,
     metrics_port: int | None,
     metrics_host: str,
@@ -205,12 +221,25 @@ def worker(
     the rest back to the queue at once; a second signal hands them back immediately.
     """
     setup_logging(log_level, log_format)
+    if autoscale is not None:
+        if processes != 1:
+            raise click.UsageError("--autoscale and --processes exclude each other")
+        if burst:
+            raise click.UsageError("--autoscale and --burst exclude each other")
+        app = load_app(app_path, url)
+        scaling = _autoscaling(app, autoscale, _split(queues), concurrency)
+        if metrics_port is not None:  # the supervisor serves every process's metrics
+            from conveyor.cli.worker_metrics import serve_for_children
+
+            serve_for_children(metrics_port, metrics_host)
+        raise SystemExit(asyncio.run(_supervise(Supervisor(_child_argv(), autoscaling=scaling))))
     if processes > 1:
         if metrics_port is not None:  # the supervisor serves every process's metrics
             from conveyor.cli.worker_metrics import serve_for_children
 
             serve_for_children(metrics_port, metrics_host)
-        raise SystemExit(_supervise(processes))
+        supervisor = Supervisor(_child_argv(), processes, burst=burst)
+        raise SystemExit(asyncio.run(_supervise(supervisor)))
     app = load_app(app_path, url)
     config = WorkerConfig(
         queues=_split(queues),
@@ -220,6 +249,7 @@ def worker(
         poll_interval=poll_interval,
         burst=burst,
         worker_id=worker_id,
+        hostname=hostname,
         scheduler=not no_scheduler,
         max_jobs_per_child=max_jobs_per_child,
         max_memory_per_child=_size(max_memory_per_child),
@@ -242,6 +272,7 @@ async def _run_worker(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, w.stop)
+    loop.add_signal_handler(signal.SIGUSR2, w.retire)  # the autoscaler shrinking the group
     progress_task = asyncio.create_task(_progress(app, w)) if show_progress else None
     try:
         await w.run()
@@ -290,74 +321,50 @@ async def _progress(app: Conveyor, w: Worker) -> None:
             await asyncio.sleep(0.2)
 
 
-def _supervise(n: int) -> int:
-    """Run ``n`` single-process workers as children; restart crashes; forward signals."""
-    args = [a for a in sys.argv[1:]]
-    base = [
+def _autoscaling(
+    app: Conveyor, value: str, queues: tuple[str, ...] | None, concurrency: int
+) -> Autoscaling:
+    """The autoscaling of ``--autoscale VALUE``: the bounds from VALUE (``MIN:MAX``) or from
+    the consumed queues' ``autoscale`` settings (``queues``); the rest from those settings."""
+    names = list(queues) if queues else [app.default_queue, *app.queues]
+    names = list(dict.fromkeys(names))
+    declared = [p for q in names if (p := app.queue_config(q).autoscale) is not None]
+    merged = AutoscalePolicy.merge(declared) if declared else AutoscalePolicy()
+    try:
+        if value.strip().lower() == "queues":
+            if not declared:
+                raise click.BadParameter(
+                    "no consumed queue declares autoscale settings "
+                    "(app.queue(name, autoscale=...)); give MIN:MAX instead",
+                    param_hint="--autoscale",
+                )
+            policy = merged
+        else:
+            lo, hi = AutoscalePolicy.parse_bounds(value)
+            policy = replace(merged, min_workers=lo, max_workers=hi)  # validated again
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--autoscale") from None
+    return Autoscaling(policy, app, names, concurrency)
+
+
+async def _supervise(supervisor: Supervisor) -> int:
+    try:
+        return await supervisor.run()
+    finally:
+        if supervisor.autoscaling is not None:
+            await supervisor.autoscaling.app.close()
+
+
+def _child_argv() -> list[str]:
+    """This command for one supervised child: ``--processes 1``, no ``--autoscale``."""
+    return [
         sys.executable,
         "-m",
         "conveyor.cli.main",
-        *_without_processes(args),
+        *_without_processes(sys.argv[1:]),
         "--processes",
         "1",
     ]
-    log = logging.getLogger("conveyor.supervisor")
-    children: dict[int, subprocess.Popen[bytes]] = {}
-    stopping = {"signals": 0}
-
-    def start(i: int) -> None:
-        children[i] = subprocess.Popen(
-            base,
-            env={**os.environ, "CONVEYOR_WORKER_INDEX": str(i)},
-            preexec_fn=_term_with_parent,  # only calls prctl: safe between fork and exec
-        )
-        log.info("started worker process %d (pid %d)", i, children[i].pid)
-
-    def forward(signum: int, _frame: Any) -> None:
-        # Each signal is passed on once: the first drains, a second forces the hand-back.
-        stopping["signals"] += 1
-        for child in children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for i in range(n):
-        start(i)
-    restarts: dict[int, list[float]] = {i: [] for i in range(n)}
-    while True:
-        alive = False
-        for i, child in list(children.items()):
-            code = child.poll()
-            if code is None:
-                alive = True
-                continue
-            if stopping["signals"] or "--burst" in args:
-                continue
-            recent = [t for t in restarts[i] if time.monotonic() - t < 60]
-            restarts[i] = [*recent, time.monotonic()]
-            log.warning("worker process %d exited with %s; restarting", i, code)
-            time.sleep(min(0.5 * len(recent), 5.0))
-            start(i)
-            alive = True
-        if not alive:
-            return (
-                max((c.returncode or 0) for c in children.values())
-                if not stopping["signals"]
-                else 0
-            )
-        time.sleep(0.2)
-
-
-def _term_with_parent() -> None:
-    """In a supervised child: receive SIGTERM (a graceful drain) if the supervisor dies."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
 
 
 def _without_processes(args: list[str]) -> list[str]:
@@ -367,13 +374,13 @@ def _without_processes(args: list[str]) -> list[str]:
         if skip:
             skip = False
             continue
-        if arg in ("--processes", "-p"):
+        if arg in ("--processes", "-p", "--autoscale"):
             skip = True
             continue
         if arg in ("--metrics-port", "--metrics-host"):  # the supervisor serves them
             skip = True
             continue
-        if arg.startswith(("--processes=", "--metrics-port=", "--metrics-host=")):
+        if arg.startswith(("--processes=", "--autoscale=", "--metrics-port=", "--metrics-host=")):
             continue
         out.append(arg)
     return out

@@ -40,6 +40,7 @@ from conveyor.core.serialization import Serializer, encode_call
 from conveyor.core.serializers import recorded
 from conveyor.core.task import AsyncTask, JobSpec, Task, TaskConfig, TaskDecorator, spec_list
 from conveyor.core.versions import Migration, PayloadVersions
+from conveyor.domain.autoscale import AutoscalePolicy
 from conveyor.domain.clock import Clock
 from conveyor.domain.durations import Duration, optional_duration, parse_duration
 from conveyor.domain.ids import new_job_id
@@ -331,17 +332,31 @@ class App:
         priority: int | str = 0,
         retry: RetryPolicy | int | None = None,
         dead_letter: str | None = None,
+        autoscale: AutoscalePolicy | Mapping[str, Any] | None = None,
     ) -> QueueConfig:
-        """Declare a queue's settings (queues without a declaration use defaults)."""
+        """Declare a queue's settings (queues without a declaration use defaults).
+
+        ``autoscale`` is an :class:`~conveyor.AutoscalePolicy` or seed 000's ``autoScale``
+        object (``{"minWorkers": 1, "maxWorkers": 8, "targetWaitMs": 30000, ...}``)."""
         if not name:
             raise ConfigurationError("a queue needs a name")
         if concurrency is not None and concurrency < 1:
             raise ConfigurationError("queue concurrency must be >= 1")
         try:
             prio = parse_priority(priority)
-        except ValueError as exc:
+            scaling = (
+                AutoscalePolicy.from_seed000(dict(autoscale))
+                if isinstance(autoscale, Mapping)
+                else autoscale
+            )
+        except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"queue {name}: {exc}") from None
-        config = QueueConfig(name, concurrency, prio, coerce_retry(retry), dead_letter)
+        if scaling is not None and not isinstance(scaling, AutoscalePolicy):
+            raise ConfigurationError(
+                f"queue {name}: autoscale must be an AutoscalePolicy or a seed-000 autoScale "
+                "mapping"
+            )
+        config = QueueConfig(name, concurrency, prio, coerce_retry(retry), dead_letter, scaling)
         self.queues[name] = config
         return config
 

@@ -13,6 +13,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from conveyor.backends import capabilities
+from conveyor.backends.capabilities.load import QueueLoad, ReportsLoad
 from conveyor.backends.common import RETRYABLE_STATES
 from conveyor.core.handle import JobInfo, decode_record
 from conveyor.core.options import QueueConfig
@@ -35,6 +37,7 @@ class InspectHost(AppPort, Protocol):
     tasks: dict[str, Task[Any, Any]]
     queues: dict[str, QueueConfig]
     lease: float
+    default_queue: str
 
     def retry_policy_for(self, task: Task[Any, Any] | None, queue: str) -> RetryPolicy:
         """The retry policy a job of ``task`` on ``queue`` runs under."""
@@ -126,6 +129,30 @@ class Inspector:
         for name in self.app.queues:
             by_queue[name]
         return Counts(dict(by_queue), dict(by_task), total)
+
+    async def load(self, queues: builtins.list[str] | None = None) -> builtins.list[QueueLoad]:
+        """Per queue: jobs ready to start, jobs running, and the age in seconds of the
+        longest-waiting ready job (the signals an autoscaler reads; ``conveyor load``).
+
+        ``queues`` defaults to the default queue, every declared queue and every other queue
+        that has ready or running jobs."""
+        backend = await self.app.backend()
+        capabilities.require(backend, ReportsLoad, "queue load")
+        assert isinstance(backend, ReportsLoad)
+        now = self.app.backend_now()
+        if queues is not None:
+            return await backend.queue_load(queues, now)
+        busy = await backend.queue_load(None, now)
+        declared = [self.app.default_queue, *self.app.queues]
+        known = {x.queue for x in busy}
+        extra = [q for q in dict.fromkeys(declared) if q not in known]
+        idle = await backend.queue_load(extra, now) if extra else []
+        order = {q: i for i, q in enumerate(dict.fromkeys(declared))}
+        return sorted([*busy, *idle], key=lambda x: (order.get(x.queue, len(order)), x.queue))
+
+    def load_sync(self, queues: builtins.list[str] | None = None) -> builtins.list[QueueLoad]:
+        """Blocking :meth:`load`."""
+        return self.app.portal.run(self.load(queues))
 
     async def workers(self, *, include_stale: bool = False) -> list[WorkerInfo]:
         """Registered workers; by default only those that heartbeated within three leases."""

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from conveyor.core.serialization import check_metadata
+from conveyor.domain.autoscale import AutoscalePolicy
 from conveyor.domain.clock import to_timestamp
 from conveyor.domain.durations import Duration, optional_duration
 from conveyor.domain.priority import parse_priority
@@ -64,6 +65,8 @@ class QueueConfig:
     they fail permanently, so operators list, retry and purge them together (``conveyor dlq list
     --queue NAME``). Dead jobs stay in state ``failed`` (durable, with their history and error);
     no worker consumes them on its own — see docs/operating.md, "Dead-letter sets".
+    ``autoscale``: how ``conveyor worker --autoscale`` sizes a group of worker processes
+    consuming this queue (seed 000's ``autoScale``; see :mod:`conveyor.domain.autoscale`).
     """
 
     name: str
@@ -71,6 +74,7 @@ class QueueConfig:
     priority: int = 0
     retry: RetryPolicy | None = None
     dead_letter: str | None = None
+    autoscale: AutoscalePolicy | None = None
 
     def to_seed000(self) -> dict[str, Any]:
         """Render as seed 000's ``QueueConfig`` (whose priority is "lower = higher").
@@ -90,6 +94,8 @@ class QueueConfig:
             out["defaultRetryPolicy"] = self.retry.to_seed000()
         if self.dead_letter is not None:
             out["deadLetterSet"] = self.dead_letter
+        if self.autoscale is not None:
+            out["autoScale"] = self.autoscale.to_seed000()
         return out
 
 

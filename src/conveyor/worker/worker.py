@@ -55,7 +55,10 @@ class WorkerConfig:
     get to finish on shutdown before they are handed back. ``burst``: exit once no job is
     claimable and none is running. ``max_jobs_per_child`` / ``max_memory_per_child`` (bytes):
     recycle a process-mode child after that many jobs, or when its resident memory after a job
-    is above that (``None``: never).
+    is above that (``None``: never). ``hostname``: the host this worker reports
+    (default ``socket.gethostname()``); it starts the worker id (``host:pid:random``) and names
+    the host in the worker registry, so a fleet's workers can be told apart by machine (set it
+    where every container has the same hostname).
     """
 
     queues: tuple[str, ...] | None = None
@@ -72,6 +75,7 @@ class WorkerConfig:
     burst_waits_for_scheduled: bool = True
     scheduler: bool = True
     worker_id: str | None = None
+    hostname: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> WorkerConfig:
@@ -94,7 +98,7 @@ class Worker:
             value = getattr(self.config, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 (or None)")
-        host = socket.gethostname()
+        host = self.config.hostname or socket.gethostname()
         self.id = self.config.worker_id or f"{host}:{os.getpid()}:{new_job_id()[-8:]}"
         self.host = host
         self.queues = self._resolve_queues()
@@ -105,6 +109,8 @@ class Worker:
         self.runner = JobRunner(self)
         self._stopping = False
         self._forced = False
+        self._retiring = False  # stopping without a grace limit (see retire())
+        self._retirement_ended = asyncio.Event()
         self._stop_event: asyncio.Event | None = None
         self._slot_freed: asyncio.Event | None = None
         # Fusing a completion with the next claim (``Backend.complete_and_claim``): set at
@@ -135,7 +141,14 @@ class Worker:
         return self._stopping
 
     def stop(self, *, force: bool = False) -> None:
-        """Stop claiming; with ``force`` (or a second call) hand running jobs back at once."""
+        """Stop claiming; with ``force`` (or a second call) hand running jobs back at once.
+
+        During a :meth:`retire`, the first call turns it into this normal shutdown (running
+        jobs get the grace period from now on)."""
+        if self._retiring and not force:
+            self._retiring = False
+            self._retirement_ended.set()
+            return
         if self._stopping:
             force = True
         self._stopping = True
@@ -145,6 +158,20 @@ class Worker:
         if self._forced:
             for active in list(self.active.values()):
                 self.runner.interrupt(active, "shutdown")
+
+    def retire(self) -> None:
+        """Stop claiming and let every running job finish, however long it takes, then
+        return from :meth:`run` (SIGUSR2): how an autoscaler shrinks a group of worker
+        processes without interrupting a job. A later :meth:`stop` applies the grace period
+        as usual; nothing happens when the worker is already stopping."""
+        if self._stopping:
+            return
+        self.stop()
+        self._retiring = True
+
+    @property
+    def retiring(self) -> bool:
+        return self._retiring
 
     @property
     def backend(self) -> Backend:
@@ -583,7 +610,14 @@ class Worker:
         if not self.active:
             return
         pending = [a.task for a in self.active.values() if a.task is not None]
-        if not self._forced:
+        if self._retiring and pending:
+            log.info(
+                "retiring: finishing %d running job(s) with no time limit",
+                len(pending),
+                extra={"worker_id": self.id},
+            )
+            pending = await self._finish_while_retiring(pending)
+        if not self._forced and pending:
             log.info(
                 "draining %d running job(s) for up to %.0fs",
                 len(pending),
@@ -596,6 +630,20 @@ class Worker:
         remaining = [a.task for a in self.active.values() if a.task is not None]
         if remaining:
             await asyncio.wait(remaining, timeout=10)
+
+    async def _finish_while_retiring(
+        self, pending: list[asyncio.Task[Any]]
+    ) -> list[asyncio.Task[Any]]:
+        """Wait for ``pending`` until all are done or the retirement ends (a stop signal);
+        the ones still running."""
+        ended = asyncio.ensure_future(self._retirement_ended.wait())
+        try:
+            while pending and self._retiring:
+                await asyncio.wait([*pending, ended], return_when=asyncio.FIRST_COMPLETED)
+                pending = [t for t in pending if not t.done()]
+        finally:
+            ended.cancel()
+        return pending
 
     # -- background loops ---------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:

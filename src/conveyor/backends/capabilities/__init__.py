@@ -18,6 +18,8 @@ fails with a clear message on a store without it.
   :class:`EventBusTransactions` publishes inside the caller's transaction; SQLite and PostgreSQL.
 - :class:`EventStreams`: event-sourced streams with expected-version appends and snapshots;
   all four backends.
+- :class:`ReportsLoad`: per-queue ready and running jobs and the oldest ready job's age (the
+  autoscaling signals); all four backends.
 - :class:`JobBrowser`: the dashboard's reads (keyset paging, capped counts, the oldest queued
   job) and stored per-minute throughput counters; all four backends.
 - :class:`Defers`: hand a running job back for later without counting the attempt (a payload
@@ -37,6 +39,7 @@ from conveyor.backends.capabilities.events import (
     SyncEventBusTransactions,
 )
 from conveyor.backends.capabilities.kv import KeyValueStore
+from conveyor.backends.capabilities.load import QueueLoad, ReportsLoad
 from conveyor.backends.capabilities.streams import EventStreams
 from conveyor.backends.capabilities.transactions import SyncTransactions, Transactions
 from conveyor.errors import ConfigurationError
@@ -49,6 +52,8 @@ __all__ = [
     "JobBrowser",
     "KeyValueStore",
     "PushesCancellations",
+    "QueueLoad",
+    "ReportsLoad",
     "SyncEventBusTransactions",
     "SyncTransactions",
     "Transactions",
@@ -65,6 +70,7 @@ ALL: dict[str, type[Any]] = {
     "events": EventBusStore,
     "events_transactions": EventBusTransactions,
     "streams": EventStreams,
+    "queue_load": ReportsLoad,
     "browse": JobBrowser,
     "defer": Defers,
 }

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from conveyor.backends.base import Backend, BackendFactory, CancelOutcome
 from conveyor.backends.capabilities.kv import KeyValueStore
+from conveyor.backends.capabilities.load import QueueLoad, ReportsLoad
 from conveyor.backends.common import (
     RETRYABLE_STATES,
     SUSPECT_STALLS,
@@ -48,7 +49,7 @@ from conveyor.errors import ErrorCode
 
 
 class MemoryBackend(  # Defers: issue 19; events, streams: issue 16
-    MemoryDefer, MemoryEvents, MemoryStreams, MemoryBrowser, KeyValueStore, Backend
+    MemoryDefer, MemoryEvents, MemoryStreams, MemoryBrowser, KeyValueStore, ReportsLoad, Backend
 ):
     """A client of a :class:`MemoryStore`."""
 
@@ -577,6 +578,33 @@ class MemoryBackend(  # Defers: issue 19; events, streams: issue 16
                 key = (job.queue, job.task, job.state)
                 counts[key] = counts.get(key, 0) + 1
         return [CountRow(q, t, s, n) for (q, t, s), n in sorted(counts.items())]
+
+    async def queue_load(
+        self, queues: Sequence[str] | None = None, now: float | None = None
+    ) -> list[QueueLoad]:
+        t = self._now(now)
+        ready: dict[str, int] = {}
+        running: dict[str, int] = {}
+        oldest: dict[str, float] = {}
+        with self.store.lock:
+            for job in self.store.jobs.values():
+                if job.state is JobState.RUNNING:
+                    running[job.queue] = running.get(job.queue, 0) + 1
+                elif job.state is JobState.QUEUED or (
+                    job.state is JobState.SCHEDULED and job.run_at <= t
+                ):
+                    ready[job.queue] = ready.get(job.queue, 0) + 1
+                    oldest[job.queue] = min(oldest.get(job.queue, job.run_at), job.run_at)
+        names = list(dict.fromkeys(queues)) if queues is not None else sorted(ready | running)
+        return [
+            QueueLoad(
+                q,
+                ready.get(q, 0),
+                running.get(q, 0),
+                None if q not in oldest else max(t - oldest[q], 0.0),
+            )
+            for q in names
+        ]
 
     # -- key-value state --------------------------------------------------------------------
     async def kv_get(self, namespace: str, key: str) -> bytes | None:

@@ -30,11 +30,13 @@ from conveyor.backends.postgres.client import (
     Conn,
     NoReply,
     PostgresClient,
+    statement_lost,
 )
 from conveyor.backends.postgres.defer import PostgresDefer
 from conveyor.backends.postgres.errors import is_transient, translate, translated
 from conveyor.backends.postgres.events import PostgresEvents  # event bus (issue 16)
 from conveyor.backends.postgres.kv import PostgresKV
+from conveyor.backends.postgres.load import PostgresLoad
 from conveyor.backends.postgres.statements import (
     claimed_from_row,
     distinct,
@@ -79,6 +81,7 @@ class PostgresBackend(
     PostgresStreams,
     PostgresBrowser,
     PostgresKV,
+    PostgresLoad,
     Transactions,
     PostgresClient,
     Backend,
@@ -186,6 +189,8 @@ class PostgresBackend(
                 if attempts >= len(RETRY_DELAYS):
                     raise self._no_reply_error(exc.seconds) from None
             except psycopg.Error as exc:
+                if statement_lost(exc) and await self.found_pooler(pool, exc):
+                    continue  # nothing was stored; again without preparing
                 if not is_transient(exc) or attempts >= len(RETRY_DELAYS):
                     raise translate(exc, self.settings.url, self.schema) from exc
                 self._purge_stale(pool)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import time
@@ -28,6 +29,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool
 
+from conveyor.backends.postgres import pooling
 from conveyor.backends.postgres import schema as schema_ops
 from conveyor.backends.postgres.errors import describe_connect_error, is_transient, translate
 from conveyor.backends.postgres.statements import (
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[Any]
+log = logging.getLogger("conveyor.backends.postgres")
 
 READ = "read"  # idempotent: retry on any connection failure
 STALE = "stale"  # retry only when the server closed the connection before running it
@@ -80,6 +83,15 @@ def _sever(conn: Conn) -> None:
         sock.close()
 
 
+def statement_lost(exc: BaseException) -> bool:
+    """A server-side prepared statement was not there (or was already there): the symptom of
+    a transaction pooler handing out server sessions (see :mod:`.pooling`)."""
+    if isinstance(exc, pg_errors.InvalidSqlStatementName | pg_errors.DuplicatePreparedStatement):
+        return True
+    # Another client's statement under the same name: the parameters do not fit.
+    return isinstance(exc, pg_errors.ProtocolViolation) and "prepared statement" in str(exc)
+
+
 def _stale(exc: BaseException) -> bool:
     """The server announced it was closing the connection (restart, crash recovery,
     terminate): the statement did not run."""
@@ -100,6 +112,8 @@ class PostgresClient:
         self._checks: set[asyncio.Task[Any]] = set()
         self._conninfo = settings.url
         self._last_reset = 0.0
+        #: Whether a transaction pooler serves the URL (known once the client is open).
+        self.pooled: bool | None = settings.pooled
         self.wake = Wakeups(
             self.jobs_channel,
             self.done_channel,
@@ -108,7 +122,14 @@ class PostgresClient:
             poll_interval=settings.poll_interval,
             notify_interval=settings.notify_interval,
             connect_timeout=settings.timeout,
+            probe_timeout=settings.listen_probe_timeout,
         )
+
+    @property
+    def prepare_threshold(self) -> int | None:
+        """psycopg's ``prepare_threshold`` for pooled connections: ``None`` (never prepare)
+        behind a transaction pooler."""
+        return None if self.pooled else self.settings.prepare_threshold
 
     # -- lifecycle ------------------------------------------------------------------------
     async def open(self) -> None:
@@ -118,7 +139,10 @@ class PostgresClient:
         try:
             conninfo = s.conninfo()
             conn = await psycopg.AsyncConnection.connect(
-                conninfo, autocommit=True, connect_timeout=max(1, int(s.timeout))
+                conninfo,
+                autocommit=True,
+                prepare_threshold=None,
+                connect_timeout=max(1, int(s.timeout)),
             )
         except psycopg.Error as exc:
             raise StorageUnavailableError(describe_connect_error(exc, s.url)) from None
@@ -128,13 +152,18 @@ class PostgresClient:
                 await schema_ops.migrate(conn, s.schema)
                 version = await schema_ops.current_version(conn, s.schema)
             schema_ops.check_version(version, s.schema)
+            pooled = s.pooled
+            if pooled is None:
+                pooled = await pooling.shares_sessions(conn, conninfo, s.timeout)
         except psycopg.Error as exc:
             raise translate(exc, s.url, s.schema) from exc
         finally:
             await conn.close()
+        self.pooled = pooled
+        pooling.report(s, pooled, detected=s.pooled is None)
         self._conninfo = conninfo
         self._pool = await self._new_pool()
-        self.wake.enable(conninfo)
+        self.wake.enable(pooling.listen_conninfo(s, pooled), s.listen_target)
 
     async def _new_pool(self) -> AsyncConnectionPool[Conn]:
         s = self.settings
@@ -143,7 +172,7 @@ class PostgresClient:
             min_size=s.pool_min,
             max_size=s.pool_max,
             open=False,
-            kwargs={"autocommit": True, "prepare_threshold": s.prepare_threshold},
+            kwargs={"autocommit": True, "prepare_threshold": self.prepare_threshold},
             timeout=s.timeout,
             name=f"conveyor:{s.schema}",
         )
@@ -187,6 +216,8 @@ class PostgresClient:
                     continue
                 raise self._no_reply_error(exc.seconds) from None
             except psycopg.Error as exc:
+                if statement_lost(exc) and await self.found_pooler(pool, exc):
+                    continue  # the statement did not run; again without preparing
                 if is_transient(exc):
                     self._purge_stale(pool)
                     again = retry == READ or (retry == STALE and _stale(exc))
@@ -227,6 +258,33 @@ class PostgresClient:
                 raise
             finally:
                 timer.cancel()
+
+    async def found_pooler(self, pool: AsyncConnectionPool[Conn], exc: psycopg.Error) -> bool:
+        """A prepared statement vanished or collided: a transaction pooler serves the URL
+        although the start-up check did not see it (it can miss behind a busy pool). From now
+        on prepare nothing (a fresh pool) and do not LISTEN through it; whether the caller
+        should retry (the failed statement did not run)."""
+        if self.pooled:
+            return False
+        self.pooled = True
+        s = self.settings
+        log.warning(
+            "PostgreSQL at %s answered %r: a transaction pooler (PgBouncer pool_mode = "
+            "transaction) serves this URL although the start-up check did not see it; "
+            "server-side prepared statements are off from now on (pass pooled=True to say so "
+            "up front)",
+            s.url_target,
+            str(exc).strip(),
+        )
+        fresh = await self._new_pool()
+        if self._pool is pool:
+            self._pool = fresh
+            self._background(pool.close(timeout=1.0))
+        else:
+            await fresh.close()
+        self.wake.enable(pooling.listen_conninfo(s, True), s.listen_target)
+        await self.wake.reconnect()
+        return True
 
     def _no_reply_error(self, seconds: float) -> StorageUnavailableError:
         return StorageUnavailableError(
@@ -374,4 +432,6 @@ class PostgresClient:
         """Counters for tests and diagnostics: notifications, LISTEN state, batching."""
         return {
             **self.wake.stats(),
+            "pooled": self.pooled,
+            "prepare_threshold": self.prepare_threshold,
         }

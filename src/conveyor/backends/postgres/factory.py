@@ -5,13 +5,20 @@
 
 Options: ``schema`` (a PostgreSQL schema, so several apps, or tests, share one database),
 ``auto_migrate`` (create or upgrade the schema when a client opens), ``pool_min``/``pool_max``
-(connections per client), ``listen`` (LISTEN/NOTIFY wake-ups; ``False`` polls only, for
-PgBouncer in transaction mode), ``poll_interval`` (seconds between polls while waiting),
-``timeout`` (seconds to wait for a connection), ``notify_interval`` (the least time between
-two notifications about one queue from one client), ``prepare_threshold`` (psycopg's
-server-side prepared statements; ``None`` turns them off for old PgBouncers) and
-``command_timeout`` (seconds a statement may go unanswered before its connection is presumed
-dead, dropped and replaced; ``None``: wait forever).
+(connections per client), ``listen`` (LISTEN/NOTIFY wake-ups; ``False`` polls only),
+``poll_interval`` (seconds between polls while waiting), ``timeout`` (seconds to wait for a
+connection), ``notify_interval`` (the least time between two notifications about one queue
+from one client), ``prepare_threshold`` (psycopg's server-side prepared statements; ``None``
+turns them off) and ``command_timeout`` (seconds a statement may go unanswered before its
+connection is presumed dead, dropped and replaced; ``None``: wait forever).
+
+Behind PgBouncer in transaction mode (see :mod:`conveyor.backends.postgres.pooling` and
+``docs/scaling.md``): ``pooled`` (``None``, the default, detects a transaction pooler when a
+client opens; ``True``/``False`` says so and skips the check; when pooled, prepared
+statements are off), ``listen_url`` (a direct or session-pooled URL for the one LISTEN
+connection per client; without it a pooled client polls) and ``listen_probe_timeout``
+(seconds the LISTEN connection waits for its own test notification before it concludes
+LISTEN does not work there and falls back to polling).
 
 The outbox functions :func:`enqueue_on`, :func:`enqueue_on_sync` and :func:`complete_on` are
 re-exported by the package (:mod:`conveyor.backends.postgres`) from its ``tx`` module. This
@@ -65,6 +72,9 @@ class PostgresFactory(PostgresEventsFactory, SyncTransactions, BackendFactory):
         notify_interval: float = 0.1,
         prepare_threshold: int | None = 5,
         command_timeout: float | None = 10.0,
+        pooled: bool | None = None,
+        listen_url: str | None = None,
+        listen_probe_timeout: float = 5.0,
     ) -> None:
         require_psycopg()
         from conveyor.backends.postgres.statements import quote_ident
@@ -82,6 +92,15 @@ class PostgresFactory(PostgresEventsFactory, SyncTransactions, BackendFactory):
             raise ConfigurationError("poll_interval and timeout must be > 0")
         if command_timeout is not None and command_timeout <= 0:
             raise ConfigurationError("command_timeout must be > 0 (or None for no deadline)")
+        if listen_probe_timeout <= 0:
+            raise ConfigurationError("listen_probe_timeout must be > 0")
+        if listen_url is not None and not listen_url.lower().startswith(
+            ("postgres://", "postgresql://")
+        ):
+            raise ConfigurationError(
+                f"listen_url must be a postgresql:// URL (a direct or session-pooled "
+                f"connection for LISTEN); got {redact_url(listen_url)!r}"
+            )
         self.url = url
         self.settings = PostgresSettings(
             url=url,
@@ -95,6 +114,9 @@ class PostgresFactory(PostgresEventsFactory, SyncTransactions, BackendFactory):
             notify_interval=notify_interval,
             prepare_threshold=prepare_threshold,
             command_timeout=command_timeout,
+            pooled=pooled,
+            listen_url=listen_url,
+            listen_probe_timeout=listen_probe_timeout,
         )
 
     @property
@@ -115,6 +137,7 @@ class PostgresFactory(PostgresEventsFactory, SyncTransactions, BackendFactory):
             return await psycopg.AsyncConnection.connect(
                 self.settings.conninfo(),
                 autocommit=True,
+                prepare_threshold=None,
                 connect_timeout=max(1, int(self.settings.timeout)),
             )
         except psycopg.Error as exc:
@@ -184,6 +207,8 @@ class PostgresFactory(PostgresEventsFactory, SyncTransactions, BackendFactory):
             "schema_version": latest_version(),
             "pool": f"{s.pool_min}..{s.pool_max}",
             "listen": s.listen,
+            "listen_url": None if s.listen_url is None else redact_url(s.listen_url),
+            "pooled": "detect" if s.pooled is None else s.pooled,
             "poll_interval": s.poll_interval,
         }
 

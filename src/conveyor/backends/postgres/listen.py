@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+from uuid import uuid4
 
 import psycopg
 
@@ -32,6 +33,14 @@ class Listener:
     notifications may have been missed (the connection dropped, or came back after a drop) so
     waiters re-check the table. While no notification arrives, the connection is pinged every
     ``ping_interval`` seconds and replaced if it does not answer within ``ping_timeout``.
+
+    With a ``probe`` (a way to send a notification through another connection), the first
+    connection checks that LISTEN works at all: it listens on a probe channel and sends
+    itself a unique payload there. Behind a transaction pooler the LISTEN stays on a server
+    session the pooler has already handed to someone else, so the payload never arrives;
+    after ``probe_timeout`` seconds the listener logs a warning naming ``target``, stops for
+    good and calls ``on_broken()`` (waiters then poll). See
+    :mod:`conveyor.backends.postgres.pooling`.
     """
 
     def __init__(
@@ -45,6 +54,10 @@ class Listener:
         connect_timeout: float = 10.0,
         ping_interval: float = 10.0,
         ping_timeout: float = 5.0,
+        probe: Callable[[str, str], Awaitable[None]] | None = None,
+        probe_timeout: float = 5.0,
+        on_broken: Callable[[], None] | None = None,
+        target: str = "the server",
     ) -> None:
         self._conninfo = conninfo
         self._channels = list(channels)
@@ -59,6 +72,13 @@ class Listener:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self.connected = False
         self.reconnects = 0
+        self._probe = probe
+        self._probe_timeout = probe_timeout
+        self._on_broken = on_broken
+        self._target = target
+        #: Whether a notification sent through another connection arrived (``None``: not
+        #: checked yet; ``False``: it did not, or could not be sent).
+        self.verified: bool | None = None
 
     def start(self) -> None:
         """Start listening in the background (idempotent)."""
@@ -85,6 +105,45 @@ class Listener:
                 pass
         await self._close()
 
+    async def _send_probe(
+        self, conn: psycopg.AsyncConnection[Any]
+    ) -> tuple[str, str, float] | None:
+        """On the first connection: listen on the probe channel and send it a unique payload
+        through another connection; (channel, payload, deadline), or ``None`` when there is
+        nothing to check (checked already, no probe, or the send failed: no verdict)."""
+        if self._probe is None or self.verified is not None:
+            return None
+        channel = self._channels[0].rsplit(":", 1)[0] + ":probe"
+        token = uuid4().hex
+        await conn.execute(f"LISTEN {quote_ident(channel)}")
+        try:
+            await self._probe(channel, token)
+        except ConveyorError as exc:
+            log.debug("LISTEN self-check not sent (%s); assuming LISTEN works", exc)
+            self.verified = False
+            return None
+        return channel, token, time.monotonic() + self._probe_timeout
+
+    async def _give_up(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """The probe never arrived: LISTEN does not reach this connection. Stop for good."""
+        log.warning(
+            "LISTEN on %s did not receive its own test notification within %gs: the "
+            "connection is probably behind a transaction pooler (PgBouncer pool_mode = "
+            "transaction), where LISTEN never works. Waiting workers poll instead of waking "
+            "at once; pass listen_url= (a direct or session-pooled connection) for instant "
+            "wake-ups, or pooled=True / listen=False to skip this check",
+            self._target,
+            self._probe_timeout,
+        )
+        self.verified = False
+        try:
+            await conn.execute("UNLISTEN *")  # on whichever session the pooler gives us
+        except psycopg.Error:
+            pass
+        await self._close()
+        if self._on_broken is not None:
+            self._on_broken()
+
     async def _close(self) -> None:
         conn, self._conn = self._conn, None
         self.connected = False
@@ -107,14 +166,25 @@ class Listener:
                 self._conn = conn
                 for channel in self._channels:
                     await conn.execute(f"LISTEN {quote_ident(channel)}")
+                probe = await self._send_probe(conn)
                 self.connected = True
                 self._ready.set()
                 if self.reconnects or backoff > 0.05:
                     self._on_gap()
                 backoff = 0.05
                 while True:
-                    async for note in conn.notifies(timeout=self._ping_interval):
+                    wait = self._ping_interval
+                    if probe is not None:
+                        wait = max(min(wait, probe[2] - time.monotonic()), 0.0)
+                    async for note in conn.notifies(timeout=wait):
+                        if probe is not None and note.channel == probe[0]:
+                            if note.payload == probe[1]:
+                                self.verified, probe = True, None
+                            continue
                         self._on_notify(note.channel, note.payload)
+                    if probe is not None and time.monotonic() >= probe[2]:
+                        await self._give_up(conn)
+                        return
                     # Quiet for a while: make sure the connection still answers (a network
                     # that silently drops packets would otherwise leave us deaf forever).
                     async with asyncio.timeout(self._ping_timeout):

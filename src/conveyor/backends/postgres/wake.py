@@ -34,23 +34,31 @@ class Wakeups:
         poll_interval: float,
         notify_interval: float,
         connect_timeout: float,
+        probe_timeout: float = 5.0,
     ) -> None:
         self.jobs_channel = jobs_channel
         self.done_channel = done_channel
         self.listen = listen
         self.poll_interval = poll_interval
         self.connect_timeout = connect_timeout
+        self.probe_timeout = probe_timeout
+        self._send = send
+        #: LISTEN was found not to deliver (a transaction pooler): waiters only poll.
+        self.listen_broken = False
         self.limiter = NotifyLimiter(send, notify_interval)
         #: Notifications received by the LISTEN connection (diagnostics and tests).
         self.received = 0
         self.listener: Listener | None = None
         self._conninfo: str | None = None
+        self._target = "the server"
         self._job_waiters: list[tuple[frozenset[str], asyncio.Event]] = []
         self._done_waiters: list[asyncio.Event] = []
 
-    def enable(self, conninfo: str) -> None:
-        """Allow the LISTEN connection (once the store is known to be reachable)."""
+    def enable(self, conninfo: str | None, target: str = "the server") -> None:
+        """Allow the LISTEN connection to ``conninfo`` (once the store is known to be
+        reachable; ``target`` describes it in messages); ``None``: poll only."""
         self._conninfo = conninfo
+        self._target = target
 
     async def close(self) -> None:
         listener, self.listener = self.listener, None
@@ -118,7 +126,7 @@ class Wakeups:
     async def _ensure_listener(self, *, wait: bool = True) -> None:
         """Start LISTEN on first use and give it a moment, so the caller's first check and
         the first notification cannot cross."""
-        if not self.listen or self._conninfo is None:
+        if not self.listen or self._conninfo is None or self.listen_broken:
             return
         if self.listener is None:
             self.listener = Listener(
@@ -127,10 +135,19 @@ class Wakeups:
                 self.on_notify,
                 self.wake_all,
                 connect_timeout=self.connect_timeout,
+                probe=self._send,
+                probe_timeout=self.probe_timeout,
+                on_broken=self._on_listen_broken,
+                target=self._target,
             )
             self.listener.start()
         if wait:
             await self.listener.wait_ready(self.poll_interval)
+
+    def _on_listen_broken(self) -> None:
+        """The LISTEN connection's self-test failed: poll from now on (see ``pooling``)."""
+        self.listen_broken = True
+        self.wake_all()
 
     # -- waiting ------------------------------------------------------------------------------
     async def wait_for_jobs(self, queues: Sequence[str], timeout: float, probe: Probe) -> None:
@@ -202,4 +219,6 @@ class Wakeups:
             "listening": self.listening,
             "notify_received": self.received,
             "listen_reconnects": listener.reconnects if listener else 0,
+            "listen_verified": listener.verified if listener else None,
+            "listen_broken": self.listen_broken,
         }

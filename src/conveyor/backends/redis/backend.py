@@ -47,6 +47,7 @@ from conveyor.backends.redis.connect import (
 )
 from conveyor.backends.redis.defer import RedisDefer
 from conveyor.backends.redis.events import RedisEvents  # event bus (issue 16)
+from conveyor.backends.redis.load import RedisLoad
 from conveyor.backends.redis.notify import Notifier
 from conveyor.backends.redis.pipe import ScriptPipe, pipe_for
 from conveyor.backends.redis.scripts import ScriptArg, run
@@ -98,6 +99,7 @@ class RedisBackend(  # Defers: issue 19; events, streams: issue 16
     RedisStreams,
     RedisBrowser,
     KeyValueStore,
+    RedisLoad,
     PushesCancellations,
     Backend,
 ):
@@ -147,9 +149,16 @@ class RedisBackend(  # Defers: issue 19; events, streams: issue 16
             with contextlib.suppress(RedisError, OSError):
                 await self.client.aclose()
 
-    async def _run(self, name: str, args: Sequence[ScriptArg]) -> Any:
+    async def _run(self, name: str, args: Sequence[ScriptArg], base: str | None = None) -> Any:
+        """Run script ``name`` with ``KEYS[1]`` = ``base`` (default: the key base of
+        everything; Redis Cluster passes a queue's own, see ``cluster.py``)."""
         with translate_errors(self.url, self.prefix):
-            return await run(self.client, name, self.base, args, self.pipe)
+            return await run(self.client, name, base or self.base, args, self.pipe)
+
+    def _queue_base(self, queue: str) -> str:
+        """The key base of ``queue``'s keys: the one base of every key here (one hash tag);
+        a queue's own tag on Redis Cluster (``cluster.py``)."""
+        return self.base
 
     # -- producer ---------------------------------------------------------------------------
     async def enqueue(
@@ -403,6 +412,10 @@ class RedisBackend(  # Defers: issue 19; events, streams: issue 16
             with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
                 await pop
 
+    async def _done_base(self, job_id: str) -> str | None:
+        """The key base job ``job_id``'s "done" channel is under (``None``: :attr:`base`)."""
+        return None
+
     def _notify(self) -> Notifier:
         if self._notifier is None:
             self._notifier = Notifier(self.client, self.base)
@@ -415,7 +428,7 @@ class RedisBackend(  # Defers: issue 19; events, streams: issue 16
         deadline = loop.time() + timeout
         recheck = FINISH_RECHECK[0]
         with translate_errors(self.url, self.prefix):
-            async with self._notify().watch(job_id) as event:
+            async with self._notify().watch(job_id, await self._done_base(job_id)) as event:
                 while True:
                     event.clear()
                     record = await self.get_job(job_id)
@@ -470,7 +483,7 @@ class RedisBackend(  # Defers: issue 19; events, streams: issue 16
         if not states or limit <= 0:
             return 0
         args = [str(limit), str(SCAN_BUDGET), *encode_filter(flt, states)]
-        return int(await self._run("delete", args))
+        return len(await self._run("delete", args))
 
     # -- reading ----------------------------------------------------------------------------
     async def get_job(self, job_id: str) -> JobRecord | None:

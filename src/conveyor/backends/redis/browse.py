@@ -38,7 +38,11 @@ class RedisBrowser(JobBrowser):
 
     if TYPE_CHECKING:  # provided by RedisBackend
 
-        async def _run(self, name: str, args: Sequence[ScriptArg]) -> Any: ...
+        async def _run(
+            self, name: str, args: Sequence[ScriptArg], base: str | None = None
+        ) -> Any: ...
+
+        def _queue_base(self, queue: str) -> str: ...
 
     async def browse_jobs(self, query: BrowseQuery) -> list[JobRecord]:
         q = query
@@ -56,7 +60,8 @@ class RedisBrowser(JobBrowser):
             str(PAGE_BUDGET),
             *encode_filter(flt, states),
         ]
-        reply = await self._run("browse", args)
+        base = None if q.queue is None else self._queue_base(q.queue)  # Redis Cluster
+        reply = await self._run("browse", args, base)
         records = []
         for i in range(0, len(reply), 3):
             flat = reply[i + 1]

@@ -1,10 +1,11 @@
 """Key layout and value encoding of the Redis backend (no I/O here).
 
-Everything one factory stores lives under the key base ``{<prefix>}:`` — one hash tag, so every
-script touches a single Redis Cluster slot (see ``docs/redis.md`` and ``lua/lib.lua`` for the
-whole layout). A job is a hash ``j:<id>`` plus its payload in a string ``d:<id>`` (kept apart
-so the hash stays in Redis's compact listpack encoding); the hash uses short field names and
-omits default values:
+Everything one factory stores on a single Redis lives under the key base ``{<prefix>}:`` — one
+hash tag, so every script touches one slot; on a Redis Cluster each queue has its own base
+``{<prefix>:<queue>}:`` (see :mod:`conveyor.backends.redis.cluster`, ``docs/redis.md`` and
+``lua/lib.lua`` for the whole layout). A job is a hash ``j:<id>`` plus its payload in a string
+``d:<id>`` (kept apart so the hash stays in Redis's compact listpack encoding); the hash uses
+short field names and omits default values:
 
 ===== ================= ===== =================== ===== ===================
 field meaning           field meaning             field meaning

@@ -9,6 +9,7 @@ server too old, Redis Cluster, a key of another program under our prefix) become
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterator
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
@@ -105,6 +107,91 @@ def make_client(url: str, retries: int) -> Redis:
         ) from exc
 
 
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster", "valkey+cluster", "valkeys+cluster")
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://`` or ``rediss+cluster://``)."""
+    return url.partition("://")[0].lower() in CLUSTER_SCHEMES
+
+
+def make_cluster_client(
+    url: str, retries: int, *, socket_timeout: float | None = 30.0
+) -> RedisCluster:
+    """A Redis Cluster client for ``redis+cluster://[user:password@]host:port[?nodes=h:p,…]``
+    (``rediss+cluster://`` for TLS): the host in the URL and every ``nodes`` entry are
+    start-up nodes; the client discovers the rest, follows MOVED/ASK redirects and refreshes
+    the slot map after a fail-over."""
+    from redis.asyncio.cluster import ClusterNode
+
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+        nodes = [ClusterNode(host, port)]
+        query = dict(item.split("=", 1) for item in parts.query.split("&") if "=" in item)
+        for item in filter(None, query.pop("nodes", "").split(",")):
+            h, _, p = item.rpartition(":")
+            nodes.append(ClusterNode(h or host, int(p)))
+        database = parts.path.strip("/")
+        if database not in ("", "0"):
+            raise ValueError("a Redis Cluster has only database 0")
+        if query:
+            raise ValueError(f"unknown URL parameters {sorted(query)} (only nodes=)")
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"invalid Redis Cluster URL {redact_url(url)!r}: {exc}; use "
+            "redis+cluster://[:password@]host:port[?nodes=host2:port2,host3:port3] "
+            "(rediss+cluster:// for TLS)"
+        ) from exc
+    return RedisCluster(
+        startup_nodes=nodes,
+        username=parts.username or None,
+        password=parts.password or None,
+        ssl=parts.scheme.lower().startswith(("rediss", "valkeys")),
+        retry=make_retry(retries),
+        retry_on_error=[ConnectionError, TimeoutError],
+        socket_keepalive=True,
+        socket_connect_timeout=5.0,
+        socket_timeout=socket_timeout,
+        require_full_coverage=True,
+    )
+
+
+async def check_cluster(client: RedisCluster, url: str, prefix: str) -> dict[str, Any]:
+    """Start-up checks of a Redis Cluster: reachable, every node Redis 7.0+, the slots all
+    served; a warning when a node may evict keys. Facts for ``describe()``."""
+    where = redact_url(url)
+    with translate_errors(url, prefix):
+        await client.initialize()
+        masters = client.get_primaries()
+        infos = await asyncio.gather(
+            *(client.execute_command("INFO", "server", target_nodes=n) for n in masters)
+        )
+        memories = await asyncio.gather(
+            *(client.execute_command("INFO", "memory", target_nodes=n) for n in masters)
+        )
+    versions = sorted({str(i.get("redis_version", "0")) for i in infos})
+    if any(_version(v) < MIN_VERSION for v in versions):
+        raise ConfigurationError(
+            f"a node of the Redis Cluster at {where} runs Redis {versions[0]}; Conveyor needs "
+            "Redis 7.0 or newer on every node: upgrade the servers"
+        )
+    policies = sorted({str(m.get("maxmemory_policy", "noeviction")) for m in memories})
+    if policies != ["noeviction"]:
+        log.warning(
+            "Redis Cluster at %s has maxmemory-policy %s on some node: when it fills up it "
+            "will evict keys and silently lose jobs; set 'maxmemory-policy noeviction'",
+            where,
+            ",".join(policies),
+            extra={"action": "redis_eviction_enabled", "policy": ",".join(policies)},
+        )
+    return {
+        "server_version": ",".join(versions),
+        "cluster_masters": len(masters),
+        "maxmemory_policy": ",".join(policies),
+    }
+
+
 def blocking_client(client: Redis) -> Redis:
     """A client on its own pool, like ``client`` but with no read timeout, for BZPOPMIN."""
     pool = client.connection_pool
@@ -170,9 +257,8 @@ def _has_password(url: str) -> bool:
 
 def _cluster_message(where: str) -> str:
     return (
-        f"Redis at {where} runs in cluster mode, which redis:// URLs do not support yet; "
-        "use a standalone or Sentinel-managed Redis (every Conveyor key of one prefix shares "
-        "one hash tag, see docs/redis.md)"
+        f"Redis at {where} runs in cluster mode: name it with redis+cluster://host:port "
+        "(rediss+cluster:// for TLS) instead of redis:// (see docs/redis.md)"
     )
 
 

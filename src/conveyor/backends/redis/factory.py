@@ -19,12 +19,17 @@ Options (``factory_from_url(url, **options)``):
     Send every script call over one shared, pipelined connection (default ``True``; see
     ``conveyor.backends.redis.pipe``). ``False`` uses redis-py's connection pool for them, as
     do TLS (``rediss://``), Unix-socket and RESP3 clients in any case.
+
+``redis+cluster://host:port[?nodes=host2:port2,…]`` (``rediss+cluster://`` for TLS) names a
+Redis Cluster: every queue's keys get their own hash tag so queues spread over the shards (see
+:mod:`conveyor.backends.redis.cluster` and ``docs/redis.md``); ``client`` may then be a
+``redis.asyncio.cluster.RedisCluster``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from conveyor.backends.base import BackendFactory
 from conveyor.backends.common import redact_url
@@ -32,6 +37,7 @@ from conveyor.errors import ConfigurationError, MissingDependencyError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
 
     from conveyor.backends.redis.backend import RedisBackend
 
@@ -44,7 +50,7 @@ class RedisFactory(BackendFactory):
         url: str,
         *,
         prefix: str = "conveyor",
-        client: Redis | None = None,
+        client: Redis | RedisCluster | None = None,
         retries: int = 6,
         pipelined: bool = True,
     ) -> None:
@@ -58,12 +64,16 @@ class RedisFactory(BackendFactory):
             raise ConfigurationError("the Redis key prefix must be a non-empty string")
         if retries < 0:
             raise ConfigurationError("retries must be >= 0")
+        from conveyor.backends.redis.connect import is_cluster_url
+
         self.url = url
         self.prefix = prefix
         self.base = key_base(prefix)
         self.client = client
         self.retries = retries
         self.pipelined = pipelined
+        #: A Redis Cluster (``redis+cluster://``): one hash tag per queue.
+        self.cluster = is_cluster_url(url)
 
     def create(self) -> RedisBackend:
         """A new client for the calling event loop (with its own connection pool unless the
@@ -71,16 +81,32 @@ class RedisFactory(BackendFactory):
         from conveyor.backends.redis.backend import RedisBackend
         from conveyor.backends.redis.connect import make_client
 
+        if self.cluster:
+            return self._create_cluster()
         if self.client is not None:
-            client, owned = self.client, False
+            client, owned = cast("Redis", self.client), False
         else:
             client, owned = make_client(self.url, self.retries), True
         return RedisBackend(
             self.url, self.prefix, self.base, client, owned, pipelined=self.pipelined
         )
 
+    def _create_cluster(self) -> RedisBackend:
+        from conveyor.backends.redis.cluster import RedisClusterBackend
+        from conveyor.backends.redis.connect import make_cluster_client
+
+        blocking = make_cluster_client(self.url, self.retries, socket_timeout=None)
+        if self.client is not None:
+            given = cast("RedisCluster", self.client)
+            return RedisClusterBackend(self.url, self.prefix, self.base, given, False, blocking)
+        client = make_cluster_client(self.url, self.retries)
+        return RedisClusterBackend(self.url, self.prefix, self.base, client, True, blocking)
+
     async def destroy(self) -> None:
         """Delete every key under the prefix (``SCAN`` + ``UNLINK``)."""
+        if self.cluster:
+            await self._destroy_cluster()
+            return
         from conveyor.backends.redis.codec import scan_pattern
         from conveyor.backends.redis.connect import make_client, translate_errors
 
@@ -100,5 +126,39 @@ class RedisFactory(BackendFactory):
                 with contextlib.suppress(Exception):
                     await client.aclose()
 
+    async def _destroy_cluster(self) -> None:
+        """Every key of every queue under the prefix, the where map and the prefix's own."""
+        from conveyor.backends.redis.cluster_layout import WHERE_BUCKETS, queue_base, where_bucket
+        from conveyor.backends.redis.codec import scan_pattern
+        from conveyor.backends.redis.connect import make_cluster_client, translate_errors
+
+        client = self.client or make_cluster_client(self.url, self.retries)
+        try:
+            with translate_errors(self.url, self.prefix):
+                members = await client.smembers(self.base + "queues")
+                names = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+                for base in [*(queue_base(self.prefix, q) for q in names), self.base]:
+                    batch: list[bytes] = []  # one base: one slot, so one UNLINK per batch
+                    async for key in client.scan_iter(match=scan_pattern(base), count=1000):
+                        batch.append(key)
+                        if len(batch) >= 1000:
+                            await client.unlink(*batch)
+                            batch = []
+                    if batch:
+                        await client.unlink(*batch)
+                for bucket in range(WHERE_BUCKETS):
+                    await client.unlink(where_bucket(self.prefix, bucket))
+        finally:
+            if self.client is None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+
     def describe(self) -> dict[str, Any]:
-        return {"url": redact_url(self.url), "prefix": self.prefix, "key_base": self.base}
+        out: dict[str, Any] = {
+            "url": redact_url(self.url),
+            "prefix": self.prefix,
+            "key_base": self.base,
+        }
+        if self.cluster:
+            out["cluster"] = True
+        return out

@@ -30,9 +30,12 @@ log = logging.getLogger("conveyor.redis")
 class Notifier:
     """Dispatches pub/sub messages to cancellation listeners and finish waiters."""
 
-    def __init__(self, client: Redis, base: str) -> None:
+    def __init__(self, client: Redis, base: str, *, cancel_pattern: str | None = None) -> None:
         self._client = client
         self._cancel_channel = base + "cancel"
+        #: Redis Cluster: every queue publishes on its own ``{prefix:queue}:cancel`` channel,
+        #: so cancellations are read through this pattern instead of one channel.
+        self._cancel_pattern = cancel_pattern
         self._done_prefix = base + "done:"
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -46,7 +49,10 @@ class Notifier:
             if self._pubsub is None:
                 pubsub = self._client.pubsub()
                 try:
-                    await pubsub.subscribe(self._cancel_channel)
+                    if self._cancel_pattern is not None:
+                        await pubsub.psubscribe(self._cancel_pattern)
+                    else:
+                        await pubsub.subscribe(self._cancel_channel)
                 except BaseException:
                     with contextlib.suppress(RedisError, OSError):
                         await pubsub.aclose()
@@ -69,6 +75,8 @@ class Notifier:
                 )
                 await asyncio.sleep(backoff)  # backoff between reconnection attempts
                 backoff = min(backoff * 2, 2.0)
+                if self._cancel_pattern is not None:
+                    pubsub = await self._rebuild(pubsub)
                 self._wake_all()
                 continue
             if message is None:
@@ -82,6 +90,12 @@ class Notifier:
                     future.set_result(None)
                 if channel == self._cancel_channel:
                     self._wake_all()  # (re)connected: messages may have been missed
+            elif kind == "psubscribe":
+                self._wake_all()  # (re)connected: messages may have been missed
+            elif kind == "pmessage":
+                job_id = message["data"].decode()
+                for queue in self._listeners:
+                    queue.put_nowait(job_id)
             elif kind == "message":
                 if channel == self._cancel_channel:
                     job_id = message["data"].decode()
@@ -90,6 +104,20 @@ class Notifier:
                 else:
                     for event in self._waiters.get(channel, ()):
                         event.set()
+
+    async def _rebuild(self, old: PubSub) -> PubSub:
+        """Redis Cluster: a new pub/sub connection (to whichever node serves the pattern's
+        slot now, after a fail-over), subscribed to everything the old one was."""
+        with contextlib.suppress(RedisError, OSError):
+            await old.aclose()
+        pubsub = self._client.pubsub()
+        self._pubsub = pubsub
+        with contextlib.suppress(RedisError, OSError):
+            assert self._cancel_pattern is not None
+            await pubsub.psubscribe(self._cancel_pattern)
+            for channel in list(self._waiters):
+                await pubsub.subscribe(channel)
+        return pubsub
 
     def _wake_all(self) -> None:
         for events in self._waiters.values():
@@ -108,11 +136,12 @@ class Notifier:
             self._listeners.discard(queue)
 
     @contextlib.asynccontextmanager
-    async def watch(self, job_id: str) -> AsyncIterator[asyncio.Event]:
+    async def watch(self, job_id: str, base: str | None = None) -> AsyncIterator[asyncio.Event]:
         """An event set whenever job ``job_id`` may have finished; subscribed on entry (the
-        subscription is confirmed, so nothing published afterwards is missed)."""
+        subscription is confirmed, so nothing published afterwards is missed). ``base``: the
+        key base the job's scripts publish under (its queue's, on Redis Cluster)."""
         pubsub = await self._start()
-        channel = self._done_prefix + job_id
+        channel = (self._done_prefix if base is None else base + "done:") + job_id
         event = asyncio.Event()
         waiters = self._waiters.setdefault(channel, set())
         waiters.add(event)
@@ -131,7 +160,7 @@ class Notifier:
                 del self._waiters[channel]
                 self._confirmed.pop(channel, None)
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.unsubscribe(channel)
+                    await (self._pubsub or pubsub).unsubscribe(channel)
 
     async def close(self) -> None:
         reader, self._reader = self._reader, None

@@ -34,6 +34,7 @@ from conveyor.backends.sqlite.defer import SQLiteDefer
 from conveyor.backends.sqlite.engine import Engine
 from conveyor.backends.sqlite.events import SQLiteEvents, SQLiteEventsFactory  # issue 16
 from conveyor.backends.sqlite.kv import SQLiteKV
+from conveyor.backends.sqlite.load import SQLiteLoad
 from conveyor.backends.sqlite.notify import Effects, Notifier, Waiter
 from conveyor.backends.sqlite.queries import (
     Q,
@@ -259,7 +260,14 @@ async def _stop(engine: Engine) -> None:
 
 
 class SQLiteBackend(  # Defers: issue 19; events, streams: issue 16
-    SQLiteDefer, SQLiteEvents, SQLiteStreams, SQLiteBrowser, SQLiteKV, Transactions, Backend
+    SQLiteDefer,
+    SQLiteEvents,
+    SQLiteStreams,
+    SQLiteBrowser,
+    SQLiteKV,
+    SQLiteLoad,
+    Transactions,
+    Backend,
 ):
     """One client of a :class:`SQLiteFactory`; usable from any event loop."""
 

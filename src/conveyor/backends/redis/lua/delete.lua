@@ -1,7 +1,7 @@
 #!lua flags=allow-oom
 --! select.lua
 -- delete_jobs: remove matching terminal jobs (oldest id first).
--- ARGV: limit, budget, filter (states already narrowed to terminal ones). Returns the count.
+-- ARGV: limit, budget, filter (states already narrowed to terminal ones). Returns their ids.
 local flt = read_filter(3)
 local ids = select_ids(flt, false, 0, tonumber(ARGV[1]), tonumber(ARGV[2]))
 for _, id in ipairs(ids) do
@@ -15,4 +15,4 @@ for _, id in ipairs(ids) do
   redis.call('DEL', k, dkey(id))
 end
 flush()
-return #ids
+return ids

@@ -1,7 +1,9 @@
 -- Conveyor: helpers shared by every script. redis_scripts.py prepends this file to each one.
 --
--- KEYS[1] is the key base "{prefix}:". Every key a script touches starts with it, so all of
--- them hash to one Redis Cluster slot. The layout is documented in docs/redis.md:
+-- KEYS[1] is the key base: "{prefix}:" on a single Redis, the queue's own "{prefix:queue}:" on
+-- a Redis Cluster (where every call is about one queue; see redis/cluster.py). Every key a
+-- script touches starts with it, so all of them hash to one slot. The layout is documented in
+-- docs/redis.md:
 --
 --   B..'j:'<id>            HASH  one job (short field names, defaults omitted)
 --   B..'d:'<id>            STRING its payload (apart, so the hash stays listpack-encoded)
