@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from conveyor.domain.states import JobState
-from tests.reliability.servers import PgBouncer
+from tests.support.servers import PgBouncer
 
 from .conftest import POSTGRES_URL, MakeStore, wait_until
 

@@ -63,7 +63,7 @@ def postgres_url() -> str:
     if not _PGBOUNCER:
         import atexit
 
-        from tests.reliability.servers import PgBouncer
+        from tests.support.servers import PgBouncer
 
         bouncer = PgBouncer(5432).start()
         atexit.register(bouncer.stop)
@@ -83,7 +83,7 @@ def redis_url() -> str:
         import atexit
         import tempfile
 
-        from tests.reliability.servers import RedisCluster
+        from tests.support.servers import RedisCluster
 
         directory = Path(tempfile.mkdtemp(prefix="conveyor-cluster-"))
         cluster = RedisCluster(directory, 3, 1).start()

@@ -22,11 +22,25 @@ KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 #: cluster (``CONVEYOR_TEST_REDIS_VIA=cluster``): they must keep failing for that reason.
 CLUSTER_DIFFERENCES: dict[str, str] = {
     "test_key_is_global_across_queues_and_tasks": "idempotency keys are unique per queue",
+    "test_retry_of_a_job_whose_key_another_job_holds_is_refused": (
+        "idempotency keys are unique per queue (the holder is in another queue)"
+    ),
+    "test_retry_takes_a_key_nobody_holds": (
+        "idempotency keys are unique per queue (the key's other job is in another queue)"
+    ),
+    "test_a_repeated_retry_later_answers_scheduled_after_the_job_came_due": (
+        "a claim promotes its own queues' jobs (the test claims another queue)"
+    ),
     "test_claim_promotes_due_jobs_of_every_queue": "a claim promotes its own queues' jobs",
     "test_claim_expires_waiting_jobs_past_their_ttl": "a claim expires its own queues' jobs",
     "test_the_stop_holds_across_queues": "the stalled-twice rule holds per queue",
     "test_backend_agrees_with_memory": "the model checks cross-queue promotion and expiry",
 }
+
+
+#: Capabilities a Redis Cluster client refuses (with a clear error; see
+#: ``backends/redis/cluster.py``): their contract files are skipped on a cluster.
+CLUSTER_UNSUPPORTED_FILES = ("test_events.py", "test_events_outbox.py", "test_streams.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -41,6 +55,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         reason = KNOWN_FAILURES.get((name, str(kind)))
         if reason is not None:
             item.add_marker(pytest.mark.xfail(reason=reason, strict=False))
+        if cluster and kind == "redis" and item.path.name in CLUSTER_UNSUPPORTED_FILES:
+            item.add_marker(pytest.mark.skip(reason="not available on Redis Cluster yet"))
         if cluster and kind == "redis" and name in CLUSTER_DIFFERENCES:
             why = "Redis Cluster: " + CLUSTER_DIFFERENCES[name]
             item.add_marker(pytest.mark.xfail(reason=why, strict=True))

@@ -28,7 +28,7 @@ from conveyor.backends.postgres import PostgresFactory
 from conveyor.backends.postgres.backend import PostgresBackend
 from tests.acceptance.conftest import wait_until
 from tests.contract._support import POSTGRES_URL, job, require_kind
-from tests.reliability.servers import PgBouncer
+from tests.support.servers import PgBouncer
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,7 +1,7 @@
 """The Redis backend on a real Redis Cluster (``redis+cluster://``).
 
 A private cluster of three masters with one replica each runs from ``redis-server`` on free
-loopback ports (one per test module; ``tests/reliability/servers.py``). The tests check the key
+loopback ports (one per test module; ``tests/support/servers.py``). The tests check the key
 layout (every key of a queue in one slot, queues spread over the shards), the operations over
 several queues, the contract suite, and a fail-over under load: a master is killed with
 ``kill -9`` while a producer and a worker run, its replica is promoted, and no acknowledged
@@ -36,7 +36,7 @@ from conveyor.errors import ConfigurationError, ConveyorError
 from conveyor.worker import Worker, WorkerConfig
 from tests.acceptance.conftest import wait_until
 from tests.contract._support import job
-from tests.reliability.servers import RedisCluster
+from tests.support.servers import RedisCluster
 
 REPO = Path(__file__).resolve().parents[2]
 LONG = os.environ.get("CONVEYOR_CLUSTER", "") == "long"
@@ -157,6 +157,23 @@ async def test_a_redis_url_at_a_cluster_node_says_what_to_use(cluster: RedisClus
     await client.close()
     with pytest.raises(ConfigurationError, match="only database 0"):
         factory_from_url(f"redis+cluster://127.0.0.1:{cluster.ports[0]}/3").create()
+
+
+async def test_the_event_bus_is_refused_on_a_cluster_with_a_clear_error(
+    cluster: RedisCluster,
+) -> None:
+    """Bus deliveries would land outside every queue's slot, so a cluster client refuses the
+    bus and streams instead of storing deliveries no worker claims."""
+    factory = factory_from_url(f"redis+cluster://127.0.0.1:{cluster.ports[0]}/0", prefix="busx")
+    client = factory.create()
+    await client.open()
+    try:
+        with pytest.raises(ConfigurationError, match="not available on Redis Cluster"):
+            await client.bus_subscriptions()  # type: ignore[attr-defined]
+        with pytest.raises(ConfigurationError, match="not available on Redis Cluster"):
+            await client.stream_version("account-1")  # type: ignore[attr-defined]
+    finally:
+        await client.close()
 
 
 @pytest.mark.timeout(1500)

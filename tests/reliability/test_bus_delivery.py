@@ -40,10 +40,10 @@ from conveyor.bus import DeliveryState, Event
 from tests.acceptance import apps as accept
 from tests.acceptance.bus_apps import APP_PATH, build_bus_app
 from tests.acceptance.conftest import require_kind
+from tests.support.servers import PgCluster, RedisServer
 
 from .conftest import POSTGRES_URL, REDIS_URL, Results, Size
 from .harness import wait_until
-from .servers import PgCluster, RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = [f"k{i}" for i in range(6)]

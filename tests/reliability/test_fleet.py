@@ -22,9 +22,10 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+from tests.support.servers import TcpProxy
+
 from .conftest import MakeRig, Results, Size
 from .harness import Proc, Rig, now, wait_until
-from .servers import TcpProxy
 
 PORTS = {"postgres": 5432, "redis": 6379}
 HOSTS = 4

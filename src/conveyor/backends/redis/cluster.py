@@ -75,7 +75,7 @@ from conveyor.domain.job import (
     RecoveredJob,
 )
 from conveyor.domain.states import JobState
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConfigurationError, ConveyorError
 
 #: Job ids whose queue one client keeps in memory (most recent first out last).
 REMEMBERED = 100_000
@@ -458,3 +458,44 @@ class RedisClusterBackend(ClusterReads, RedisBackend):
     async def key_slots(self, queues: Sequence[str]) -> dict[str, int]:
         """The hash slot of each queue's keys (diagnostics, benchmarks)."""
         return {q: int(self.client.keyslot(self._queue_base(q))) for q in queues}
+
+
+#: The event bus and event-sourced streams keep their log, subscriptions and delivery chains
+#: under the prefix's own hash tag, while a cluster's jobs live under each queue's tag: a
+#: delivery job would land where no claim looks. Until the bus is laid out per queue, a cluster
+#: client refuses it with a clear error instead of storing deliveries nobody runs.
+UNSUPPORTED_ON_CLUSTER = [
+    "bus_subscriptions",
+    "bus_subscribe",
+    "bus_unsubscribe",
+    "bus_publish",
+    "bus_redeliver",
+    "bus_finish",
+    "bus_settle",
+    "bus_head",
+    "bus_read",
+    "bus_get",
+    "bus_deliveries",
+    "bus_prune",
+    "stream_append",
+    "stream_read",
+    "stream_version",
+    "snapshot_save",
+    "snapshot_load",
+    "stream_prune",
+]
+
+
+def _refuse(name: str) -> Any:
+    async def refuse(self: RedisClusterBackend, *args: Any, **kwargs: Any) -> Any:
+        raise ConfigurationError(
+            f"{name}: the event bus and event streams are not available on Redis Cluster yet; "
+            "use a single Redis node, PostgreSQL or SQLite for them (docs/redis.md)"
+        )
+
+    refuse.__name__ = name
+    return refuse
+
+
+for _name in UNSUPPORTED_ON_CLUSTER:
+    setattr(RedisClusterBackend, _name, _refuse(_name))

@@ -13,11 +13,17 @@ from conveyor.backends.capabilities.browse import BrowseQuery, StateCount
 from conveyor.backends.common import RETRYABLE_STATES
 from conveyor.backends.redis.backend import SCAN_BUDGET, RedisBackend
 from conveyor.backends.redis.cluster_layout import where_key
-from conveyor.backends.redis.codec import decode_counts, decode_record, encode_filter, opt_num
+from conveyor.backends.redis.codec import (
+    SUMMARY_FIELDS,
+    decode_counts,
+    decode_record,
+    encode_filter,
+    opt_num,
+)
 from conveyor.backends.redis.connect import translate_errors
 from conveyor.backends.redis.scripts import ScriptArg
 from conveyor.domain.job import CountRow, JobFilter, JobRecord, RetriedJobs
-from conveyor.domain.states import TERMINAL_STATES, JobState
+from conveyor.domain.states import STORED_STATES, TERMINAL_STATES, JobState
 
 if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
@@ -111,15 +117,36 @@ class ClusterReads(RedisBackend):
     ) -> list[JobRecord]:
         """Newest first over every queue: each queue's first ``offset + limit`` matches,
         merged by id."""
-        states = list(JobState) if flt.states is None else list(dict.fromkeys(flt.states))
+        return await self._merged_listing(flt, limit, offset, summary=False)
+
+    async def list_summaries(
+        self, flt: JobFilter, *, limit: int = 50, offset: int = 0
+    ) -> list[JobRecord]:
+        """As :meth:`list_jobs`, without the heavy fields (see ``Backend.list_summaries``)."""
+        return await self._merged_listing(flt, limit, offset, summary=True)
+
+    async def _merged_listing(
+        self, flt: JobFilter, limit: int, offset: int, *, summary: bool
+    ) -> list[JobRecord]:
+        states = list(STORED_STATES) if flt.states is None else list(dict.fromkeys(flt.states))
         if not states or limit <= 0:
             return []
         offset = max(offset, 0)
+        names = [name.encode() for name in SUMMARY_FIELDS]
 
         async def one(queue: str, part: JobFilter) -> list[JobRecord]:
             args = ["0", str(offset + limit), str(SCAN_BUDGET), *encode_filter(part, states)]
-            reply = await self._run("list", args, self._queue_base(queue))
+            base = self._queue_base(queue)
             records = []
+            if summary:
+                reply = await self._run("list_summary", args, base)
+                for i in range(0, len(reply), 2):
+                    fields = {
+                        n: v for n, v in zip(names, reply[i + 1], strict=True) if v is not None
+                    }
+                    records.append(decode_record(reply[i].decode(), fields, None, summary=True))
+                return records
+            reply = await self._run("list", args, base)
             for i in range(0, len(reply), 3):
                 flat = reply[i + 1]
                 fields = dict(zip(flat[::2], flat[1::2], strict=True))
