@@ -91,7 +91,7 @@ def measure(harness: Harness) -> dict[str, Any]:
     """jobs/s (enqueue and process) per shard count, interleaved over iterations."""
     if "redis" not in harness.args.backends.split(","):
         return {}
-    from tests.reliability.servers import RedisCluster
+    from tests.support.servers import RedisCluster
 
     smoke = harness.args.smoke
     shards = (1,) if smoke else SHARDS

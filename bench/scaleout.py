@@ -61,7 +61,7 @@ def pgbouncer(harness: Harness) -> dict[str, Any]:
     """Direct against through PgBouncer (transaction mode), interleaved."""
     if "postgres" not in harness.args.backends.split(","):
         return {}
-    from tests.reliability.servers import PgBouncer
+    from tests.support.servers import PgBouncer
 
     try:
         bouncer = PgBouncer(5432).start()

@@ -71,15 +71,20 @@ def test_every_public_coroutine_method_has_a_working_sync_twin(tmp_path: Path) -
             ("Conveyor", "cancel"): lambda: app.cancel_sync("f" * 32) is CancelOutcome.NOT_FOUND,
             ("Conveyor", "enqueue_many"): lambda: len(app.enqueue_many_sync([add.call(3, 4)])) == 1,
             ("Conveyor", "reset"): None,  # checked last (it wipes everything)
-            ("Conveyor", "enqueue_seed000"): lambda: app.enqueue_seed000_sync(
-                app.inspect.as_seed000_task(app.inspect.job_sync(first.id))  # type: ignore[arg-type]
-            ).created,
+            ("Conveyor", "enqueue_seed000"): lambda: (
+                app.enqueue_seed000_sync(
+                    app.inspect.as_seed000_task(app.inspect.job_sync(first.id))  # type: ignore[arg-type]
+                ).created
+            ),
             ("Inspector", "job"): lambda: app.inspect.job_sync(failed_id).state is JobState.FAILED,
             ("Inspector", "jobs"): lambda: len(app.inspect.jobs_sync(state="failed")) == 1,
             ("Inspector", "damaged"): lambda: app.inspect.damaged_sync() == [],
             ("Inspector", "versions"): lambda: app.inspect.versions_sync(add.name) is not None,
             ("Inspector", "counts"): lambda: app.inspect.counts_sync().total["failed"] == 1,
             ("Inspector", "workers"): lambda: app.inspect.workers_sync() == [],
+            ("Inspector", "load"): lambda: (
+                [q.queue for q in app.inspect.load_sync(["default"])] == ["default"]
+            ),
             ("Inspector", "task_metrics"): lambda: add.name in app.inspect.task_metrics_sync(),
             ("DeadLetters", "list"): lambda: (
                 [j.id for j in app.dead_letters.list_sync()] == [failed_id]
